@@ -1,0 +1,27 @@
+//! The target's user-space registers at a sample, wherever the CPU was.
+
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs},
+    programs::PerfEventContext,
+    EbpfContext,
+};
+
+/// The user registers of the sampled task. A `cpu-clock` sample that interrupts a
+/// system call sees kernel registers in its context; the task's saved user registers
+/// are what the Lua VM left behind, so read those instead.
+#[inline(always)]
+pub fn user_regs(ctx: &PerfEventContext) -> Option<pt_regs> {
+    // SAFETY: a perf_event program's context is `struct bpf_perf_event_data`, whose
+    // first member is the interrupted `pt_regs`.
+    let regs = unsafe { *(ctx.as_ptr() as *const pt_regs) };
+    if regs.cs & 3 == 3 {
+        return Some(regs);
+    }
+    // SAFETY: both helpers take the current task, which always exists in this context.
+    let saved = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    if saved.is_null() {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel(saved) }.ok()
+}

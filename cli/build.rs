@@ -1,0 +1,80 @@
+//! Builds the kernel-side programs (`probes-ebpf`, one ELF object per tool) with
+//! nightly + bpf-linker and leaves them in OUT_DIR, where `src/bpf/objects.rs`
+//! embeds them: the `ljprobe` binary is the only file a user copies to a server.
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let probes = manifest_dir.join("../probes-ebpf");
+    let common = manifest_dir.join("../common");
+    for p in ["src", "Cargo.toml", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", probes.join(p).display());
+    }
+    println!("cargo:rerun-if-changed={}", common.join("src").display());
+
+    // A target dir of its own: the outer cargo holds the lock on target/.
+    let target_dir = manifest_dir.join("../target/bpf");
+    let mut cmd = Command::new("cargo");
+    cmd.args(["+nightly", "build", "--release", "--bins", "--locked"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .arg("--manifest-path")
+        .arg(probes.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir);
+    // The outer build's toolchain and flags are for the host; none of them apply here.
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_BUILD_RUSTFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().unwrap_or_else(|e| fail(&format!("could not run cargo: {e}")));
+    if !status.success() {
+        fail("building the eBPF programs in probes-ebpf/ failed (see above)");
+    }
+
+    let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
+    let built = target_dir.join("bpfel-unknown-none/release");
+    for name in bin_names(&probes.join("Cargo.toml")) {
+        let from = built.join(&name);
+        fs::copy(&from, out_dir.join(&name))
+            .unwrap_or_else(|e| fail(&format!("{} was not built: {e}", from.display())));
+    }
+}
+
+/// The `[[bin]]` names of probes-ebpf: one per tool.
+fn bin_names(manifest: &Path) -> Vec<String> {
+    let text = fs::read_to_string(manifest).unwrap_or_default();
+    let mut names = Vec::new();
+    let mut in_bin = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_bin = line == "[[bin]]";
+        } else if in_bin {
+            if let Some(v) = line.strip_prefix("name").and_then(|r| r.trim().strip_prefix('=')) {
+                names.push(v.trim().trim_matches('"').to_string());
+            }
+        }
+    }
+    names
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!(
+        "error: {msg}.\nThe kernel programs need the nightly toolchain with rust-src and \
+         bpf-linker built against LLVM 22: run `cargo xtask setup` once, then build again."
+    );
+    std::process::exit(1);
+}

@@ -1,0 +1,34 @@
+//! Loading ljprobe's embedded kernel programs and attaching them to a target.
+//! Shared by every tool: one kernel program per tool, one way to load it.
+
+pub mod attach;
+pub mod objects;
+
+use anyhow::{anyhow, Result};
+use aya::{Ebpf, EbpfError, EbpfLoader};
+
+/// Loads one tool's object and forwards its aya-log messages to our logger (`-v`).
+pub fn load(object: &[u8], tool: &str) -> Result<Ebpf> {
+    crate::system::require_privileges()?;
+    let mut ebpf = EbpfLoader::new().load(object).map_err(|e| explain(e, tool))?;
+    if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
+        log::debug!("no kernel log forwarding for {tool}: {e}");
+    }
+    Ok(ebpf)
+}
+
+fn explain(e: EbpfError, tool: &str) -> anyhow::Error {
+    let text = format!("{e:#}");
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        return anyhow!("the kernel refused to load the {tool} program: {}", crate::system::NEED_PRIVILEGES);
+    }
+    anyhow!("the kernel refused to load the {tool} program ({text}); `ljprobe doctor` shows which kernel feature is missing")
+}
+
+/// Turns an aya program error into one sentence, keeping the verifier log for -vv.
+pub fn program_error(what: &str, e: aya::programs::ProgramError) -> anyhow::Error {
+    if let aya::programs::ProgramError::LoadError { verifier_log, .. } = &e {
+        log::debug!("verifier log for {what}:\n{verifier_log}");
+    }
+    anyhow!("{what} failed: {e}")
+}

@@ -1,0 +1,5 @@
+//! The kernel programs, built by `build.rs` from `probes-ebpf/` and embedded so
+//! that the `ljprobe` binary is the only file a user needs.
+
+/// `probes-ebpf/src/doctor.rs`
+pub static DOCTOR: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/doctor"));

@@ -1,0 +1,72 @@
+//! `ljprobe`: profile and diagnose live LuaJIT / OpenResty processes with eBPF.
+
+mod bpf;
+mod duration;
+mod system;
+mod target;
+mod tools;
+
+use std::process::ExitCode;
+
+use clap::{ArgAction, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ljprobe",
+    version,
+    about = "Profile and diagnose live LuaJIT / OpenResty processes with eBPF",
+    long_about = "Profile and diagnose live LuaJIT / OpenResty processes with eBPF: no restart, \
+                  no code change, no kernel module, no kernel debuginfo. Run as root against a PID."
+)]
+struct Cli {
+    /// More output: -v shows messages from the kernel programs, -vv debug detail.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check the kernel, and with --pid the target: is everything there to profile it?
+    Doctor(tools::doctor::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        _ => log::LevelFilter::Debug,
+    };
+    env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Warn)
+        .filter_module("ljprobe", level)
+        // aya-log attributes kernel messages to the program's own module path.
+        .filter_module("doctor", level)
+        .format_timestamp(None)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::anyhow!("cannot start the async runtime: {e}")),
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Doctor(args) => tools::doctor::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(err: &anyhow::Error) -> ExitCode {
+    eprintln!("ljprobe: {err:#}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,3 @@
+//! One module per command; each pairs with `probes-ebpf/src/<tool>.rs`.
+
+pub mod doctor;

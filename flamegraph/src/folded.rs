@@ -1,0 +1,69 @@
+//! Aggregated stacks in the folded format: `root;child;leaf weight` per line.
+
+use std::{collections::HashMap, io};
+
+use crate::model::Frame;
+
+#[derive(Debug, Default, Clone)]
+pub struct Folded {
+    stacks: HashMap<Vec<Frame>, u64>,
+    total: u64,
+}
+
+impl Folded {
+    /// Adds `weight` (samples, microseconds, bytes) to a stack given root first.
+    pub fn add(&mut self, stack: &[Frame], weight: u64) {
+        *self.stacks.entry(stack.to_vec()).or_default() += weight;
+        self.total += weight;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Weight of every stack that contains a frame matching `pred` (counted once).
+    pub fn weight_under(&self, pred: impl Fn(&Frame) -> bool) -> u64 {
+        self.stacks.iter().filter(|(s, _)| s.iter().any(&pred)).map(|(_, w)| w).sum()
+    }
+
+    /// Lines sorted by stack, so the same data always folds to the same text.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .stacks
+            .iter()
+            .map(|(stack, w)| {
+                let labels: Vec<String> = stack.iter().map(Frame::label).collect();
+                format!("{} {w}", labels.join(";"))
+            })
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    pub fn write(&self, mut out: impl io::Write) -> io::Result<()> {
+        for line in self.lines() {
+            writeln!(out, "{line}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lua(name: &str, line: u32) -> Frame {
+        Frame::Lua { name: Some(name.into()), file: "a.lua".into(), line }
+    }
+
+    #[test]
+    fn merges_equal_stacks_and_sorts() {
+        let mut f = Folded::default();
+        f.add(&[lua("main", 1), lua("hot", 5)], 3);
+        f.add(&[lua("main", 1)], 1);
+        f.add(&[lua("main", 1), lua("hot", 5)], 2);
+        assert_eq!(f.total(), 6);
+        assert_eq!(f.lines(), vec!["main a.lua:1 1", "main a.lua:1;hot a.lua:5 5"]);
+        assert_eq!(f.weight_under(|fr| *fr == lua("hot", 5)), 5);
+    }
+}

@@ -1,0 +1,8 @@
+//! The stack model every ljprobe tool reports in, and the folded-stack form that
+//! flamegraph.pl, inferno and speedscope read.
+
+pub mod folded;
+pub mod model;
+
+pub use folded::Folded;
+pub use model::{Frame, VmState};

@@ -1,0 +1,74 @@
+//! Harness for the end-to-end tests: the real `ljprobe` binary, a real gateway per
+//! test on free loopback ports, and checks on what a user would read.
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Command, Output},
+};
+
+use xtask::{
+    gateway::{Config, LuaJitBuild, Running},
+    paths,
+};
+
+/// The binary `cargo xtask test` built (LJPROBE_BIN), else target/debug/ljprobe.
+pub fn ljprobe_bin() -> PathBuf {
+    let bin = std::env::var_os("LJPROBE_BIN").map(PathBuf::from).unwrap_or_else(paths::ljprobe_bin);
+    assert!(bin.exists(), "{} is missing: run the tests with `cargo xtask test`", bin.display());
+    bin
+}
+
+pub fn ljprobe(args: &[&str]) -> Output {
+    Command::new(ljprobe_bin()).args(args).output().expect("ljprobe runs")
+}
+
+/// These tests load eBPF programs: CI is root, so they run there and never skip.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the end-to-end tests need root (CI runs as root)");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts the gateway with its own prefix and ports; stopped when dropped.
+pub fn gateway(name: &str, luajit: LuaJitBuild) -> Running {
+    require_root();
+    let (port, backend_port) = loop {
+        let (a, b) = (free_port(), free_port());
+        if a != b {
+            break (a, b);
+        }
+    };
+    let config = Config {
+        prefix: paths::target().join("test-gateways").join(name),
+        port,
+        backend_port,
+        workers: 1,
+        luajit,
+    };
+    // A gateway left over from a killed run would hold this prefix's pid file.
+    let _ = config.down();
+    Running::start(config).expect("the gateway starts")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A refusal a user can act on: non-zero exit, one `ljprobe: ...` line containing
+/// `expect`, no panic, no backtrace.
+pub fn assert_one_sentence(o: &Output, expect: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, got success; stdout:\n{}", stdout(o));
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "panic: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("ljprobe:")).collect();
+    assert_eq!(lines.len(), 1, "want exactly one ljprobe: line, stderr was:\n{err}");
+    assert!(lines[0].contains(expect), "`{}` does not say `{expect}`", lines[0]);
+}

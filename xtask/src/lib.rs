@@ -1,0 +1,9 @@
+//! Project automation behind `cargo xtask`. A library too, so the end-to-end tests
+//! start the gateway and drive load with the very code the README's commands use.
+
+pub mod cmd;
+pub mod gateway;
+pub mod load;
+pub mod paths;
+pub mod planted;
+pub mod setup;

@@ -1,0 +1,162 @@
+//! Idempotent machine setup: installs only what is missing and says what it does.
+//! A second run checks and returns in seconds.
+
+use std::{fs, path::Path, process::Command};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{cmd, paths};
+
+/// Debian packages, each with why it is needed.
+const PACKAGES: &[(&str, &str)] = &[
+    ("nginx", "the gateway's web server"),
+    ("libnginx-mod-http-lua", "lua-nginx-module (OpenResty's LuaJIT inside nginx)"),
+    ("lua-resty-core", "the gateway's ngx.* FFI API"),
+    ("lua-resty-lrucache", "the gateway's per-worker cache"),
+    ("lua-cjson", "the gateway's JSON"),
+    ("luajit2", "stock stripped `luajit` for fidelity tests"),
+    ("wrk", "load generator"),
+    ("build-essential", "compiles the debug LuaJIT"),
+    ("dpkg-dev", "unpacks the luajit2 source package"),
+    ("llvm-22-dev", "bpf-linker links against LLVM 22"),
+    ("libpolly-22-dev", "bpf-linker links against LLVM 22"),
+    ("libzstd-dev", "bpf-linker"),
+    ("zlib1g-dev", "bpf-linker"),
+];
+
+pub fn run() -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("setup installs Debian packages and loads eBPF programs: run it as root");
+    }
+    apt_packages()?;
+    rust_src()?;
+    bpf_linker()?;
+    tracefs()?;
+    luajit_debug()?;
+    eprintln!("setup: everything is in place");
+    Ok(())
+}
+
+fn installed(pkg: &str) -> bool {
+    cmd::output(Command::new("dpkg-query").args(["-W", "-f=${db:Status-Status}", pkg]))
+        .is_ok_and(|s| s.trim() == "installed")
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&(&str, &str)> = PACKAGES.iter().filter(|(p, _)| !installed(p)).collect();
+    if missing.is_empty() {
+        eprintln!("setup: Debian packages present");
+        return Ok(());
+    }
+    for (p, why) in &missing {
+        eprintln!("setup: installing {p} ({why})");
+    }
+    cmd::run(Command::new("apt-get").arg("update").arg("-q"))?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(missing.iter().map(|(p, _)| *p))
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    // Debian starts the packaged nginx on port 80 where it can; we run our own.
+    let _ = Command::new("service").args(["nginx", "stop"]).output();
+    Ok(())
+}
+
+fn rust_src() -> Result<()> {
+    let have = cmd::output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
+        .context("the nightly toolchain is needed to build the eBPF programs")?;
+    if have.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("setup: nightly rust-src present");
+        return Ok(());
+    }
+    eprintln!("setup: adding rust-src to nightly (build-std for the BPF target)");
+    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn bpf_linker() -> Result<()> {
+    if cmd::succeeds("bpf-linker", &["--version"]) {
+        eprintln!("setup: bpf-linker present");
+        return Ok(());
+    }
+    eprintln!("setup: building bpf-linker against LLVM 22 (about 5 minutes)");
+    // /usr/bin/llvm-config is LLVM 14; the LLVM 22 one must come first.
+    let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
+    cmd::run(
+        Command::new("cargo")
+            .args(["install", "--locked", "bpf-linker", "--no-default-features", "--features", "llvm-22"])
+            .env("PATH", path),
+    )
+}
+
+fn tracefs() -> Result<()> {
+    if Path::new("/sys/kernel/tracing/events").is_dir() {
+        eprintln!("setup: tracefs mounted");
+        return Ok(());
+    }
+    eprintln!("setup: mounting tracefs (sched_switch and syscall tracepoints)");
+    cmd::run(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))
+}
+
+/// A `-g` build of OpenResty's LuaJIT from Debian's own `luajit2` source package:
+/// the same code as the stock library, with `lj_*` symbols and DWARF.
+fn luajit_debug() -> Result<()> {
+    let prefix = paths::luajit_debug();
+    let lib = paths::luajit_debug_lib().join("libluajit-5.1.so.2");
+    if lib.exists() {
+        eprintln!("setup: debug LuaJIT present in {}", prefix.display());
+        return Ok(());
+    }
+    eprintln!("setup: building OpenResty's LuaJIT (Debian source package luajit2) with -g into {}", prefix.display());
+    deb_src()?;
+    let work = paths::target().join("luajit-src");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+    cmd::run(Command::new("apt-get").args(["source", "-q", "luajit2"]).current_dir(&work))?;
+    let src = fs::read_dir(&work)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+        .context("apt-get source unpacked no directory")?;
+    let prefix_arg = format!("PREFIX={}", prefix.display());
+    cmd::run(Command::new("make").args(["-j2", "CCDEBUG=-g", &prefix_arg]).current_dir(&src))?;
+    cmd::run(Command::new("make").args(["install", &prefix_arg]).current_dir(&src))?;
+    if !lib.exists() {
+        bail!("the LuaJIT build finished but {} is missing", lib.display());
+    }
+    Ok(())
+}
+
+/// `apt-get source` needs a deb-src line for the mirror the machine already uses.
+fn deb_src() -> Result<()> {
+    let list = Path::new("/etc/apt/sources.list.d/ljprobe-deb-src.list");
+    if list.exists() {
+        return Ok(());
+    }
+    let mirror = debian_mirror().unwrap_or_else(|| "http://deb.debian.org/debian".into());
+    eprintln!("setup: adding deb-src for {mirror} to {}", list.display());
+    fs::write(
+        list,
+        format!("deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} bookworm main\n"),
+    )?;
+    cmd::run(Command::new("apt-get").args(["update", "-q"]))
+}
+
+/// The main Debian mirror from the machine's sources (one-line or deb822 format).
+fn debian_mirror() -> Option<String> {
+    let mut texts = vec![fs::read_to_string("/etc/apt/sources.list").unwrap_or_default()];
+    if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
+        texts.extend(dir.filter_map(|e| fs::read_to_string(e.ok()?.path()).ok()));
+    }
+    texts.iter().flat_map(|t| t.lines()).find_map(|line| {
+        let line = line.trim();
+        let url = if let Some(rest) = line.strip_prefix("URIs:") {
+            rest.split_whitespace().next()?
+        } else if line.starts_with("deb ") {
+            line.split_whitespace().find(|w| w.starts_with("http"))?
+        } else {
+            return None;
+        };
+        (url.ends_with("/debian") || url.ends_with("/debian/")).then(|| url.trim_end_matches('/').to_string())
+    })
+}

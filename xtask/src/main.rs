@@ -144,13 +144,22 @@ fn test(extra: &[String]) -> Result<()> {
         bail!("{} was not built", bin.display());
     }
     // End-to-end tests each start their own nginx; one at a time keeps ports and
-    // CPU (2 cores) free for the thing being measured.
-    cmd::run(
-        Command::new("cargo")
-            .args(["test", "--workspace", "--no-fail-fast"])
-            .args(extra)
-            .args(["--", "--test-threads=1"])
-            .env("LJPROBE_BIN", &bin)
-            .current_dir(paths::root()),
-    )
+    // CPU (2 cores) free for the thing being measured. No doc tests: there are none.
+    let mut cargo = Command::new("cargo");
+    cargo
+        .args(["test", "--workspace", "--no-fail-fast", "--lib", "--bins", "--tests"])
+        .args(extra)
+        .args(["--", "--test-threads=1"])
+        .env("LJPROBE_BIN", &bin)
+        .current_dir(paths::root());
+    let (status, totals) = cmd::run_counting_tests(&mut cargo)?;
+    // One closing line for the whole run, whatever cargo printed per binary.
+    println!("tests: {} passed, {} failed", totals.passed, totals.failed);
+    if !status.success() || totals.failed > 0 {
+        bail!("some tests failed");
+    }
+    if totals.passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
 }

@@ -1,7 +1,11 @@
 //! `ljprobe`: profile and diagnose live LuaJIT / OpenResty processes with eBPF.
 
 mod bpf;
+mod collect;
 mod duration;
+mod lua;
+mod report;
+mod stacks;
 mod system;
 mod target;
 mod tools;
@@ -30,6 +34,8 @@ struct Cli {
 enum Command {
     /// Check the kernel, and with --pid the target: is everything there to profile it?
     Doctor(tools::doctor::Args),
+    /// On-CPU flame graph of a live LuaJIT process (Lua-level stacks).
+    Cpu(tools::cpu::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +50,7 @@ fn main() -> ExitCode {
         .filter_module("ljprobe", level)
         // aya-log attributes kernel messages to the program's own module path.
         .filter_module("doctor", level)
+        .filter_module("cpu", level)
         .format_timestamp(None)
         .init();
 
@@ -58,6 +65,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Doctor(args) => tools::doctor::run(args).await,
+            Command::Cpu(args) => tools::cpu::run(args).await,
         }
     });
     match result {

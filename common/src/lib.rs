@@ -15,8 +15,15 @@ pub struct VmLayout {
     pub gg_g: u32,
     pub g_vmstate: u32,
     pub g_cur_l: u32,
+    /// `global_State.jit_base`: the frame base of the trace that is running.
+    pub g_jit_base: u32,
     pub l_glref: u32,
-    pub _pad: u32,
+    /// `lua_State.base`: synced by the VM whenever it calls out of the interpreter.
+    pub l_base: u32,
+    pub l_stack: u32,
+    pub l_maxstack: u32,
+    /// `lua_State.cframe`: non-NULL while the coroutine is running (inside a C call boundary).
+    pub l_cframe: u32,
 }
 
 /// How a probe found a VM's `global_State`.
@@ -42,4 +49,42 @@ mod pod {
     // SAFETY: plain `repr(C)` integers with explicit padding; every bit pattern is valid.
     unsafe impl aya::Pod for super::VmLayout {}
     unsafe impl aya::Pod for super::VmFound {}
+    unsafe impl aya::Pod for super::LuaFrameRaw {}
+    unsafe impl aya::Pod for super::CpuSample {}
+}
+
+/// Frames the kernel walks per sample; deeper stacks are cut and flagged.
+pub const MAX_LUA_FRAMES: usize = 128;
+
+/// One Lua frame as found on the VM stack: the function (`GCfunc *`) and the raw
+/// frame link (`ftsz`: the return PC into the caller for a Lua frame, else a delta
+/// and a frame type). User space turns these into names.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LuaFrameRaw {
+    pub func: u64,
+    pub link: u64,
+}
+
+/// The stack walk reached MAX_LUA_FRAMES before the bottom of the coroutine.
+pub const STACK_TRUNCATED: u32 = 1;
+/// No checked VM for this process yet: nothing Lua-level to say.
+pub const STACK_NO_VM: u32 = 2;
+/// The sample ran outside Lua (no coroutine running): e.g. nginx's own C code.
+pub const STACK_NOT_IN_LUA: u32 = 4;
+/// A link or read failed mid-walk: the frames before it are good, the rest unknown.
+pub const STACK_BROKEN: u32 = 8;
+
+/// One `cpu-clock` sample of a target thread, Lua-level.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CpuSample {
+    pub tgid: u32,
+    pub tid: u32,
+    pub vmstate: i32,
+    pub flags: u32,
+    pub nframes: u32,
+    pub _pad: u32,
+    /// Innermost first.
+    pub frames: [LuaFrameRaw; MAX_LUA_FRAMES],
 }

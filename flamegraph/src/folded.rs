@@ -17,6 +17,39 @@ impl Folded {
         self.total += weight;
     }
 
+    /// Every distinct frame that occurs in any stack.
+    pub fn frames(&self) -> std::collections::BTreeSet<&Frame> {
+        self.stacks.keys().flatten().collect()
+    }
+
+    /// Weight per innermost frame that satisfies `pred` (e.g. the innermost function,
+    /// under any trace or VM-state frame), heaviest first: what `-jp=f` shows.
+    pub fn by_innermost(&self, pred: impl Fn(&Frame) -> bool) -> Vec<(&Frame, u64)> {
+        let mut m: HashMap<&Frame, u64> = HashMap::new();
+        for (stack, w) in &self.stacks {
+            if let Some(leaf) = stack.iter().rev().find(|f| pred(f)) {
+                *m.entry(leaf).or_default() += w;
+            }
+        }
+        let mut v: Vec<_> = m.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        v
+    }
+
+    /// Weight per frame counted once per stack (inclusive), heaviest first.
+    pub fn inclusive(&self) -> Vec<(&Frame, u64)> {
+        let mut m: HashMap<&Frame, u64> = HashMap::new();
+        for (stack, w) in &self.stacks {
+            let unique: std::collections::BTreeSet<&Frame> = stack.iter().collect();
+            for f in unique {
+                *m.entry(f).or_default() += w;
+            }
+        }
+        let mut v: Vec<_> = m.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        v
+    }
+
     pub fn total(&self) -> u64 {
         self.total
     }

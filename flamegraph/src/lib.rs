@@ -3,6 +3,7 @@
 
 pub mod folded;
 pub mod model;
+pub mod svg;
 
 pub use folded::Folded;
 pub use model::{Frame, VmState};

@@ -2,6 +2,7 @@
 //! this crate (`src/<tool>.rs`); what more than one tool needs lives here.
 #![no_std]
 
+pub mod lua_stack;
 pub mod regs;
 pub mod vm;
 

@@ -10,6 +10,12 @@ pub fn read_u64(addr: u64) -> Option<u64> {
 }
 
 #[inline(always)]
+pub fn read_u32(addr: u64) -> Option<u32> {
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_user(addr as *const u32) }.ok()
+}
+
+#[inline(always)]
 pub fn read_i32(addr: u64) -> Option<i32> {
     // SAFETY: as above.
     unsafe { bpf_probe_read_user(addr as *const i32) }.ok()

@@ -3,3 +3,6 @@
 
 /// `probes-ebpf/src/doctor.rs`
 pub static DOCTOR: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/doctor"));
+
+/// `probes-ebpf/src/cpu.rs`
+pub static CPU: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cpu"));

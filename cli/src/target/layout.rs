@@ -17,8 +17,12 @@ pub const OPENRESTY_21_GC64_X86_64: VmLayout = VmLayout {
     gg_g: 112,
     g_vmstate: 184,
     g_cur_l: 368,
+    g_jit_base: 376,
     l_glref: 16,
-    _pad: 0,
+    l_base: 32,
+    l_stack: 56,
+    l_maxstack: 48,
+    l_cframe: 80,
 };
 
 #[derive(Debug, Clone, Serialize)]
@@ -53,8 +57,12 @@ pub fn choose(dwarf: Option<&Path>) -> Layout {
                 gg_g: l.gg_g,
                 g_vmstate: l.g_vmstate,
                 g_cur_l: l.g_cur_l,
+                g_jit_base: l.g_jit_base,
                 l_glref: l.l_glref,
-                _pad: 0,
+                l_base: l.l_base,
+                l_stack: l.l_stack,
+                l_maxstack: l.l_maxstack,
+                l_cframe: l.l_cframe,
             },
         },
         Ok(None) => builtin(None),
@@ -64,11 +72,16 @@ pub fn choose(dwarf: Option<&Path>) -> Layout {
 
 fn offsets<S: serde::Serializer>(l: &VmLayout, s: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeStruct;
-    let mut st = s.serialize_struct("VmLayout", 5)?;
+    let mut st = s.serialize_struct("VmLayout", 10)?;
     st.serialize_field("g2disp", &l.g2disp)?;
     st.serialize_field("gg_g", &l.gg_g)?;
     st.serialize_field("g_vmstate", &l.g_vmstate)?;
     st.serialize_field("g_cur_l", &l.g_cur_l)?;
+    st.serialize_field("g_jit_base", &l.g_jit_base)?;
     st.serialize_field("l_glref", &l.l_glref)?;
+    st.serialize_field("l_base", &l.l_base)?;
+    st.serialize_field("l_stack", &l.l_stack)?;
+    st.serialize_field("l_maxstack", &l.l_maxstack)?;
+    st.serialize_field("l_cframe", &l.l_cframe)?;
     st.end()
 }

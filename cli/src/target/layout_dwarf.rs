@@ -21,6 +21,8 @@ pub struct LuaJitLayout {
     pub l_glref: u32,        // offsetof(lua_State, glref)
     pub l_base: u32,         // offsetof(lua_State, base)
     pub l_stack: u32,        // offsetof(lua_State, stack)
+    pub l_maxstack: u32,     // offsetof(lua_State, maxstack)
+    pub l_cframe: u32,       // offsetof(lua_State, cframe)
     pub lua_state_size: u32, // sizeof(lua_State)
 }
 
@@ -96,6 +98,8 @@ pub fn read_layout(path: &Path) -> Result<Option<LuaJitLayout>> {
         l_glref: offset(&l, "glref")?,
         l_base: offset(&l, "base")?,
         l_stack: offset(&l, "stack")?,
+        l_maxstack: offset(&l, "maxstack")?,
+        l_cframe: offset(&l, "cframe")?,
         lua_state_size: u32::try_from(l.size)
             .map_err(|_| anyhow!("sizeof(lua_State) = {} in {} is implausible", l.size, path.display()))?,
     }))
@@ -247,6 +251,8 @@ mod tests {
                 l_glref: 16,
                 l_base: 32,
                 l_stack: 56,
+                l_maxstack: 48,
+                l_cframe: 80,
                 lua_state_size: 112,
             }
         );

@@ -1,3 +1,4 @@
 //! One module per command; each pairs with `probes-ebpf/src/<tool>.rs`.
 
+pub mod cpu;
 pub mod doctor;

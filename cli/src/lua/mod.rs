@@ -1,0 +1,32 @@
+//! Labels for the Lua frames the kernel samples: reads the target's LuaJIT
+//! objects through /proc/PID/mem (never stopping it) and names functions the
+//! way LuaJIT's own `debug.getinfo(level, "n")` does.
+//!
+//! Everything read may be stale or garbage by the time we read it: every read
+//! and every value is checked, and failures become "unknown", never a panic.
+
+// Parts of the API (layouts, slot names, bytecode access) have no caller
+// outside the tests yet.
+#![allow(dead_code)]
+
+mod bc;
+mod cache;
+mod funcname;
+mod gcstr;
+mod layout;
+mod mem;
+mod proto;
+mod resolve;
+#[cfg(test)]
+mod tests;
+
+#[allow(unused_imports)]
+pub use bc::Op;
+#[allow(unused_imports)]
+pub use funcname::{SlotKind, SlotName};
+#[allow(unused_imports)]
+pub use layout::{ObjLayout, OPENRESTY_21_GC64};
+#[allow(unused_imports)]
+pub use mem::{Memory, ProcMem};
+#[allow(unused_imports)]
+pub use resolve::{LuaFrame, RawFrame, Resolver, UNKNOWN_FILE};

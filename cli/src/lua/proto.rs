@@ -1,0 +1,198 @@
+//! GCproto: the header (for labels) and the colocated bytecode, constants and
+//! debug info (for naming call sites), each checked for plausibility.
+
+use super::{
+    layout::ObjLayout,
+    mem::{buf_i32, buf_u32, buf_u64, buf_u8, Memory},
+};
+
+/// Beyond this many instructions the header is garbage (the brief's bound; LuaJIT's parser stops far earlier).
+pub const MAX_SIZEBC: u32 = 1 << 24;
+
+/// Largest proto allocation read for naming: bytecode, constants and debug info.
+const MAX_PROTO_BYTES: u64 = 16 << 20;
+
+/// Names of LuaJIT's internal variables, by `VARNAME_*` code (lj_debug.h); 0 ends the list.
+const INTERNAL_VARNAMES: [&str; 6] =
+    ["(for index)", "(for limit)", "(for step)", "(for generator)", "(for state)", "(for control)"];
+
+/// The GCproto header fields we use.
+#[derive(Debug, Clone)]
+pub struct ProtoHeader {
+    pub addr: u64,
+    pub sizebc: u32,
+    pub sizept: u32,
+    pub k: u64,
+    pub sizekgc: u32,
+    pub sizeuv: u8,
+    pub chunkname: u64,
+    pub firstline: i32,
+    pub uvinfo: u64,
+    pub varinfo: u64,
+}
+
+impl ProtoHeader {
+    pub fn read<M: Memory>(mem: &M, l: &ObjLayout, addr: u64) -> Option<Self> {
+        let hdr = mem.read_bytes(addr, usize::try_from(l.proto_size).ok()?)?;
+        if buf_u8(&hdr, l.gct)? != l.gct_proto {
+            return None;
+        }
+        let sizebc = buf_u32(&hdr, l.proto_sizebc)?;
+        if sizebc == 0 || sizebc > MAX_SIZEBC {
+            return None;
+        }
+        Some(Self {
+            addr,
+            sizebc,
+            sizept: buf_u32(&hdr, l.proto_sizept)?,
+            k: buf_u64(&hdr, l.proto_k)?,
+            sizekgc: buf_u32(&hdr, l.proto_sizekgc)?,
+            sizeuv: buf_u8(&hdr, l.proto_sizeuv)?,
+            chunkname: buf_u64(&hdr, l.proto_chunkname)?,
+            firstline: buf_i32(&hdr, l.proto_firstline)?,
+            uvinfo: buf_u64(&hdr, l.proto_uvinfo)?,
+            varinfo: buf_u64(&hdr, l.proto_varinfo)?,
+        })
+    }
+
+    pub fn bc_start(&self, l: &ObjLayout) -> u64 {
+        self.addr.wrapping_add(l.proto_size)
+    }
+
+    /// Index of the instruction just before return address `ret_pc`: the call
+    /// that made the frame. None unless `ret_pc` lies inside this bytecode.
+    pub fn call_pos(&self, l: &ObjLayout, ret_pc: u64) -> Option<u32> {
+        let off = ret_pc.checked_sub(self.bc_start(l))?;
+        if off == 0 || off % l.bcins_size != 0 || off > u64::from(self.sizebc) * l.bcins_size {
+            return None;
+        }
+        u32::try_from(off / l.bcins_size - 1).ok()
+    }
+}
+
+/// A local variable's name and live range, from varinfo.
+#[derive(Debug, Clone)]
+pub struct Var {
+    pub name: String,
+    pub start: u32,
+    pub end: u32,
+}
+
+/// What naming needs from one proto, copied out of the target in one read.
+#[derive(Debug, Clone, Default)]
+pub struct ProtoDebug {
+    pub bc: Vec<u32>,
+    /// `kgc[i]` is the GCRef of constant `~i` (`proto_kgc(pt, ~i)`).
+    kgc: Vec<u64>,
+    /// Empty when the proto has no debug info (stripped bytecode).
+    uvnames: Vec<String>,
+    vars: Vec<Var>,
+}
+
+impl ProtoDebug {
+    pub fn read<M: Memory>(mem: &M, l: &ObjLayout, h: &ProtoHeader) -> Option<Self> {
+        let size = u64::from(h.sizept);
+        let bc_end = l.proto_size + u64::from(h.sizebc) * l.bcins_size;
+        if size < bc_end || size > MAX_PROTO_BYTES {
+            return None;
+        }
+        let img = mem.read_bytes(h.addr, usize::try_from(size).ok()?)?;
+        let bc_bytes = img.get(usize::try_from(l.proto_size).ok()?..usize::try_from(bc_end).ok()?)?;
+        let bc = bc_bytes.chunks_exact(4).filter_map(|c| c.try_into().ok()).map(u32::from_ne_bytes).collect();
+        let inside = |ptr: u64| ptr.checked_sub(h.addr).filter(|&off| off < size);
+        Some(Self {
+            bc,
+            kgc: inside(h.k).and_then(|k| read_kgc(&img, l, k, h.sizekgc)).unwrap_or_default(),
+            uvnames: inside(h.uvinfo).map(|p| parse_uvnames(&img, p, h.sizeuv)).unwrap_or_default(),
+            vars: inside(h.varinfo).map(|p| parse_vars(&img, p)).unwrap_or_default(),
+        })
+    }
+
+    pub fn kgc(&self, idx: u32) -> Option<u64> {
+        self.kgc.get(idx as usize).copied()
+    }
+
+    /// `lj_debug_uvname`, except that a missing name is None rather than "".
+    pub fn uvname(&self, idx: u32) -> Option<&str> {
+        self.uvnames.get(idx as usize).map(String::as_str).filter(|n| !n.is_empty())
+    }
+
+    pub fn vars(&self) -> &[Var] {
+        &self.vars
+    }
+
+    /// Approximate heap bytes, for the cache budget.
+    pub fn weight(&self) -> usize {
+        self.bc.len() * 4
+            + self.kgc.len() * 8
+            + self.uvnames.iter().map(|n| n.len() + 24).sum::<usize>()
+            + self.vars.iter().map(|v| v.name.len() + 32).sum::<usize>()
+    }
+}
+
+/// GC constants sit below `k`, the last one (`~(sizekgc-1)`) lowest.
+fn read_kgc(img: &[u8], l: &ObjLayout, k_off: u64, sizekgc: u32) -> Option<Vec<u64>> {
+    if u64::from(sizekgc) * l.gcref_size > k_off {
+        return None;
+    }
+    (0..u64::from(sizekgc)).map(|i| buf_u64(img, k_off - (i + 1) * l.gcref_size)).collect()
+}
+
+fn parse_uvnames(img: &[u8], off: u64, sizeuv: u8) -> Vec<String> {
+    let mut p = off as usize;
+    let mut names = Vec::new();
+    for _ in 0..sizeuv {
+        let Some((name, next)) = cstr(img, p) else { break };
+        names.push(name);
+        p = next;
+    }
+    names
+}
+
+/// Decodes varinfo as `debug_varname` walks it: entries in order of start pc,
+/// each a name (or an internal code), then ULEB128 start delta and length.
+fn parse_vars(img: &[u8], off: u64) -> Vec<Var> {
+    let mut p = off as usize;
+    let mut vars = Vec::new();
+    let mut lastpc = 0u32;
+    // Each entry takes at least three bytes, so the image length bounds the loop.
+    while let Some(&vn) = img.get(p) {
+        let name = if (vn as usize) <= INTERNAL_VARNAMES.len() {
+            if vn == 0 {
+                break;
+            }
+            p += 1;
+            INTERNAL_VARNAMES[vn as usize - 1].to_string()
+        } else {
+            let Some((name, next)) = cstr(img, p) else { break };
+            p = next;
+            name
+        };
+        let (Some(start), Some(len)) = (uleb128(img, &mut p), uleb128(img, &mut p)) else { break };
+        let start = lastpc.wrapping_add(start);
+        lastpc = start;
+        vars.push(Var { name, start, end: start.wrapping_add(len) });
+    }
+    vars
+}
+
+/// NUL-terminated string at `p`, and the offset after its NUL.
+fn cstr(img: &[u8], p: usize) -> Option<(String, usize)> {
+    let rest = img.get(p..)?;
+    let len = rest.iter().position(|&b| b == 0)?;
+    Some((String::from_utf8_lossy(&rest[..len]).into_owned(), p + len + 1))
+}
+
+/// `lj_buf_ruleb128`: at most five bytes make a u32.
+fn uleb128(img: &[u8], p: &mut usize) -> Option<u32> {
+    let mut v = 0u32;
+    for shift in (0..35).step_by(7) {
+        let b = *img.get(*p)?;
+        *p += 1;
+        v |= u32::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Some(v);
+        }
+    }
+    None
+}

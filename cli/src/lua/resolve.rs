@@ -1,0 +1,210 @@
+//! Turns the (func, link) pairs the kernel records per Lua frame into labels.
+
+use std::collections::HashMap;
+
+use super::{
+    cache::Cache,
+    funcname::{self, SlotName},
+    gcstr::chunk_label,
+    layout::{ObjLayout, OPENRESTY_21_GC64},
+    mem::{buf_u64, buf_u8, Memory},
+    proto::{ProtoDebug, ProtoHeader},
+};
+
+/// One frame as the kernel records it, innermost first: `func` is the GCfunc
+/// address, `link` the raw frame link word (`ftsz`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawFrame {
+    pub func: u64,
+    pub link: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LuaFrame {
+    /// `line` is where the function is defined (`linedefined`).
+    Lua { name: Option<String>, file: String, line: u32 },
+    /// `addr` is the C entry point (`GCfuncC.f`).
+    C { addr: u64, name: Option<String> },
+    /// A fast function (`ffid` > 1), e.g. `pairs` or `string.gsub`.
+    Builtin { ffid: u8, name: Option<String> },
+}
+
+/// Frame-type bits of a link word (lj_frame.h).
+const FRAME_TYPE: u64 = 3;
+const FRAME_TYPEP: u64 = 7;
+const FRAME_LUA: u64 = 0;
+const FRAME_VARG: u64 = 3;
+
+/// The file of a Lua frame whose proto or chunkname cannot be read, and of a
+/// frame whose GCfunc cannot be read (freed since the sample, or a bad walk).
+pub const UNKNOWN_FILE: &str = "?";
+
+const DEFAULT_MAX_PROTOS: usize = 8192;
+const DEFAULT_MAX_BYTES: usize = 64 << 20;
+/// Call sites remembered per proto; a hot proto has few, garbage could make many.
+const MAX_SITES: usize = 1024;
+
+enum Func {
+    Lua { proto: u64 },
+    C { addr: u64 },
+    Builtin { ffid: u8 },
+}
+
+struct ProtoEntry {
+    header: ProtoHeader,
+    file: String,
+    line: u32,
+    /// None when the colocated arrays could not be read: no call-site names.
+    debug: Option<ProtoDebug>,
+    sites: HashMap<u32, Option<SlotName>>,
+}
+
+/// Labels frames of one process. Protos are cached by address: a proto freed
+/// and its address reused by another keeps the old label until evicted.
+pub struct Resolver<M: Memory> {
+    mem: M,
+    layout: ObjLayout,
+    protos: Cache<ProtoEntry>,
+}
+
+impl<M: Memory> Resolver<M> {
+    /// A resolver for OpenResty's LuaJIT 2.1 GC64, the build ljprobe targets.
+    pub fn new(mem: M) -> Self {
+        Self::with_layout(mem, OPENRESTY_21_GC64)
+    }
+
+    pub fn with_layout(mem: M, layout: ObjLayout) -> Self {
+        Self::with_cache_limits(mem, layout, DEFAULT_MAX_PROTOS, DEFAULT_MAX_BYTES)
+    }
+
+    /// Limits are per cache generation (see `Cache`): up to twice as much is held.
+    pub fn with_cache_limits(mem: M, layout: ObjLayout, max_protos: usize, max_bytes: usize) -> Self {
+        Self { mem, layout, protos: Cache::new(max_protos, max_bytes) }
+    }
+
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    pub fn layout(&self) -> &ObjLayout {
+        &self.layout
+    }
+
+    pub fn cached_protos(&self) -> usize {
+        self.protos.len()
+    }
+
+    /// One label per frame, in input order, except that a vararg pseudo-frame
+    /// followed by its function's real frame yields one label, as in LuaJIT.
+    pub fn resolve(&mut self, frames: &[RawFrame]) -> Vec<LuaFrame> {
+        let mut out = Vec::with_capacity(frames.len());
+        for (i, frame) in frames.iter().enumerate() {
+            let outer = frames.get(i + 1);
+            if frame.link & FRAME_TYPEP == FRAME_VARG && outer.is_some_and(|o| o.func == frame.func) {
+                continue;
+            }
+            // Only a Lua caller leaves a call instruction to name us by; the
+            // caller is the next frame out (or its vararg pseudo-frame: same func).
+            let name = match outer {
+                Some(o) if frame.link & FRAME_TYPE == FRAME_LUA => self.caller_name(o.func, frame.link),
+                _ => None,
+            };
+            out.push(self.label(frame.func, name.map(|n| n.name)));
+        }
+        out
+    }
+
+    /// The GCproto of a Lua function.
+    pub fn func_proto(&self, func: u64) -> Option<u64> {
+        match self.read_func(func)? {
+            Func::Lua { proto } => Some(proto),
+            _ => None,
+        }
+    }
+
+    /// A copy of a proto's bytecode (`bc[0]` is the FUNCF-style header).
+    pub fn bytecode(&mut self, proto: u64) -> Option<Vec<u32>> {
+        Some(self.entry(proto)?.debug.as_ref()?.bc.clone())
+    }
+
+    /// `lj_debug_slotname` for `slot` at instruction `pos` of `proto`.
+    pub fn slotname(&mut self, proto: u64, pos: u32, slot: u32) -> Option<SlotName> {
+        let layout = self.layout;
+        let entry = load_entry(&mut self.protos, &self.mem, &layout, proto)?;
+        funcname::slotname(&self.mem, &layout, entry.debug.as_ref()?, pos, slot)
+    }
+
+    /// Name of the function called by the instruction at `pos` of `proto`.
+    pub fn call_name(&mut self, proto: u64, pos: u32) -> Option<SlotName> {
+        let layout = self.layout;
+        let entry = load_entry(&mut self.protos, &self.mem, &layout, proto)?;
+        if let Some(hit) = entry.sites.get(&pos) {
+            return hit.clone();
+        }
+        let name = funcname::call_name(&self.mem, &layout, entry.debug.as_ref()?, pos);
+        if entry.sites.len() >= MAX_SITES {
+            entry.sites.clear();
+        }
+        entry.sites.insert(pos, name.clone());
+        name
+    }
+
+    fn caller_name(&mut self, caller: u64, ret_pc: u64) -> Option<SlotName> {
+        let proto = self.func_proto(caller)?;
+        let layout = self.layout;
+        let pos = self.entry(proto)?.header.call_pos(&layout, ret_pc)?;
+        self.call_name(proto, pos)
+    }
+
+    fn label(&mut self, func: u64, name: Option<String>) -> LuaFrame {
+        let unknown = |name| LuaFrame::Lua { name, file: UNKNOWN_FILE.to_string(), line: 0 };
+        match self.read_func(func) {
+            None => unknown(name),
+            Some(Func::C { addr }) => LuaFrame::C { addr, name },
+            Some(Func::Builtin { ffid }) => LuaFrame::Builtin { ffid, name },
+            Some(Func::Lua { proto }) => match self.entry(proto) {
+                Some(e) => LuaFrame::Lua { name, file: e.file.clone(), line: e.line },
+                None => unknown(name),
+            },
+        }
+    }
+
+    fn read_func(&self, func: u64) -> Option<Func> {
+        let l = &self.layout;
+        if func == 0 {
+            return None;
+        }
+        let buf = self.mem.read_bytes(func, l.func_read)?;
+        if buf_u8(&buf, l.gct)? != l.gct_func {
+            return None;
+        }
+        let ffid = buf_u8(&buf, l.func_ffid)?;
+        Some(if ffid == l.ffid_lua {
+            Func::Lua { proto: buf_u64(&buf, l.func_pc)?.checked_sub(l.proto_size)? }
+        } else if ffid == l.ffid_c {
+            Func::C { addr: buf_u64(&buf, l.func_cfunc)? }
+        } else {
+            Func::Builtin { ffid }
+        })
+    }
+
+    fn entry(&mut self, proto: u64) -> Option<&mut ProtoEntry> {
+        load_entry(&mut self.protos, &self.mem, &self.layout, proto)
+    }
+}
+
+fn load_entry<'c, M: Memory>(
+    protos: &'c mut Cache<ProtoEntry>,
+    mem: &M,
+    l: &ObjLayout,
+    proto: u64,
+) -> Option<&'c mut ProtoEntry> {
+    protos.get_or_load(proto, || {
+        let header = ProtoHeader::read(mem, l, proto)?;
+        let file = chunk_label(mem, l, header.chunkname, header.firstline).unwrap_or_else(|| UNKNOWN_FILE.to_string());
+        let line = u32::try_from(header.firstline).unwrap_or(0);
+        let debug = ProtoDebug::read(mem, l, &header);
+        let weight = 256 + file.len() + debug.as_ref().map_or(0, ProtoDebug::weight);
+        Some((ProtoEntry { header, file, line, debug, sites: HashMap::new() }, weight))
+    })
+}

@@ -1,0 +1,3 @@
+mod image;
+mod live;
+mod unit;

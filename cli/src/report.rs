@@ -1,0 +1,148 @@
+//! Writing a profile: SVG (always), folded stacks and a JSON summary on request,
+//! and a few lines for the terminal.
+
+use std::{collections::BTreeMap, fs, path::PathBuf};
+
+use anyhow::{Context, Result};
+use ljprobe_flamegraph::{svg, Folded, Frame};
+use serde::Serialize;
+
+use crate::collect::Collected;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Outputs {
+    /// Flame graph SVG [default: ljprobe-<tool>-<pid>.svg in the current directory].
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    /// Folded stacks for flamegraph.pl, inferno or speedscope.
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<PathBuf>,
+    /// Summary a script can read ("-" for standard output).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+pub struct Profile {
+    pub tool: &'static str,
+    pub title: String,
+    pub pids: Vec<u32>,
+    pub frequency: Option<u64>,
+    /// What a unit of weight is: "samples" or "us".
+    pub unit: &'static str,
+    pub folded: Folded,
+    pub by_vm_state: BTreeMap<String, u64>,
+    pub collected: Collected,
+    pub default_svg: String,
+}
+
+#[derive(Serialize)]
+struct TopFrame {
+    frame: String,
+    /// Weight where this is the innermost function (Lua or C).
+    #[serde(rename = "self")]
+    self_weight: u64,
+    self_share: f64,
+    /// Weight of stacks that contain it.
+    total: u64,
+    total_share: f64,
+}
+
+#[derive(Serialize)]
+struct Summary<'a> {
+    tool: &'a str,
+    pids: &'a [u32],
+    duration_secs: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frequency: Option<u64>,
+    unit: &'a str,
+    samples: u64,
+    weight: u64,
+    lost_samples: u64,
+    stopped_by: crate::collect::StopReason,
+    by_vm_state: &'a BTreeMap<String, u64>,
+    top_frames: Vec<TopFrame>,
+    svg: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    folded: Option<String>,
+}
+
+fn is_function(f: &Frame) -> bool {
+    matches!(f, Frame::Lua { .. } | Frame::Native(_))
+}
+
+pub fn write(out: &Outputs, p: &Profile) -> Result<()> {
+    let svg_path = out.svg.clone().unwrap_or_else(|| PathBuf::from(&p.default_svg));
+    let c = &p.collected;
+    let subtitle = format!(
+        "{} over {:.1}s{}, {} {}, {} lost",
+        p.pids.iter().map(|p| format!("PID {p}")).collect::<Vec<_>>().join(", "),
+        c.elapsed_secs,
+        p.frequency.map(|f| format!(" at {f} Hz")).unwrap_or_default(),
+        p.folded.total(),
+        p.unit,
+        c.lost
+    );
+    let opts = svg::SvgOptions { title: p.title.clone(), subtitle, count_name: p.unit.to_string() };
+    let mut buf = Vec::new();
+    svg::render(&p.folded, &opts, &mut buf).context("rendering the flame graph")?;
+    fs::write(&svg_path, buf).with_context(|| format!("cannot write {}", svg_path.display()))?;
+    if let Some(path) = &out.folded {
+        let mut buf = Vec::new();
+        p.folded.write(&mut buf)?;
+        fs::write(path, buf).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+
+    let total = p.folded.total().max(1) as f64;
+    let inclusive: BTreeMap<&Frame, u64> = p.folded.inclusive().into_iter().collect();
+    let top: Vec<TopFrame> = p
+        .folded
+        .by_innermost(is_function)
+        .into_iter()
+        .take(20)
+        .map(|(f, w)| {
+            let t = inclusive.get(f).copied().unwrap_or(w);
+            TopFrame { frame: f.label(), self_weight: w, self_share: w as f64 / total, total: t, total_share: t as f64 / total }
+        })
+        .collect();
+
+    println!("{}", p.title);
+    println!(
+        "  {} {} in {:.1}s ({} lost); flame graph: {}",
+        p.folded.total(),
+        p.unit,
+        c.elapsed_secs,
+        c.lost,
+        svg_path.display()
+    );
+    if let Some(path) = &out.folded {
+        println!("  folded stacks: {}", path.display());
+    }
+    for t in top.iter().take(5) {
+        println!("  {:>5.1}%  {}", t.self_share * 100.0, t.frame);
+    }
+    if let Some(path) = &out.json {
+        let summary = Summary {
+            tool: p.tool,
+            pids: &p.pids,
+            duration_secs: c.elapsed_secs,
+            frequency: p.frequency,
+            unit: p.unit,
+            samples: c.records,
+            weight: p.folded.total(),
+            lost_samples: c.lost,
+            stopped_by: c.stopped_by,
+            by_vm_state: &p.by_vm_state,
+            top_frames: top,
+            svg: svg_path.display().to_string(),
+            folded: out.folded.as_ref().map(|f| f.display().to_string()),
+        };
+        let text = serde_json::to_string_pretty(&summary)?;
+        if path.as_os_str() == "-" {
+            println!("{text}");
+        } else {
+            fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+            println!("  summary: {}", path.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! `ljprobe cpu` against real LuaJIT processes: fidelity against LuaJIT's own
+//! profiler on the same run, on the debug and the stock stripped build.
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::PathBuf,
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use ljprobe_tests::{assert_one_sentence, ljprobe, require_root, stderr, stdout};
+use serde_json::Value;
+use xtask::paths;
+
+/// Three functions of known, different cost in one steady loop.
+const WORKLOAD: &str = r#"
+local function heavy(n)
+  local x = 0
+  for i = 1, n do x = (x + i * 3) % 1000003 end
+  return x
+end
+
+local function medium(n)
+  local x = 0
+  for i = 1, n do x = (x + i * 7) % 999983 end
+  return x
+end
+
+local function light(n)
+  local x = 0
+  for i = 1, n do x = (x + i) % 97 end
+  return x
+end
+
+local deadline = os.clock() + tonumber(arg[1])
+local sink = 0
+while os.clock() < deadline do
+  sink = sink + heavy(600000) + medium(300000) + light(100000)
+end
+print(sink > 0)
+"#;
+
+fn out_dir() -> PathBuf {
+    let d = paths::target().join("test-out");
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `NN%  name` lines of `-jp=f`.
+fn parse_jp(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter_map(|l| {
+            let (pct, name) = l.trim().split_once('%')?;
+            Some((name.trim().to_string(), pct.trim().parse::<f64>().ok()?))
+        })
+        .collect()
+}
+
+/// Self share (percent) per Lua function name from our JSON summary.
+fn parse_ours(summary: &Value) -> HashMap<String, f64> {
+    summary["top_frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let label = t["frame"].as_str().unwrap();
+            (label.split_whitespace().next().unwrap().to_string(), t["self_share"].as_f64().unwrap() * 100.0)
+        })
+        .collect()
+}
+
+fn fidelity(name: &str, luajit: &str, lua_path: Option<String>) {
+    require_root();
+    let dir = out_dir();
+    let script = dir.join("fidelity.lua");
+    fs::write(&script, WORKLOAD).unwrap();
+    let mut cmd = Command::new(luajit);
+    cmd.arg("-jp=f").arg(&script).arg("5").stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some(p) = lua_path {
+        cmd.env("LUA_PATH", p);
+    }
+    let child = cmd.spawn().unwrap();
+    let pid = child.id().to_string();
+    thread::sleep(Duration::from_millis(500));
+    let json = dir.join(format!("cpu-{name}.json"));
+    let svg = dir.join(format!("cpu-{name}.svg"));
+    let out = ljprobe(&[
+        "cpu", "--pid", &pid, "--duration", "3s", "--freq", "499",
+        "--json", json.to_str().unwrap(), "--svg", svg.to_str().unwrap(),
+    ]);
+    let jp = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let summary: Value = serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(summary["samples"].as_u64().unwrap() > 500, "too few samples: {summary}");
+    let theirs = parse_jp(&String::from_utf8_lossy(&jp.stdout));
+    let ours = parse_ours(&summary);
+    for f in ["heavy", "medium", "light"] {
+        let (t, o) = (theirs.get(f).copied().unwrap_or(0.0), ours.get(f).copied().unwrap_or(0.0));
+        assert!(
+            (t - o).abs() <= 5.0,
+            "{name}: {f} got {o:.1}% from ljprobe, {t:.1}% from -jp=f\nours: {ours:?}\ntheirs: {theirs:?}"
+        );
+    }
+    // The labels carry the chunk and the defining line.
+    let svg_text = fs::read_to_string(&svg).unwrap();
+    assert!(svg_text.contains(&format!("heavy {}:2", script.display())), "no `heavy FILE:2` frame in the SVG");
+}
+
+#[test]
+fn lua_shares_agree_with_luajits_own_profiler_on_the_debug_build() {
+    let prefix = paths::luajit_debug();
+    let lua_path = format!("{}/share/luajit-2.1.0-beta3/?.lua;;", prefix.display());
+    fidelity("debug", prefix.join("bin/luajit").to_str().unwrap(), Some(lua_path));
+}
+
+#[test]
+fn lua_shares_agree_with_luajits_own_profiler_on_the_stock_build() {
+    fidelity("stock", "/usr/bin/luajit", None);
+}
+
+#[test]
+fn a_target_that_exits_mid_run_still_gets_its_samples_written() {
+    require_root();
+    let dir = out_dir();
+    let script = dir.join("short.lua");
+    fs::write(&script, WORKLOAD).unwrap();
+    let mut child = Command::new("/usr/bin/luajit").arg(&script).arg("1.5").stdout(Stdio::null()).spawn().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let json = dir.join("cpu-short.json");
+    let out = ljprobe(&["cpu", "--pid", &child.id().to_string(), "--duration", "20s", "--json", json.to_str().unwrap(), "--svg", dir.join("cpu-short.svg").to_str().unwrap()]);
+    child.wait().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("exited"), "exit not reported: {}", stderr(&out));
+    let summary: Value = serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(summary["stopped_by"], "target-exited");
+    assert!(summary["samples"].as_u64().unwrap() > 20, "{summary}");
+    assert!(summary["duration_secs"].as_f64().unwrap() < 10.0);
+}
+
+#[test]
+fn a_process_without_luajit_gets_one_sentence() {
+    require_root();
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let out = ljprobe(&["cpu", "--pid", &sleeper.id().to_string(), "--duration", "1s"]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_one_sentence(&out, "has no LuaJIT mapped");
+}

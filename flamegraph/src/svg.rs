@@ -34,6 +34,8 @@ fn colour(frame: &Frame) -> Color {
 
 pub fn render(folded: &Folded, opts: &SvgOptions, out: impl Write) -> io::Result<()> {
     let mut palette = PaletteMap::default();
+    // inferno's root frame; its default yellow would read as kernel in our legend.
+    palette.insert("all", VM);
     for frame in folded.frames() {
         palette.insert(frame.label(), colour(frame));
     }

@@ -1,28 +1,38 @@
--- Planted allocation churn: tables grown one slot at a time (no presizing, so
--- they rehash as they grow) and a string built with `..` in a loop (every step
--- allocates and interns a new, longer string).
+-- Planted problem: allocation churn. Tables grow one slot at a time instead of
+-- being presized, and a string is built by repeated `..`, copying everything
+-- built so far on every step. An allocation profiler should rank
+-- alloc_churn_work as the top allocating function.
+local args = require("app.utils.args")
+local config = require("app.config")
+local response = require("app.utils.response")
+
 local M = {}
 
 function M.alloc_churn_work(n)
     local rows = {}
     for i = 1, n do
         local row = {}
-        for j = 1, 16 do
-            row[#row + 1] = i * j
+        row.id = i
+        row.sku = "sku-" .. i
+        row.price = i * 1.25
+        row.tags = {}
+        for t = 1, 6 do
+            row.tags[#row.tags + 1] = "tag-" .. (i + t) % 97
         end
         rows[#rows + 1] = row
     end
-    local s = ""
-    for i = 1, n do
-        s = s .. i .. ","
+    local csv = ""
+    for i = 1, #rows do
+        csv = csv .. rows[i].sku .. ";" .. rows[i].tags[1] .. ","
     end
-    return #rows, #s
+    return #csv, #rows
 end
 
-function M.churn()
-    local n = math.min(tonumber(ngx.var.arg_n) or 2000, 100000)
-    local rows, bytes = M.alloc_churn_work(n)
-    ngx.say(rows, " rows, ", bytes, " bytes")
+function M.handle()
+    -- The string building is quadratic: twice the rows is four times the copying.
+    local scale = args.num("n", 1, 0.001, 100)
+    local bytes, rows = M.alloc_churn_work(math.max(1, math.floor(scale * config.planted.alloc_churn_rows)))
+    response.json(200, { route = "/alloc/churn", n = scale, rows = rows, bytes = bytes })
 end
 
 return M

@@ -1,19 +1,29 @@
--- Planted event-loop blocking: usleep(3) through the FFI stops the whole worker,
--- every other request on it waits (ngx.sleep would yield instead).
+-- Planted problem: a blocking syscall inside the event loop. usleep stops the
+-- whole worker, so every other connection on it waits too. An off-CPU profiler
+-- should put the blocked time under block_sleep_work, and an event-loop
+-- profiler should see one long iteration per request.
 local ffi = require("ffi")
+local args = require("app.utils.args")
+local config = require("app.config")
+local response = require("app.utils.response")
 
-ffi.cdef [[ int usleep(unsigned int usec); ]]
+-- pcall: another module may already have declared usleep in the shared FFI
+-- namespace, and redeclaring raises.
+pcall(ffi.cdef, "int usleep(unsigned int usec);")
+
+local C = ffi.C
 
 local M = {}
 
 function M.block_sleep_work(ms)
-    ffi.C.usleep(ms * 1000)
+    C.usleep(ms * 1000)
     return ms
 end
 
-function M.sleep()
-    local ms = math.max(0, math.min(tonumber(ngx.var.arg_ms) or 20, 1000))
-    ngx.say("blocked ", M.block_sleep_work(ms), " ms")
+function M.handle()
+    local ms = args.int("ms", config.planted.block_sleep_ms, 0, 1000)
+    local slept = M.block_sleep_work(ms)
+    response.json(200, { route = "/block/sleep", ms = slept })
 end
 
 return M

@@ -1,10 +1,16 @@
-local cjson = require("cjson.safe")
+local response = require("app.utils.response")
+
+local ngx = ngx
 
 local M = {}
 
-function M.get()
-    ngx.header["Content-Type"] = "application/json"
-    ngx.say(cjson.encode({ status = "ok", worker = ngx.worker.pid() }))
+function M.handle()
+    response.json(200, {
+        status = "ok",
+        worker = ngx.worker.id(),
+        pid = ngx.worker.pid(),
+        time = ngx.now(),
+    })
 end
 
 return M

@@ -1,21 +1,21 @@
--- Planted leak: a module-level table that every request adds to and nothing
--- removes (until /leak?reset=1), as caches without bounds do.
+local args = require("app.utils.args")
+local config = require("app.config")
+local leak = require("app.services.leak")
+local response = require("app.utils.response")
+
+local ngx = ngx
+
 local M = {}
 
-local retained = {}
-
-function M.leak_grow_work(id)
-    retained[#retained + 1] = { id = id, at = ngx.now(), payload = string.rep("x", 256) }
-    return #retained
-end
-
-function M.grow()
-    if ngx.var.arg_reset then
-        retained = {}
-        ngx.say("0 entries")
-        return
+function M.handle()
+    local size
+    if ngx.var.arg_reset == "1" then
+        size = leak.leak_reset()
+    else
+        local bytes = args.int("bytes", config.planted.leak_bytes, 0, 1048576)
+        size = leak.leak_grow(ngx.ctx.request_id or ngx.var.request_id, bytes)
     end
-    ngx.say(M.leak_grow_work(ngx.ctx.request_id), " entries")
+    response.json(200, { route = "/leak", retained = size, worker = ngx.worker.pid() })
 end
 
 return M

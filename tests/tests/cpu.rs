@@ -10,9 +10,9 @@ use std::{
     time::Duration,
 };
 
-use ljprobe_tests::{assert_one_sentence, ljprobe, require_root, stderr, stdout};
+use ljprobe_tests::{assert_one_sentence, gateway, ljprobe, require_root, stderr, stdout};
 use serde_json::Value;
-use xtask::paths;
+use xtask::{gateway::LuaJitBuild, load::Load, paths, planted};
 
 /// Three functions of known, different cost in one steady loop.
 const WORKLOAD: &str = r#"
@@ -147,4 +147,63 @@ fn a_process_without_luajit_gets_one_sentence() {
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     assert_one_sentence(&out, "has no LuaJIT mapped");
+}
+
+/// Samples the gateway's master while `route` is under load; returns the JSON
+/// summary and the folded stacks as (stack, weight).
+fn profile_gateway_route(name: &str, route: &str) -> (Value, Vec<(String, u64)>) {
+    let gw = gateway(name, LuaJitBuild::Debug);
+    let load = Load { url: gw.config.url(), route: route.into(), duration: Duration::from_secs(6), connections: 4, rate: None };
+    let mut wrk = load.spawn().unwrap();
+    thread::sleep(Duration::from_secs(1));
+    let dir = out_dir();
+    let (json, folded) = (dir.join(format!("{name}.json")), dir.join(format!("{name}.folded")));
+    let out = ljprobe(&[
+        "cpu", "--pid", &gw.master().to_string(), "--duration", "3s", "--freq", "499",
+        "--json", json.to_str().unwrap(), "--folded", folded.to_str().unwrap(),
+        "--svg", dir.join(format!("{name}.svg")).to_str().unwrap(),
+    ]);
+    let _ = wrk.kill();
+    let _ = wrk.wait();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let summary: Value = serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
+    let stacks = fs::read_to_string(&folded)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let (stack, w) = l.rsplit_once(' ')?;
+            Some((stack.to_string(), w.parse().ok()?))
+        })
+        .collect();
+    (summary, stacks)
+}
+
+fn weight(stacks: &[(String, u64)], pred: impl Fn(&str) -> bool) -> u64 {
+    stacks.iter().filter(|(s, _)| pred(s)).map(|(_, w)| w).sum()
+}
+
+#[test]
+fn gateway_hot_jit_is_its_planted_function_running_in_traces() {
+    let p = planted::for_route("/hot/jit").unwrap();
+    let label = format!("{} {}", p.function, p.location());
+    let (summary, stacks) = profile_gateway_route("cpu-hot-jit", "/hot/jit");
+    let top = &summary["top_frames"][0];
+    assert_eq!(top["frame"], label.as_str(), "top function is not the planted one: {summary}");
+    assert!(top["self_share"].as_f64().unwrap() > 0.5, "{top}");
+    let with_fn = weight(&stacks, |s| s.contains(&label));
+    let in_trace = weight(&stacks, |s| s.contains(&format!("{label};trace#")));
+    assert!(in_trace * 10 >= with_fn * 8, "only {in_trace} of {with_fn} samples of {label} in traces");
+}
+
+#[test]
+fn gateway_hot_nyi_is_its_planted_function_mostly_interpreted() {
+    let p = planted::for_route("/hot/nyi").unwrap();
+    let label = format!("{} {}", p.function, p.location());
+    let (summary, stacks) = profile_gateway_route("cpu-hot-nyi", "/hot/nyi");
+    let total = weight(&stacks, |_| true);
+    let with_fn = weight(&stacks, |s| s.contains(&label));
+    assert!(with_fn * 10 >= total * 6, "{label} in only {with_fn} of {total} samples:\n{summary}");
+    // FNEW aborts every trace through it: at most a tenth may be compiled code.
+    let in_trace = weight(&stacks, |s| s.contains(&label) && s.contains("trace#"));
+    assert!(in_trace * 10 <= with_fn, "{in_trace} of {with_fn} samples of {label} ran in traces");
 }

@@ -4,8 +4,12 @@
 pub mod attach;
 pub mod objects;
 
-use anyhow::{anyhow, Result};
-use aya::{Ebpf, EbpfError, EbpfLoader};
+use anyhow::{anyhow, Context, Result};
+use aya::{
+    maps::{Array, HashMap},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use ljprobe_common::VmLayout;
 
 /// Loads one tool's object and forwards its aya-log messages to our logger (`-v`).
 pub fn load(object: &[u8], tool: &str) -> Result<Ebpf> {
@@ -31,4 +35,15 @@ pub fn program_error(what: &str, e: aya::programs::ProgramError) -> anyhow::Erro
         log::debug!("verifier log for {what}:\n{verifier_log}");
     }
     anyhow!("{what} failed: {e}")
+}
+
+/// Every tool's program reads the same two maps: which processes to look at
+/// (`TARGETS`) and where LuaJIT keeps what it reads (`LAYOUT`).
+pub fn aim(ebpf: &mut Ebpf, pids: &[u32], layout: VmLayout) -> Result<()> {
+    Array::try_from(ebpf.map_mut("LAYOUT").context("LAYOUT map missing")?)?.set(0, layout, 0)?;
+    let mut targets: HashMap<_, u32, u8> = HashMap::try_from(ebpf.map_mut("TARGETS").context("TARGETS map missing")?)?;
+    for &pid in pids {
+        targets.insert(pid, 1, 0)?;
+    }
+    Ok(())
 }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use aya::maps::{Array, HashMap as BpfHashMap};
+use aya::maps::HashMap as BpfHashMap;
 use ljprobe_common::{VmFound, VmLayout, VM_SOURCE_API_ARG};
 use ljprobe_flamegraph::VmState;
 use serde::Serialize;
@@ -146,14 +146,8 @@ async fn find_vms(procs: &[&TargetProcess], wait: Duration) -> Result<HashMap<u3
     let mut ebpf = bpf::load(objects::DOCTOR, "doctor")?;
     // An nginx master's workers are forks of one image, so they share one layout.
     let layout: VmLayout = procs[0].luajit.as_ref().map(|l| l.layout.offsets).context("no LuaJIT")?;
-    Array::try_from(ebpf.map_mut("LAYOUT").context("LAYOUT map missing")?)?.set(0, layout, 0)?;
-    {
-        let mut targets: BpfHashMap<_, u32, u8> =
-            BpfHashMap::try_from(ebpf.map_mut("TARGETS").context("TARGETS map missing")?)?;
-        for p in procs {
-            targets.insert(p.process.pid, 1, 0)?;
-        }
-    }
+    let pids: Vec<u32> = procs.iter().map(|p| p.process.pid).collect();
+    bpf::aim(&mut ebpf, &pids, layout)?;
     attach::cpu_clock(&mut ebpf, "doctor_sample", 499)?;
     for p in procs {
         let lj = p.luajit.as_ref().context("no LuaJIT")?;

@@ -3,7 +3,9 @@
 mod bpf;
 mod collect;
 mod duration;
+mod kallsyms;
 mod lua;
+mod native;
 mod report;
 mod stacks;
 mod system;

@@ -1,46 +1,160 @@
-//! From the kernel's raw Lua samples to the shared stack model: names from the
-//! target's memory, the VM state on top, truncation made visible.
+//! From the kernel's raw samples to the shared stack model: Lua frames named from
+//! the target's memory with the VM state on top, native frames unwound with CFI,
+//! or both spliced into one mixed stack. Truncation is always made visible.
 
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Result;
 use ljprobe_common::{
-    CpuSample, LuaFrameRaw, STACK_BROKEN, STACK_NOT_IN_LUA, STACK_NO_VM, STACK_TRUNCATED,
+    CpuSample, CpuSampleNative, LuaFrameRaw, NativeStack, STACK_BROKEN, STACK_NOT_IN_LUA, STACK_NO_VM,
+    STACK_TRUNCATED,
 };
 use ljprobe_flamegraph::{Folded, Frame, VmState};
 
 use crate::{
+    kallsyms::Kallsyms,
     lua::{LuaFrame, ProcMem, RawFrame, Resolver},
+    native::{StackCopy, Symbolizer, Unwinder},
     target::Process,
+    tools::cpu::StackKind,
 };
 
+/// Native frames unwound per sample at most; deeper stacks get a marker.
+const MAX_NATIVE_FRAMES: usize = 128;
+
+/// What it takes to turn one process's native samples into names.
+struct NativeView {
+    unwinder: Unwinder,
+    symbolizer: Symbolizer,
+    /// Executable ranges of the LuaJIT object: where mixed stacks splice Lua in.
+    luajit: Vec<(u64, u64)>,
+    /// Executable ranges of every mapped file; JIT traces live outside them.
+    files: Vec<(u64, u64)>,
+}
+
+/// Where the interpreter keeps the caller's rbp and its return address, from the
+/// rsp it runs with (`L->cframe`), and how far that frame reaches (vm_x64.dasc,
+/// x64 POSIX `saveregs`: push rbp, rbx, r15, r14; sub rsp, 5*8).
+const CFRAME_SAVED_RBP: usize = 8 * 8;
+const CFRAME_RETURN: usize = 9 * 8;
+const CFRAME_END: usize = 10 * 8;
+
+fn within(ranges: &[(u64, u64)], addr: u64) -> bool {
+    ranges.iter().any(|&(s, e)| addr >= s && addr < e)
+}
+
 pub struct StackBuilder {
+    kind: StackKind,
     resolvers: HashMap<u32, Resolver<ProcMem>>,
+    native: HashMap<u32, NativeView>,
+    kernel: Option<Kallsyms>,
     pub folded: Folded,
     pub by_vm_state: BTreeMap<String, u64>,
 }
 
 impl StackBuilder {
-    pub fn new(processes: &[Process]) -> Result<StackBuilder> {
+    /// `luajit_path` is the LuaJIT object's path as the targets map it, if any.
+    pub fn new(kind: StackKind, kernel: bool, processes: &[Process], luajit_path: Option<&str>) -> Result<StackBuilder> {
         let mut resolvers = HashMap::new();
+        let mut native = HashMap::new();
         for p in processes {
             resolvers.insert(p.pid, Resolver::new(ProcMem::open(p.pid)?));
+            if kind != StackKind::Lua {
+                let maps = p.maps()?;
+                let exec = maps.iter().filter(|m| m.executable() && m.path.is_some());
+                let files: Vec<(u64, u64)> = exec.clone().map(|m| (m.start, m.end)).collect();
+                let luajit = exec.filter(|m| m.path.as_deref() == luajit_path).map(|m| (m.start, m.end)).collect();
+                let view =
+                    NativeView { unwinder: Unwinder::new(p.pid)?, symbolizer: Symbolizer::new(p.pid), luajit, files };
+                native.insert(p.pid, view);
+            }
         }
-        Ok(StackBuilder { resolvers, folded: Folded::default(), by_vm_state: BTreeMap::new() })
+        let kernel = if kernel { Some(Kallsyms::load()?) } else { None };
+        Ok(StackBuilder { kind, resolvers, native, kernel, folded: Folded::default(), by_vm_state: BTreeMap::new() })
     }
 
-    /// One `CpuSample` record from the ring buffer, weight 1.
+    /// One record from the ring buffer (`CpuSample`, or `CpuSampleNative` when
+    /// native stacks were asked for), weight 1.
     pub fn add(&mut self, bytes: &[u8]) {
-        if bytes.len() < std::mem::size_of::<CpuSample>() {
+        let (s, native) = if bytes.len() >= std::mem::size_of::<CpuSampleNative>() {
+            // SAFETY: the kernel wrote a whole record of this type; read_unaligned
+            // copes with the ring buffer's 8-byte alignment.
+            let r: CpuSampleNative = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const CpuSampleNative) };
+            (r.lua, Some(r.native))
+        } else if bytes.len() >= std::mem::size_of::<CpuSample>() {
+            // SAFETY: as above.
+            (unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const CpuSample) }, None)
+        } else {
             return;
-        }
-        // SAFETY: the kernel wrote a whole CpuSample; read_unaligned copes with
-        // the ring buffer's 8-byte alignment.
-        let s: CpuSample = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const CpuSample) };
+        };
         let n = (s.nframes as usize).min(s.frames.len());
-        let stack = self.stack(s.tgid, s.vmstate, s.flags, &s.frames[..n]);
+        let lua = self.stack(s.tgid, s.vmstate, s.flags, &s.frames[..n]);
+        let mut stack = match (self.kind, native) {
+            (StackKind::Lua, _) | (_, None) => lua,
+            (StackKind::C, Some(ns)) => self.native_stack(s.tgid, s.vmstate, &ns).into_iter().map(|(f, _)| f).collect(),
+            (StackKind::Mixed, Some(ns)) => {
+                let native = self.native_stack(s.tgid, s.vmstate, &ns);
+                if s.flags & (STACK_NO_VM | STACK_NOT_IN_LUA) == 0 {
+                    splice(native, lua)
+                } else {
+                    native.into_iter().map(|(f, _)| f).collect()
+                }
+            }
+        };
+        if let Some(k) = &self.kernel {
+            let n = (s.nkernel as usize).min(s.kernel.len());
+            stack.extend(s.kernel[..n].iter().rev().map(|&a| Frame::Kernel(k.name(a))));
+        }
         *self.by_vm_state.entry(state_key(s.vmstate, s.flags)).or_default() += 1;
         self.folded.add(&stack, 1);
+    }
+
+    /// Root first, each frame with whether it lies in LuaJIT's code.
+    fn native_stack(&mut self, tgid: u32, vmstate: i32, ns: &NativeStack) -> Vec<(Frame, bool)> {
+        let Some(view) = self.native.get_mut(&tgid) else { return vec![] };
+        let len = (ns.len as usize).min(ns.bytes.len());
+        let copy = StackCopy { rip: ns.rip, rsp: ns.rsp, rbp: ns.rbp, stack: &ns.bytes[..len] };
+        let mut addrs = view.unwinder.unwind(&copy, MAX_NATIVE_FRAMES);
+        // JIT traces have no CFI: an unwind ending outside every mapped file ended
+        // in one. The interpreter frame they run in tells where to go on.
+        let mut jit_frame = None;
+        let ended_in_jit = addrs.last().is_some_and(|&a| !within(&view.files, a));
+        if let (true, Some(off)) = (ended_in_jit, ns.cframe.checked_sub(ns.rsp).map(|o| o as usize)) {
+            if off + CFRAME_END <= len {
+                let word = |at: usize| u64::from_le_bytes(copy.stack[off + at..off + at + 8].try_into().unwrap_or_default());
+                let resume = StackCopy {
+                    rip: word(CFRAME_RETURN),
+                    rsp: ns.cframe + CFRAME_END as u64,
+                    rbp: word(CFRAME_SAVED_RBP),
+                    stack: &copy.stack[off + CFRAME_END..],
+                };
+                jit_frame = Some(addrs.len() - 1);
+                let rest = view.unwinder.unwind(&resume, MAX_NATIVE_FRAMES.saturating_sub(addrs.len()));
+                addrs.extend(rest);
+            }
+        }
+        let names = view.symbolizer.names(&addrs, true);
+        let jit = match VmState::from_raw(vmstate) {
+            VmState::Trace(n) => Frame::Trace(n),
+            _ => Frame::Native("[JIT code]".into()),
+        };
+        let mut frames: Vec<(Frame, bool)> = names
+            .into_iter()
+            .zip(addrs.iter())
+            .enumerate()
+            .map(|(i, (n, a))| match Some(i) == jit_frame {
+                true => (jit.clone(), true),
+                false => (Frame::Native(n), within(&view.luajit, *a)),
+            })
+            .rev()
+            .collect();
+        if addrs.len() >= MAX_NATIVE_FRAMES {
+            frames.insert(0, (Frame::Vm("[truncated: deeper frames not unwound]".into()), false));
+        }
+        if frames.is_empty() {
+            frames.push((Frame::Vm("[native stack not unwound]".into()), false));
+        }
+        frames
     }
 
     /// Root first, as folded stacks read.
@@ -107,4 +221,52 @@ fn state_key(vmstate: i32, flags: u32) -> String {
         VmState::Unknown(_) => "unknown",
     }
     .into()
+}
+
+/// A mixed stack, root first: the host's native frames up to where it entered
+/// LuaJIT, then the Lua frames (with their VM-state top), then the native frames
+/// Lua called into (C functions, libc). LuaJIT's own frames in between are the
+/// interpreter running the Lua frames, so they are replaced by them.
+fn splice(native: Vec<(Frame, bool)>, lua: Vec<Frame>) -> Vec<Frame> {
+    let first = native.iter().position(|(_, lj)| *lj);
+    let last = native.iter().rposition(|(_, lj)| *lj);
+    let (Some(first), Some(last)) = (first, last) else {
+        // The unwind never reached LuaJIT (cut short): keep both, Lua on top.
+        return native.into_iter().map(|(f, _)| f).chain(lua).collect();
+    };
+    let mut out: Vec<Frame> = native[..first].iter().map(|(f, _)| f.clone()).collect();
+    out.extend(lua);
+    out.extend(native[last + 1..].iter().map(|(f, _)| f.clone()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(name: &str, lj: bool) -> (Frame, bool) {
+        (Frame::Native(name.into()), lj)
+    }
+
+    #[test]
+    fn splices_lua_between_the_host_and_what_lua_called() {
+        let native = vec![
+            n("main", false),
+            n("ngx_http_lua_run_thread", false),
+            n("lua_resume", true),
+            n("lj_vm_resume", true),
+            n("ngx_http_lua_ngx_say", false),
+            n("write", false),
+        ];
+        let lua = vec![Frame::Lua { name: Some("handler".into()), file: "a.lua".into(), line: 3 }];
+        let got: Vec<String> = splice(native, lua).iter().map(Frame::label).collect();
+        assert_eq!(got, ["main", "ngx_http_lua_run_thread", "handler a.lua:3", "ngx_http_lua_ngx_say", "write"]);
+    }
+
+    #[test]
+    fn keeps_both_when_the_unwind_never_reached_luajit() {
+        let lua = vec![Frame::Trace(4)];
+        let got: Vec<String> = splice(vec![n("memcpy", false)], lua).iter().map(Frame::label).collect();
+        assert_eq!(got, ["memcpy", "trace#4"]);
+    }
 }

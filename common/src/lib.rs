@@ -51,6 +51,7 @@ mod pod {
     unsafe impl aya::Pod for super::VmFound {}
     unsafe impl aya::Pod for super::LuaFrameRaw {}
     unsafe impl aya::Pod for super::CpuSample {}
+    unsafe impl aya::Pod for super::CpuConfig {}
 }
 
 /// Frames the kernel walks per sample; deeper stacks are cut and flagged.
@@ -75,6 +76,9 @@ pub const STACK_NOT_IN_LUA: u32 = 4;
 /// A link or read failed mid-walk: the frames before it are good, the rest unknown.
 pub const STACK_BROKEN: u32 = 8;
 
+/// Kernel frames kept per sample with `--kernel`.
+pub const MAX_KERNEL_FRAMES: usize = 32;
+
 /// One `cpu-clock` sample of a target thread, Lua-level.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -84,7 +88,51 @@ pub struct CpuSample {
     pub vmstate: i32,
     pub flags: u32,
     pub nframes: u32,
-    pub _pad: u32,
+    /// Valid entries of `kernel` (0 unless `CpuConfig::kernel`).
+    pub nkernel: u32,
     /// Innermost first.
     pub frames: [LuaFrameRaw; MAX_LUA_FRAMES],
+    /// Kernel return addresses, innermost first.
+    pub kernel: [u64; MAX_KERNEL_FRAMES],
+}
+
+/// Bytes of user stack copied per sample for native unwinding (perf's default
+/// for `--call-graph dwarf` is 8 KiB too).
+pub const USER_STACK_BYTES: usize = 8192;
+
+/// Registers and the top of the user stack at a sample: enough for user space to
+/// unwind with CFI, since neither nginx nor LuaJIT keeps frame pointers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NativeStack {
+    pub rip: u64,
+    pub rsp: u64,
+    pub rbp: u64,
+    /// The running coroutine's `L->cframe` (flag bits cleared), 0 if none: the
+    /// interpreter's stack frame, from which unwinding resumes past JIT trace
+    /// code, which has no CFI.
+    pub cframe: u64,
+    /// Valid bytes in `bytes`, from `rsp` up.
+    pub len: u32,
+    pub _pad: u32,
+    pub bytes: [u8; USER_STACK_BYTES],
+}
+
+/// A `CpuSample` followed by its native stack: what the cpu program emits when
+/// `CpuConfig::native` is set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CpuSampleNative {
+    pub lua: CpuSample,
+    pub native: NativeStack,
+}
+
+/// Run-time switches of the cpu program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuConfig {
+    /// Non-zero: copy registers and user stack with every sample.
+    pub native: u32,
+    /// Non-zero: record the kernel stack too.
+    pub kernel: u32,
 }

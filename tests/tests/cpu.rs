@@ -152,17 +152,24 @@ fn a_process_without_luajit_gets_one_sentence() {
 /// Samples the gateway's master while `route` is under load; returns the JSON
 /// summary and the folded stacks as (stack, weight).
 fn profile_gateway_route(name: &str, route: &str) -> (Value, Vec<(String, u64)>) {
+    profile_gateway_route_with(name, route, &[])
+}
+
+fn profile_gateway_route_with(name: &str, route: &str, extra: &[&str]) -> (Value, Vec<(String, u64)>) {
     let gw = gateway(name, LuaJitBuild::Debug);
     let load = Load { url: gw.config.url(), route: route.into(), duration: Duration::from_secs(6), connections: 4, rate: None };
     let mut wrk = load.spawn().unwrap();
     thread::sleep(Duration::from_secs(1));
     let dir = out_dir();
     let (json, folded) = (dir.join(format!("{name}.json")), dir.join(format!("{name}.folded")));
-    let out = ljprobe(&[
-        "cpu", "--pid", &gw.master().to_string(), "--duration", "3s", "--freq", "499",
-        "--json", json.to_str().unwrap(), "--folded", folded.to_str().unwrap(),
-        "--svg", dir.join(format!("{name}.svg")).to_str().unwrap(),
-    ]);
+    let master = gw.master().to_string();
+    let svg = dir.join(format!("{name}.svg"));
+    let mut args = vec![
+        "cpu", "--pid", &master, "--duration", "3s", "--freq", "499",
+        "--json", json.to_str().unwrap(), "--folded", folded.to_str().unwrap(), "--svg", svg.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = ljprobe(&args);
     let _ = wrk.kill();
     let _ = wrk.wait();
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
@@ -206,4 +213,79 @@ fn gateway_hot_nyi_is_its_planted_function_mostly_interpreted() {
     // FNEW aborts every trace through it: at most a tenth may be compiled code.
     let in_trace = weight(&stacks, |s| s.contains(&label) && s.contains("trace#"));
     assert!(in_trace * 10 <= with_fn, "{in_trace} of {with_fn} samples of {label} ran in traces");
+}
+
+fn depth(stack: &str) -> usize {
+    stack.split(';').count()
+}
+
+#[test]
+fn gateway_c_level_graph_unwinds_nginx_and_luajit_deeply() {
+    let (_, stacks) = profile_gateway_route_with("cpu-c", "/hot/jit", &["--stack", "c"]);
+    let total = weight(&stacks, |_| true);
+    let deep = weight(&stacks, |s| depth(s) > 5);
+    assert!(deep * 2 > total, "only {deep} of {total} samples unwound deeper than 5 frames");
+    assert!(weight(&stacks, |s| s.contains("ngx_")) * 2 > total, "nginx frames missing from most samples");
+    // /hot/jit runs in traces, which the C graph shows right on top of the lua
+    // module's entry into the VM; the rest goes through lj_*/lua_* frames.
+    let in_luajit = weight(&stacks, |s| {
+        s.contains("ngx_http_lua_run_thread;") && (s.contains(";trace#") || s.contains(";lj_") || s.contains(";lua_"))
+    });
+    assert!(in_luajit * 2 > total, "only {in_luajit} of {total} samples show nginx entering LuaJIT");
+}
+
+#[test]
+fn gateway_mixed_graph_puts_lua_between_nginx_and_what_lua_calls() {
+    let p = planted::for_route("/hot/jit").unwrap();
+    let label = format!("{} {}", p.function, p.location());
+    let (_, stacks) = profile_gateway_route_with("cpu-mixed", "/hot/jit", &["--stack", "mixed"]);
+    let total = weight(&stacks, |_| true);
+    // nginx's own frames below the Lua ones: the run_thread entry, then Lua.
+    let spliced = weight(&stacks, |s| {
+        let (Some(ngx), Some(lua)) = (s.find("ngx_http_lua_run_thread"), s.find(&label)) else { return false };
+        ngx < lua
+    });
+    assert!(spliced * 2 > total, "only {spliced} of {total} samples have {label} above ngx_http_lua_run_thread");
+}
+
+#[test]
+fn kernel_frames_sit_on_top_with_kernel() {
+    require_root();
+    let dir = out_dir();
+    let script = dir.join("syscalls.lua");
+    fs::write(&script, "local f = io.open('/dev/zero', 'rb')\nlocal t = os.clock() + 4\nwhile os.clock() < t do f:read(65536) end\n").unwrap();
+    let mut child = Command::new("/usr/bin/luajit").arg(&script).spawn().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let folded = dir.join("cpu-kernel.folded");
+    let out = ljprobe(&[
+        "cpu", "--pid", &child.id().to_string(), "--duration", "2s", "--freq", "499", "--kernel",
+        "--folded", folded.to_str().unwrap(), "--svg", dir.join("cpu-kernel.svg").to_str().unwrap(),
+    ]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = fs::read_to_string(&folded).unwrap();
+    let stacks: Vec<(String, u64)> =
+        text.lines().filter_map(|l| l.rsplit_once(' ').map(|(s, w)| (s.to_string(), w.parse().unwrap_or(0)))).collect();
+    let total = weight(&stacks, |_| true);
+    let kernel = weight(&stacks, |s| s.ends_with("_[k]"));
+    assert!(kernel * 5 > total, "reading /dev/zero: only {kernel} of {total} samples end in kernel frames");
+}
+
+#[test]
+fn c_level_graph_of_a_process_without_lua_notes_it() {
+    require_root();
+    let mut yes = Command::new("yes").stdout(Stdio::null()).spawn().unwrap();
+    let dir = out_dir();
+    let folded = dir.join("cpu-yes.folded");
+    let out = ljprobe(&[
+        "cpu", "--pid", &yes.id().to_string(), "--duration", "1s", "--stack", "c",
+        "--folded", folded.to_str().unwrap(), "--svg", dir.join("cpu-yes.svg").to_str().unwrap(),
+    ]);
+    let _ = yes.kill();
+    let _ = yes.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no Lua VM"), "{}", stderr(&out));
+    let text = fs::read_to_string(&folded).unwrap();
+    assert!(text.contains("main"), "no native frames for `yes`:\n{text}");
 }

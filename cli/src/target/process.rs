@@ -16,6 +16,8 @@ pub struct Process {
 
 #[derive(Debug, Clone)]
 pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
     pub perms: String,
     pub path: Option<String>,
 }
@@ -87,9 +89,15 @@ impl Process {
 fn parse_map_line(line: &str) -> Option<Mapping> {
     // address perms offset dev inode [path]; the path may contain spaces.
     let mut it = line.splitn(6, char::is_whitespace);
-    let perms = it.nth(1)?;
+    let (start, end) = it.next()?.split_once('-')?;
+    let perms = it.next()?;
     let path = it.nth(3).map(str::trim).filter(|p| p.starts_with('/')).map(str::to_string);
-    Some(Mapping { perms: perms.to_string(), path })
+    Some(Mapping {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        perms: perms.to_string(),
+        path,
+    })
 }
 
 /// Direct children of `pid`, from every process's parent link.
@@ -113,6 +121,7 @@ mod tests {
             "7f0a1c000000-7f0a1c021000 r-xp 00002000 fe:01 123 /usr/lib/x86_64-linux-gnu/libluajit-5.1.so.2.1.0",
         )
         .unwrap();
+        assert_eq!((m.start, m.end), (0x7f0a1c000000, 0x7f0a1c021000));
         assert!(m.executable());
         assert_eq!(m.path.as_deref(), Some("/usr/lib/x86_64-linux-gnu/libluajit-5.1.so.2.1.0"));
         let anon = parse_map_line("7ffd1000-7ffd2000 rw-p 00000000 00:00 0   [stack]").unwrap();

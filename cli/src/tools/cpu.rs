@@ -4,21 +4,35 @@
 use std::{process::ExitCode, time::Duration};
 
 use anyhow::{bail, Context, Result};
-use aya::maps::{Array, HashMap as BpfHashMap, PerCpuArray};
-use ljprobe_common::VmLayout;
+use aya::maps::{Array, PerCpuArray};
+use ljprobe_common::{CpuConfig, VmLayout};
 
 use crate::{
     bpf::{self, attach, objects},
     collect::{self, Collected},
     report::{self, Outputs},
     stacks::StackBuilder,
-    target::Target,
+    target::{layout::OPENRESTY_21_GC64_X86_64, Target},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum StackKind {
     /// Lua functions (and VM states), as `lj-lua-stacks` showed them.
     Lua,
+    /// Native frames (nginx, LuaJIT, libc), unwound with CFI, as `sample-bt` showed them.
+    C,
+    /// Native frames with the Lua frames spliced in where C entered the VM.
+    Mixed,
+}
+
+impl StackKind {
+    fn title(self) -> &'static str {
+        match self {
+            StackKind::Lua => "Lua-level",
+            StackKind::C => "C-level",
+            StackKind::Mixed => "mixed Lua and C",
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -34,6 +48,9 @@ pub struct Args {
     freq: u64,
     #[arg(long, value_enum, default_value = "lua")]
     stack: StackKind,
+    /// Add kernel frames on top of each stack.
+    #[arg(long)]
+    kernel: bool,
     #[command(flatten)]
     outputs: Outputs,
 }
@@ -41,36 +58,38 @@ pub struct Args {
 pub async fn run(args: Args) -> Result<ExitCode> {
     let target = Target::open(args.pid)?;
     let lua = target.lua_processes();
-    if lua.is_empty() {
-        let root = &target.processes[0].process;
-        bail!(
-            "process {} ({}) has no LuaJIT mapped, so it has no Lua stacks to sample: check the PID",
+    let root = &target.processes[0].process;
+    let (processes, layout, luajit_path): (Vec<_>, VmLayout, Option<String>) = match lua.first() {
+        Some(first) => {
+            let lj = first.luajit.as_ref().context("no LuaJIT")?;
+            (lua.iter().map(|p| p.process.clone()).collect(), lj.layout.offsets, Some(lj.path.clone()))
+        }
+        None if args.stack == StackKind::Lua => bail!(
+            "process {} ({}) has no LuaJIT mapped, so it has no Lua stacks to sample: check the PID, or use --stack c",
             root.pid,
             root.comm
-        );
-    }
-    let layout: VmLayout = lua[0].luajit.as_ref().map(|l| l.layout.offsets).context("no LuaJIT")?;
-    let processes: Vec<_> = lua.iter().map(|p| p.process.clone()).collect();
+        ),
+        None => {
+            eprintln!("ljprobe: note: process {} ({}) has no Lua VM; the graph shows C only", root.pid, root.comm);
+            (target.processes.iter().map(|p| p.process.clone()).collect(), OPENRESTY_21_GC64_X86_64, None)
+        }
+    };
 
     let mut ebpf = bpf::load(objects::CPU, "cpu")?;
-    Array::try_from(ebpf.map_mut("LAYOUT").context("LAYOUT map missing")?)?.set(0, layout, 0)?;
-    {
-        let mut targets: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(ebpf.map_mut("TARGETS").context("TARGETS map missing")?)?;
-        for p in &processes {
-            targets.insert(p.pid, 1, 0)?;
-        }
-    }
+    let pids: Vec<u32> = processes.iter().map(|p| p.pid).collect();
+    bpf::aim(&mut ebpf, &pids, layout)?;
+    let config = CpuConfig { native: u32::from(args.stack != StackKind::Lua), kernel: u32::from(args.kernel) };
+    Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?.set(0, config, 0)?;
     attach::cpu_clock(&mut ebpf, "cpu_sample", args.freq)?;
 
-    let mut builder = StackBuilder::new(&processes)?;
+    let mut builder = StackBuilder::new(args.stack, args.kernel, &processes, luajit_path.as_deref())?;
     let ring = aya::maps::RingBuf::try_from(ebpf.take_map("SAMPLES").context("SAMPLES map missing")?)?;
     let lost_map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map missing")?)?;
     let lost = move || lost_map.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
     let collected: Collected = collect::run(ring, &processes, args.duration, lost, |bytes| builder.add(bytes)).await?;
     drop(ebpf);
 
-    let pids: Vec<u32> = processes.iter().map(|p| p.pid).collect();
-    let title = format!("ljprobe cpu: PID {} ({}), {}-level", args.pid, target.processes[0].process.comm, "Lua");
+    let title = format!("ljprobe cpu: PID {} ({}), {}", args.pid, root.comm, args.stack.title());
     report::write(&args.outputs, &report::Profile {
         tool: "cpu",
         title,

@@ -1,0 +1,92 @@
+//! The target's file-backed executable mappings, from `/proc/PID/maps`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    /// File offset of `start`.
+    pub offset: u64,
+    pub dev: String,
+    pub inode: u64,
+    /// As the target sees it; "[vdso]" and the like are kept too.
+    pub path: String,
+}
+
+impl Mapping {
+    /// A file the unwinder can open from our mount namespace. `map_files`
+    /// comes first because it still works for deleted or replaced files
+    /// (an upgraded nginx keeps running the old binary); `root/` covers
+    /// kernels or namespaces where `map_files` is refused.
+    pub fn candidates(&self, pid: u32) -> Vec<PathBuf> {
+        let mut v = vec![PathBuf::from(format!(
+            "/proc/{pid}/map_files/{:x}-{:x}",
+            self.start, self.end
+        ))];
+        if let Some(rel) = self.path.strip_prefix('/') {
+            let rel = rel.strip_suffix(" (deleted)").unwrap_or(rel);
+            v.push(PathBuf::from(format!("/proc/{pid}/root/{rel}")));
+        }
+        v
+    }
+
+    /// Short object name for "object+0xoff" fallbacks.
+    pub fn object_name(&self) -> &str {
+        let p = self.path.strip_suffix(" (deleted)").unwrap_or(&self.path);
+        p.rsplit('/').next().unwrap_or(p)
+    }
+
+    pub fn file_offset(&self, addr: u64) -> u64 {
+        addr - self.start + self.offset
+    }
+}
+
+/// Executable mappings backed by a file (or the vDSO), sorted by start.
+pub fn read_exec_maps(pid: u32) -> Result<Vec<Mapping>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .with_context(|| format!("reading /proc/{pid}/maps"))?;
+    Ok(parse_exec_maps(&text))
+}
+
+pub fn parse_exec_maps(text: &str) -> Vec<Mapping> {
+    let mut out: Vec<Mapping> = text.lines().filter_map(parse_line).collect();
+    out.sort_by_key(|m| m.start);
+    out
+}
+
+fn parse_line(line: &str) -> Option<Mapping> {
+    // The path may contain spaces, so split only the fixed fields off.
+    let mut it = line.splitn(6, ' ');
+    let range = it.next()?;
+    let perms = it.next()?;
+    let offset = u64::from_str_radix(it.next()?, 16).ok()?;
+    let dev = it.next()?.to_string();
+    let inode = it.next()?.parse().ok()?;
+    let path = it.next().unwrap_or("").trim_start().to_string();
+    if perms.as_bytes().get(2) != Some(&b'x') {
+        return None;
+    }
+    if !(path.starts_with('/') || path == "[vdso]") {
+        return None;
+    }
+    let (s, e) = range.split_once('-')?;
+    let start = u64::from_str_radix(s, 16).ok()?;
+    let end = u64::from_str_radix(e, 16).ok()?;
+    (start < end).then_some(Mapping {
+        start,
+        end,
+        offset,
+        dev,
+        inode,
+        path,
+    })
+}
+
+pub fn find(maps: &[Mapping], addr: u64) -> Option<&Mapping> {
+    let i = maps.partition_point(|m| m.start <= addr);
+    let m = maps.get(i.checked_sub(1)?)?;
+    (addr < m.end).then_some(m)
+}

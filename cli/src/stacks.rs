@@ -22,10 +22,9 @@ use crate::{
 /// Native frames unwound per sample at most; deeper stacks get a marker.
 const MAX_NATIVE_FRAMES: usize = 128;
 
-/// What it takes to turn one process's native samples into names.
+/// What it takes to unwind one process's native samples.
 struct NativeView {
     unwinder: Unwinder,
-    symbolizer: Symbolizer,
     /// Executable ranges of the LuaJIT object: where mixed stacks splice Lua in.
     luajit: Vec<(u64, u64)>,
     /// Executable ranges of every mapped file; JIT traces live outside them.
@@ -45,7 +44,10 @@ fn within(ranges: &[(u64, u64)], addr: u64) -> bool {
 
 pub struct StackBuilder {
     kind: StackKind,
+    per_worker: bool,
     resolvers: HashMap<u32, Resolver<ProcMem>>,
+    /// Names native frames and the C functions Lua calls.
+    symbolizers: HashMap<u32, Symbolizer>,
     native: HashMap<u32, NativeView>,
     kernel: Option<Kallsyms>,
     pub folded: Folded,
@@ -54,23 +56,40 @@ pub struct StackBuilder {
 
 impl StackBuilder {
     /// `luajit_path` is the LuaJIT object's path as the targets map it, if any.
-    pub fn new(kind: StackKind, kernel: bool, processes: &[Process], luajit_path: Option<&str>) -> Result<StackBuilder> {
+    /// `per_worker` roots each stack in its process, for an nginx master's workers.
+    pub fn new(
+        kind: StackKind,
+        kernel: bool,
+        per_worker: bool,
+        processes: &[Process],
+        luajit_path: Option<&str>,
+    ) -> Result<StackBuilder> {
         let mut resolvers = HashMap::new();
+        let mut symbolizers = HashMap::new();
         let mut native = HashMap::new();
         for p in processes {
             resolvers.insert(p.pid, Resolver::new(ProcMem::open(p.pid)?));
+            symbolizers.insert(p.pid, Symbolizer::new(p.pid));
             if kind != StackKind::Lua {
                 let maps = p.maps()?;
                 let exec = maps.iter().filter(|m| m.executable() && m.path.is_some());
                 let files: Vec<(u64, u64)> = exec.clone().map(|m| (m.start, m.end)).collect();
                 let luajit = exec.filter(|m| m.path.as_deref() == luajit_path).map(|m| (m.start, m.end)).collect();
-                let view =
-                    NativeView { unwinder: Unwinder::new(p.pid)?, symbolizer: Symbolizer::new(p.pid), luajit, files };
+                let view = NativeView { unwinder: Unwinder::new(p.pid)?, luajit, files };
                 native.insert(p.pid, view);
             }
         }
         let kernel = if kernel { Some(Kallsyms::load()?) } else { None };
-        Ok(StackBuilder { kind, resolvers, native, kernel, folded: Folded::default(), by_vm_state: BTreeMap::new() })
+        Ok(StackBuilder {
+            kind,
+            per_worker,
+            resolvers,
+            symbolizers,
+            native,
+            kernel,
+            folded: Folded::default(),
+            by_vm_state: BTreeMap::new(),
+        })
     }
 
     /// One record from the ring buffer (`CpuSample`, or `CpuSampleNative` when
@@ -105,13 +124,18 @@ impl StackBuilder {
             let n = (s.nkernel as usize).min(s.kernel.len());
             stack.extend(s.kernel[..n].iter().rev().map(|&a| Frame::Kernel(k.name(a))));
         }
+        if self.per_worker {
+            stack.insert(0, Frame::Vm(format!("[pid {}]", s.tgid)));
+        }
         *self.by_vm_state.entry(state_key(s.vmstate, s.flags)).or_default() += 1;
         self.folded.add(&stack, 1);
     }
 
     /// Root first, each frame with whether it lies in LuaJIT's code.
     fn native_stack(&mut self, tgid: u32, vmstate: i32, ns: &NativeStack) -> Vec<(Frame, bool)> {
-        let Some(view) = self.native.get_mut(&tgid) else { return vec![] };
+        let (Some(view), Some(symbolizer)) = (self.native.get_mut(&tgid), self.symbolizers.get_mut(&tgid)) else {
+            return vec![];
+        };
         let len = (ns.len as usize).min(ns.bytes.len());
         let copy = StackCopy { rip: ns.rip, rsp: ns.rsp, rbp: ns.rbp, stack: &ns.bytes[..len] };
         let mut addrs = view.unwinder.unwind(&copy, MAX_NATIVE_FRAMES);
@@ -133,7 +157,7 @@ impl StackBuilder {
                 addrs.extend(rest);
             }
         }
-        let names = view.symbolizer.names(&addrs, true);
+        let names = symbolizer.names(&addrs, true);
         let jit = match VmState::from_raw(vmstate) {
             VmState::Trace(n) => Frame::Trace(n),
             _ => Frame::Native("[JIT code]".into()),
@@ -170,13 +194,15 @@ impl StackBuilder {
             Some(r) => r.resolve(&raw),
             None => Vec::new(),
         };
+        let mut symbolizer = self.symbolizers.get_mut(&tgid);
         let mut stack: Vec<Frame> = Vec::with_capacity(resolved.len() + 2);
         if flags & STACK_TRUNCATED != 0 {
             stack.push(Frame::Vm("[truncated: deeper frames not walked]".into()));
         } else if flags & STACK_BROKEN != 0 {
             stack.push(Frame::Vm("[unreadable frames below]".into()));
         }
-        stack.extend(resolved.into_iter().rev().map(to_frame));
+        let mut to_frame = |f| to_frame(f, symbolizer.as_deref_mut());
+        stack.extend(resolved.into_iter().rev().map(&mut to_frame));
         let state = VmState::from_raw(vmstate);
         match state {
             VmState::Interpreter => {}
@@ -193,10 +219,17 @@ impl StackBuilder {
     }
 }
 
-fn to_frame(f: LuaFrame) -> Frame {
+fn to_frame(f: LuaFrame, symbolizer: Option<&mut Symbolizer>) -> Frame {
     match f {
         LuaFrame::Lua { name, file, line } => Frame::Lua { name, file, line },
-        LuaFrame::C { addr, name } => Frame::Native(name.unwrap_or_else(|| format!("C function {addr:#x}"))),
+        // The symbol says which C function it is; the call-site name only how Lua
+        // reached it. The symbolizer's fallbacks look like `object+0x1f` or `[...]`.
+        LuaFrame::C { addr, name } => {
+            let symbol = symbolizer
+                .map(|s| s.names(&[addr], true).remove(0))
+                .filter(|n| !n.contains("+0x") && !n.starts_with('['));
+            Frame::Native(symbol.or(name).unwrap_or_else(|| format!("C function {addr:#x}")))
+        }
         LuaFrame::Builtin { ffid, name } => Frame::Native(match name {
             Some(n) => format!("{n} [builtin]"),
             None => format!("builtin#{ffid}"),

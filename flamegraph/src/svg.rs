@@ -34,8 +34,9 @@ fn colour(frame: &Frame) -> Color {
 
 pub fn render(folded: &Folded, opts: &SvgOptions, out: impl Write) -> io::Result<()> {
     let mut palette = PaletteMap::default();
-    // inferno's root frame; its default yellow would read as kernel in our legend.
-    palette.insert("all", VM);
+    // inferno's root frame ("all", named "" inside); its default yellow would read
+    // as kernel in our legend.
+    palette.insert("", VM);
     for frame in folded.frames() {
         palette.insert(frame.label(), colour(frame));
     }
@@ -75,6 +76,9 @@ mod tests {
             assert!(svg.contains(&rgb), "colour {rgb} missing");
         }
         assert!(svg.contains(LEGEND));
+        let root = svg.split("<title>all").nth(1).expect("a root frame");
+        let root_fill = root.split("fill=\"").nth(1).unwrap().split('"').next().unwrap();
+        assert_eq!(root_fill, format!("rgb({},{},{})", VM.r, VM.g, VM.b), "root frame colour");
     }
 
     #[test]

@@ -35,6 +35,10 @@ fn free_port() -> u16 {
 
 /// Starts the gateway with its own prefix and ports; stopped when dropped.
 pub fn gateway(name: &str, luajit: LuaJitBuild) -> Running {
+    gateway_with_workers(name, luajit, 1)
+}
+
+pub fn gateway_with_workers(name: &str, luajit: LuaJitBuild, workers: u32) -> Running {
     require_root();
     let (port, backend_port) = loop {
         let (a, b) = (free_port(), free_port());
@@ -46,7 +50,7 @@ pub fn gateway(name: &str, luajit: LuaJitBuild) -> Running {
         prefix: paths::target().join("test-gateways").join(name),
         port,
         backend_port,
-        workers: 1,
+        workers,
         luajit,
     };
     // A gateway left over from a killed run would hold this prefix's pid file.

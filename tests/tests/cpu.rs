@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use ljprobe_tests::{assert_one_sentence, gateway, ljprobe, require_root, stderr, stdout};
+use ljprobe_tests::{assert_one_sentence, gateway, gateway_with_workers, ljprobe, require_root, stderr, stdout};
 use serde_json::Value;
 use xtask::{gateway::LuaJitBuild, load::Load, paths, planted};
 
@@ -71,7 +71,8 @@ fn parse_ours(summary: &Value) -> HashMap<String, f64> {
         .collect()
 }
 
-fn fidelity(name: &str, luajit: &str, lua_path: Option<String>) {
+/// `root_c`: the C function the interpreter entered Lua from, when symbols say.
+fn fidelity(name: &str, luajit: &str, lua_path: Option<String>, root_c: Option<&str>) {
     require_root();
     let dir = out_dir();
     let script = dir.join("fidelity.lua");
@@ -106,18 +107,22 @@ fn fidelity(name: &str, luajit: &str, lua_path: Option<String>) {
     // The labels carry the chunk and the defining line.
     let svg_text = fs::read_to_string(&svg).unwrap();
     assert!(svg_text.contains(&format!("heavy {}:2", script.display())), "no `heavy FILE:2` frame in the SVG");
+    if let Some(c) = root_c {
+        assert!(svg_text.contains(&format!(">{c}<")), "the C function Lua runs under is not shown as {c}");
+    }
 }
 
 #[test]
 fn lua_shares_agree_with_luajits_own_profiler_on_the_debug_build() {
     let prefix = paths::luajit_debug();
     let lua_path = format!("{}/share/luajit-2.1.0-beta3/?.lua;;", prefix.display());
-    fidelity("debug", prefix.join("bin/luajit").to_str().unwrap(), Some(lua_path));
+    // luajit.c's pmain is a C function called through lua_cpcall: its symbol, not an address.
+    fidelity("debug", prefix.join("bin/luajit").to_str().unwrap(), Some(lua_path), Some("pmain"));
 }
 
 #[test]
 fn lua_shares_agree_with_luajits_own_profiler_on_the_stock_build() {
-    fidelity("stock", "/usr/bin/luajit", None);
+    fidelity("stock", "/usr/bin/luajit", None, None);
 }
 
 #[test]
@@ -288,4 +293,28 @@ fn c_level_graph_of_a_process_without_lua_notes_it() {
     assert!(stderr(&out).contains("no Lua VM"), "{}", stderr(&out));
     let text = fs::read_to_string(&folded).unwrap();
     assert!(text.contains("main"), "no native frames for `yes`:\n{text}");
+}
+
+#[test]
+fn per_worker_roots_each_stack_in_its_worker() {
+    let gw = gateway_with_workers("cpu-per-worker", LuaJitBuild::Debug, 2);
+    assert_eq!(gw.status.worker_pids.len(), 2);
+    let load = Load { url: gw.config.url(), route: "/hot/jit".into(), duration: Duration::from_secs(5), connections: 8, rate: None };
+    let mut wrk = load.spawn().unwrap();
+    thread::sleep(Duration::from_secs(1));
+    let dir = out_dir();
+    let folded = dir.join("cpu-per-worker.folded");
+    let out = ljprobe(&[
+        "cpu", "--pid", &gw.master().to_string(), "--duration", "2s", "--per-worker",
+        "--folded", folded.to_str().unwrap(), "--svg", dir.join("cpu-per-worker.svg").to_str().unwrap(),
+    ]);
+    let _ = wrk.kill();
+    let _ = wrk.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let roots: Vec<String> = fs::read_to_string(&folded).unwrap().lines().map(|l| l.split(';').next().unwrap().to_string()).collect();
+    assert!(!roots.is_empty());
+    let workers: Vec<String> = gw.status.worker_pids.iter().map(|p| format!("[pid {p}]")).collect();
+    for r in &roots {
+        assert!(workers.contains(r), "stack rooted in {r}, not in a worker {workers:?}");
+    }
 }

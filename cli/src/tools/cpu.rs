@@ -51,6 +51,9 @@ pub struct Args {
     /// Add kernel frames on top of each stack.
     #[arg(long)]
     kernel: bool,
+    /// With an nginx master: one tower per worker instead of merging them.
+    #[arg(long)]
+    per_worker: bool,
     #[command(flatten)]
     outputs: Outputs,
 }
@@ -82,7 +85,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?.set(0, config, 0)?;
     attach::cpu_clock(&mut ebpf, "cpu_sample", args.freq)?;
 
-    let mut builder = StackBuilder::new(args.stack, args.kernel, &processes, luajit_path.as_deref())?;
+    let mut builder = StackBuilder::new(args.stack, args.kernel, args.per_worker, &processes, luajit_path.as_deref())?;
     let ring = aya::maps::RingBuf::try_from(ebpf.take_map("SAMPLES").context("SAMPLES map missing")?)?;
     let lost_map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map missing")?)?;
     let lost = move || lost_map.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);

@@ -1,5 +1,6 @@
 //! `cargo xtask <command>`: set-up, the bundled gateway, load, demo and tests.
 
+mod bench;
 mod demo;
 
 use std::{path::PathBuf, process::Command, time::Duration};
@@ -51,6 +52,11 @@ enum Task {
         rate: Option<u32>,
         #[arg(long, default_value_t = 18080)]
         port: u16,
+    },
+    /// Measure what profiling costs the gateway (docs/bench.md).
+    Bench {
+        #[command(subcommand)]
+        what: bench::What,
     },
 }
 
@@ -105,6 +111,7 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", load.run()?);
             Ok(())
         }
+        Task::Bench { what } => bench::run(what),
     }
 }
 

@@ -16,6 +16,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("lua-cjson", "the gateway's JSON"),
     ("luajit2", "stock stripped `luajit` for fidelity tests"),
     ("wrk", "load generator"),
+    ("linux-perf", "perf record for the benchmark's comparison"),
     ("build-essential", "compiles the debug LuaJIT"),
     ("dpkg-dev", "unpacks the luajit2 source package"),
     ("llvm-22-dev", "bpf-linker links against LLVM 22"),

@@ -17,7 +17,7 @@ pub fn run() -> Result<()> {
     let load = Load {
         url: gw.config.url(),
         route: "/hot/jit".into(),
-        duration: Duration::from_secs(6),
+        duration: Duration::from_secs(8),
         connections: 4,
         rate: None,
     };
@@ -31,6 +31,17 @@ pub fn run() -> Result<()> {
         .status()
         .context("cannot run ljprobe")?;
 
+    let out_dir = paths::target().join("demo");
+    std::fs::create_dir_all(&out_dir)?;
+    let svg = out_dir.join("ljprobe-cpu-mixed.svg");
+    println!("\n=== ljprobe cpu --pid {} --stack mixed --duration 3s (where /hot/jit's CPU goes) ===", gw.master());
+    let cpu = Command::new(paths::ljprobe_bin())
+        .args(["cpu", "--pid", &gw.master().to_string(), "--stack", "mixed", "--duration", "3s", "--freq", "199"])
+        .arg("--svg")
+        .arg(&svg)
+        .status()
+        .context("cannot run ljprobe")?;
+
     let out = wrk.wait_with_output()?;
     let report = String::from_utf8_lossy(&out.stdout);
     println!("\n=== load ===");
@@ -39,9 +50,12 @@ pub fn run() -> Result<()> {
         None => println!("wrk reported no throughput:\n{report}"),
     }
     println!("doctor: {}", if doctor.success() { "found the Lua VM in every worker" } else { "reported a problem (see above)" });
+    if cpu.success() {
+        println!("cpu: open {} in a browser: nginx C at the bottom, the Lua handler, hot_jit_work with trace#N on top", svg.display());
+    }
     drop(gw);
-    if !doctor.success() {
-        anyhow::bail!("ljprobe doctor failed against the gateway");
+    if !doctor.success() || !cpu.success() {
+        anyhow::bail!("ljprobe failed against the gateway (see above)");
     }
     Ok(())
 }

@@ -318,3 +318,62 @@ fn per_worker_roots_each_stack_in_its_worker() {
         assert!(workers.contains(r), "stack rooted in {r}, not in a worker {workers:?}");
     }
 }
+
+#[test]
+fn ctrl_c_stops_early_and_still_writes_everything() {
+    require_root();
+    let dir = out_dir();
+    let script = dir.join("ctrlc.lua");
+    fs::write(&script, WORKLOAD).unwrap();
+    let mut target = Command::new("/usr/bin/luajit").arg(&script).arg("20").stdout(Stdio::null()).spawn().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let (json, svg) = (dir.join("cpu-ctrlc.json"), dir.join("cpu-ctrlc.svg"));
+    let _ = fs::remove_file(&svg);
+    let ljprobe = Command::new(ljprobe_tests::ljprobe_bin())
+        .args(["cpu", "--pid", &target.id().to_string(), "--duration", "60s", "--json", json.to_str().unwrap()])
+        .arg("--svg")
+        .arg(&svg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_secs(2));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(ljprobe.id() as i32, libc::SIGINT) };
+    let out = ljprobe.wait_with_output().unwrap();
+    let _ = target.kill();
+    let _ = target.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: Value = serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(summary["stopped_by"], "interrupted");
+    assert!(summary["duration_secs"].as_f64().unwrap() < 10.0);
+    assert!(summary["samples"].as_u64().unwrap() > 50, "{summary}");
+    assert!(fs::read_to_string(&svg).unwrap().contains("heavy"), "the SVG lacks what was collected");
+}
+
+#[test]
+fn stacks_deeper_than_the_walk_are_cut_visibly() {
+    require_root();
+    let dir = out_dir();
+    let script = dir.join("deep.lua");
+    // 200 nested calls, spinning at the bottom: deeper than the 128 frames walked.
+    fs::write(
+        &script,
+        "local function down(n)\n  if n == 0 then local x = 0 while true do x = (x + 1) % 7 end end\n  return down(n - 1) + 1\nend\ndown(200)\n",
+    )
+    .unwrap();
+    let mut child = Command::new("/usr/bin/luajit").arg(&script).spawn().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let folded = dir.join("cpu-deep.folded");
+    let out = ljprobe(&[
+        "cpu", "--pid", &child.id().to_string(), "--duration", "1s",
+        "--folded", folded.to_str().unwrap(), "--svg", dir.join("cpu-deep.svg").to_str().unwrap(),
+    ]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = fs::read_to_string(&folded).unwrap();
+    let heaviest = text.lines().max_by_key(|l| l.rsplit_once(' ').and_then(|(_, w)| w.parse::<u64>().ok())).unwrap();
+    assert!(heaviest.starts_with("[truncated"), "no truncation marker at the root: {}", &heaviest[..120.min(heaviest.len())]);
+    assert!(heaviest.matches("down ").count() >= 64, "fewer than 64 Lua frames walked");
+}

@@ -72,9 +72,9 @@ impl StackBuilder {
             symbolizers.insert(p.pid, Symbolizer::new(p.pid));
             if kind != StackKind::Lua {
                 let maps = p.maps()?;
-                let exec = maps.iter().filter(|m| m.executable() && m.path.is_some());
+                let exec = maps.iter().filter(|m| m.executable() && m.file().is_some());
                 let files: Vec<(u64, u64)> = exec.clone().map(|m| (m.start, m.end)).collect();
-                let luajit = exec.filter(|m| m.path.as_deref() == luajit_path).map(|m| (m.start, m.end)).collect();
+                let luajit = exec.filter(|m| m.file() == luajit_path).map(|m| (m.start, m.end)).collect();
                 let view = NativeView { unwinder: Unwinder::new(p.pid)?, luajit, files };
                 native.insert(p.pid, view);
             }

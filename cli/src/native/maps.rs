@@ -57,30 +57,19 @@ pub fn parse_exec_maps(text: &str) -> Vec<Mapping> {
     out
 }
 
+/// Keeps what the unwinder can use: executable, and backed by a file or the vDSO.
 fn parse_line(line: &str) -> Option<Mapping> {
-    // The path may contain spaces, so split only the fixed fields off.
-    let mut it = line.splitn(6, ' ');
-    let range = it.next()?;
-    let perms = it.next()?;
-    let offset = u64::from_str_radix(it.next()?, 16).ok()?;
-    let dev = it.next()?.to_string();
-    let inode = it.next()?.parse().ok()?;
-    let path = it.next().unwrap_or("").trim_start().to_string();
-    if perms.as_bytes().get(2) != Some(&b'x') {
+    let m = crate::target::process::parse_map_line(line)?;
+    if !m.executable() || m.start >= m.end {
         return None;
     }
-    if !(path.starts_with('/') || path == "[vdso]") {
-        return None;
-    }
-    let (s, e) = range.split_once('-')?;
-    let start = u64::from_str_radix(s, 16).ok()?;
-    let end = u64::from_str_radix(e, 16).ok()?;
-    (start < end).then_some(Mapping {
-        start,
-        end,
-        offset,
-        dev,
-        inode,
+    let path = m.path.filter(|p| p.starts_with('/') || p == "[vdso]")?;
+    Some(Mapping {
+        start: m.start,
+        end: m.end,
+        offset: m.offset,
+        dev: m.dev,
+        inode: m.inode,
         path,
     })
 }

@@ -63,7 +63,7 @@ impl LuaJit {
         let maps = process.maps()?;
         let mut paths: Vec<&str> = Vec::new();
         for m in maps.iter().filter(|m| m.executable()) {
-            if let Some(p) = m.path.as_deref() {
+            if let Some(p) = m.file() {
                 if !paths.contains(&p) {
                     paths.push(p);
                 }

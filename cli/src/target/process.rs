@@ -19,12 +19,22 @@ pub struct Mapping {
     pub start: u64,
     pub end: u64,
     pub perms: String,
+    /// File offset of `start`.
+    pub offset: u64,
+    pub dev: String,
+    pub inode: u64,
+    /// A file path, or a pseudo-path such as `[vdso]` or `[stack]`.
     pub path: Option<String>,
 }
 
 impl Mapping {
     pub fn executable(&self) -> bool {
         self.perms.contains('x')
+    }
+
+    /// The mapped file's path, for mappings backed by a file.
+    pub fn file(&self) -> Option<&str> {
+        self.path.as_deref().filter(|p| p.starts_with('/'))
     }
 }
 
@@ -86,16 +96,23 @@ impl Process {
     }
 }
 
-fn parse_map_line(line: &str) -> Option<Mapping> {
-    // address perms offset dev inode [path]; the path may contain spaces.
-    let mut it = line.splitn(6, char::is_whitespace);
+/// One line of /proc/PID/maps: `address perms offset dev inode [path]`; the
+/// path may contain spaces, so only the fixed fields are split off.
+pub fn parse_map_line(line: &str) -> Option<Mapping> {
+    let mut it = line.splitn(6, ' ');
     let (start, end) = it.next()?.split_once('-')?;
-    let perms = it.next()?;
-    let path = it.nth(3).map(str::trim).filter(|p| p.starts_with('/')).map(str::to_string);
+    let perms = it.next()?.to_string();
+    let offset = u64::from_str_radix(it.next()?, 16).ok()?;
+    let dev = it.next()?.to_string();
+    let inode = it.next()?.parse().ok()?;
+    let path = it.next().map(str::trim).filter(|p| !p.is_empty()).map(str::to_string);
     Some(Mapping {
         start: u64::from_str_radix(start, 16).ok()?,
         end: u64::from_str_radix(end, 16).ok()?,
-        perms: perms.to_string(),
+        perms,
+        offset,
+        dev,
+        inode,
         path,
     })
 }
@@ -121,10 +138,12 @@ mod tests {
             "7f0a1c000000-7f0a1c021000 r-xp 00002000 fe:01 123 /usr/lib/x86_64-linux-gnu/libluajit-5.1.so.2.1.0",
         )
         .unwrap();
-        assert_eq!((m.start, m.end), (0x7f0a1c000000, 0x7f0a1c021000));
+        assert_eq!((m.start, m.end, m.offset, m.inode), (0x7f0a1c000000, 0x7f0a1c021000, 0x2000, 123));
         assert!(m.executable());
-        assert_eq!(m.path.as_deref(), Some("/usr/lib/x86_64-linux-gnu/libluajit-5.1.so.2.1.0"));
-        let anon = parse_map_line("7ffd1000-7ffd2000 rw-p 00000000 00:00 0   [stack]").unwrap();
+        assert_eq!(m.file(), Some("/usr/lib/x86_64-linux-gnu/libluajit-5.1.so.2.1.0"));
+        let stack = parse_map_line("7ffd1000-7ffd2000 rw-p 00000000 00:00 0                          [stack]").unwrap();
+        assert_eq!((stack.path.as_deref(), stack.file()), (Some("[stack]"), None));
+        let anon = parse_map_line("7ffd3000-7ffd4000 rw-p 00000000 00:00 0 ").unwrap();
         assert_eq!(anon.path, None);
     }
 

@@ -128,7 +128,14 @@ impl Config {
         }
         cmd::run(&mut nginx).context("nginx did not start; see its error log under the prefix")?;
         self.wait_ready(Duration::from_secs(10))?;
-        let status = self.status()?;
+        // The first worker can answer /health before the others have named
+        // themselves "nginx: worker process": wait for all of them.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut status = self.status()?;
+        while status.worker_pids.len() < self.workers as usize && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+            status = self.status()?;
+        }
         eprintln!("gateway: up at {} (master {:?}, workers {:?})", status.url, status.master_pid, status.worker_pids);
         Ok(status)
     }

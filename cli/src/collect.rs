@@ -9,7 +9,6 @@ use std::{
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 use serde::Serialize;
-use tokio::io::unix::AsyncFd;
 
 use crate::target::Process;
 
@@ -30,36 +29,30 @@ pub struct Collected {
 }
 
 pub async fn run(
-    ring: RingBuf<MapData>,
+    mut ring: RingBuf<MapData>,
     processes: &[Process],
     duration: Duration,
     lost: impl Fn() -> u64,
     mut on_record: impl FnMut(&[u8]),
 ) -> Result<Collected> {
-    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd lives, and
-    // nothing else closes it.
-    let mut fd = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("cannot watch the ring buffer: {e}"))?;
     let start = Instant::now();
     let deadline = tokio::time::Instant::from_std(start + duration);
     let live = std::io::stderr().is_terminal();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    // Kernel programs submit without waking us: drain on this tick (their ring
+    // buffers hold seconds of samples), and show progress at a quarter of it.
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut ticks = 0u64;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut records = 0u64;
     let stopped_by = loop {
         tokio::select! {
-            guard = fd.readable_mut() => {
-                let mut guard = guard?;
-                while let Some(item) = guard.get_inner_mut().next() {
-                    on_record(&item);
-                    records += 1;
-                }
-                guard.clear_ready();
-            }
             _ = tokio::time::sleep_until(deadline) => break StopReason::Duration,
             _ = &mut ctrl_c => break StopReason::Interrupted,
             _ = tick.tick() => {
-                if live {
+                records += drain(&mut ring, &mut on_record);
+                ticks += 1;
+                if live && ticks % 4 == 0 {
                     eprint!("\r  {:>6.1}s  samples {records:<9} lost {:<6}", start.elapsed().as_secs_f64(), lost());
                     let _ = std::io::stderr().flush();
                 }
@@ -69,11 +62,7 @@ pub async fn run(
             }
         }
     };
-    let ring = fd.get_mut();
-    while let Some(item) = ring.next() {
-        on_record(&item);
-        records += 1;
-    }
+    records += drain(&mut ring, &mut on_record);
     if live {
         eprintln!();
     }
@@ -86,4 +75,14 @@ pub async fn run(
         StopReason::Duration => {}
     }
     Ok(Collected { elapsed_secs: start.elapsed().as_secs_f64(), records, lost: lost(), stopped_by })
+}
+
+/// Hands every record waiting in the ring buffer to `on_record`; returns how many.
+fn drain(ring: &mut RingBuf<MapData>, on_record: &mut impl FnMut(&[u8])) -> u64 {
+    let mut n = 0;
+    while let Some(item) = ring.next() {
+        on_record(&item);
+        n += 1;
+    }
+    n
 }

@@ -38,6 +38,10 @@ static VMS: HashMap<u32, u64> = HashMap::with_max_entries(256, 0);
 #[map]
 static SAMPLES: RingBuf = RingBuf::with_byte_size(32 << 20, 0);
 
+/// `BPF_RB_NO_WAKEUP`: user space drains on a timer instead of waking per sample,
+/// which at 999 Hz would be a thousand context switches a second on the target's CPUs.
+const NO_WAKEUP: u64 = 1;
+
 /// Samples dropped because the ring buffer was full.
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -65,7 +69,7 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
             (*rec).native.cframe =
                 cur_l.and_then(|l| vm::read_u64(l + layout.l_cframe as u64)).map_or(0, |c| c & !3);
         }
-        entry.submit(0);
+        entry.submit(NO_WAKEUP);
     } else {
         let Some(mut entry) = SAMPLES.reserve::<CpuSample>(0) else { return lost() };
         // SAFETY: a reserved record we own until submit.
@@ -74,7 +78,7 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
             fill_lua(rec, pid_tgid, layout, &regs);
             kernel_stack(&ctx, rec, config.kernel != 0);
         }
-        entry.submit(0);
+        entry.submit(NO_WAKEUP);
     }
     0
 }

@@ -13,7 +13,7 @@ use ljprobe_flamegraph::{Folded, Frame, VmState};
 
 use crate::{
     kallsyms::Kallsyms,
-    lua::{LuaFrame, ProcMem, RawFrame, Resolver},
+    lua::{LuaFrame, ProcMem, Resolver},
     native::{StackCopy, Symbolizer, Unwinder},
     target::Process,
     tools::cpu::StackKind,
@@ -189,9 +189,8 @@ impl StackBuilder {
         if flags & STACK_NOT_IN_LUA != 0 {
             return vec![Frame::Vm("[C: no Lua running]".into())];
         }
-        let raw: Vec<RawFrame> = raw.iter().map(|f| RawFrame { func: f.func, link: f.link }).collect();
         let resolved = match self.resolvers.get_mut(&tgid) {
-            Some(r) => r.resolve(&raw),
+            Some(r) => r.resolve(raw),
             None => Vec::new(),
         };
         let mut symbolizer = self.symbolizers.get_mut(&tgid);

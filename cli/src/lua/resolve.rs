@@ -12,12 +12,9 @@ use super::{
 };
 
 /// One frame as the kernel records it, innermost first: `func` is the GCfunc
-/// address, `link` the raw frame link word (`ftsz`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RawFrame {
-    pub func: u64,
-    pub link: u64,
-}
+/// address, `link` the raw frame link word (`ftsz`). The kernel's own record,
+/// so samples are resolved in place.
+pub use ljprobe_common::LuaFrameRaw as RawFrame;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LuaFrame {

@@ -54,10 +54,6 @@ impl Folded {
         self.total
     }
 
-    /// Weight of every stack that contains a frame matching `pred` (counted once).
-    pub fn weight_under(&self, pred: impl Fn(&Frame) -> bool) -> u64 {
-        self.stacks.iter().filter(|(s, _)| s.iter().any(&pred)).map(|(_, w)| w).sum()
-    }
 
     /// Lines sorted by stack, so the same data always folds to the same text.
     pub fn lines(&self) -> Vec<String> {
@@ -97,6 +93,7 @@ mod tests {
         f.add(&[lua("main", 1), lua("hot", 5)], 2);
         assert_eq!(f.total(), 6);
         assert_eq!(f.lines(), vec!["main a.lua:1 1", "main a.lua:1;hot a.lua:5 5"]);
-        assert_eq!(f.weight_under(|fr| *fr == lua("hot", 5)), 5);
+        let hot = lua("hot", 5);
+        assert!(f.inclusive().contains(&(&hot, 5)));
     }
 }

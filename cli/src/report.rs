@@ -1,7 +1,11 @@
 //! Writing a profile: SVG (always), folded stacks and a JSON summary on request,
 //! and a few lines for the terminal.
 
-use std::{collections::BTreeMap, fs, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result};
 use ljprobe_flamegraph::{svg, Folded, Frame};
@@ -136,13 +140,20 @@ pub fn write(out: &Outputs, p: &Profile) -> Result<()> {
             svg: svg_path.display().to_string(),
             folded: out.folded.as_ref().map(|f| f.display().to_string()),
         };
-        let text = serde_json::to_string_pretty(&summary)?;
-        if path.as_os_str() == "-" {
-            println!("{text}");
-        } else {
-            fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+        if write_json(path, &summary)? {
             println!("  summary: {}", path.display());
         }
     }
     Ok(())
+}
+
+/// Pretty JSON to `path`, or to standard output for "-"; true if a file was written.
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<bool> {
+    let text = serde_json::to_string_pretty(value)?;
+    if path.as_os_str() == "-" {
+        println!("{text}");
+        return Ok(false);
+    }
+    fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(true)
 }

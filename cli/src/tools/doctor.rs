@@ -277,11 +277,7 @@ fn print_vm(v: &VmReport) {
 
 fn write_json(path: &Option<PathBuf>, report: &Report) -> Result<()> {
     let Some(path) = path else { return Ok(()) };
-    let text = serde_json::to_string_pretty(report)?;
-    if path.as_os_str() == "-" {
-        println!("{text}");
-    } else {
-        std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+    if crate::report::write_json(path, report)? {
         println!("\nJSON report written to {}", path.display());
     }
     Ok(())

@@ -52,6 +52,10 @@ mod pod {
     unsafe impl aya::Pod for super::LuaFrameRaw {}
     unsafe impl aya::Pod for super::CpuSample {}
     unsafe impl aya::Pod for super::CpuConfig {}
+    unsafe impl aya::Pod for super::OffcpuConfig {}
+    unsafe impl aya::Pod for super::BlockedTotal {}
+    unsafe impl aya::Pod for super::LoopConfig {}
+    unsafe impl aya::Pod for super::OffcpuSampleNative {}
 }
 
 /// Frames the kernel walks per sample; deeper stacks are cut and flagged.
@@ -79,7 +83,11 @@ pub const STACK_BROKEN: u32 = 8;
 /// Kernel frames kept per sample with `--kernel`.
 pub const MAX_KERNEL_FRAMES: usize = 32;
 
-/// One `cpu-clock` sample of a target thread, Lua-level.
+/// Candidate addresses kept per stack taken inside a JIT trace.
+pub const TRACE_ADDRS: usize = 64;
+
+/// One stack of a target thread, Lua-level: what every stack-recording program
+/// takes (a `cpu-clock` sample, a switch-out, ...).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct CpuSample {
@@ -90,6 +98,16 @@ pub struct CpuSample {
     pub nframes: u32,
     /// Valid entries of `kernel` (0 unless `CpuConfig::kernel`).
     pub nkernel: u32,
+    /// The checked `global_State`, 0 if none.
+    pub g: u64,
+    /// Valid entries of `trace_addrs`: non-zero only inside a JIT trace.
+    pub ntrace_addrs: u32,
+    pub _pad: u32,
+    /// Inside a trace: the user instruction pointer, then the words at the top
+    /// of the user stack. The first that lies in the trace's machine code tells
+    /// user space which snapshot applies, and so which inlined Lua functions
+    /// (which have no frames of their own) were running.
+    pub trace_addrs: [u64; TRACE_ADDRS],
     /// Innermost first.
     pub frames: [LuaFrameRaw; MAX_LUA_FRAMES],
     /// Kernel return addresses, innermost first.
@@ -135,4 +153,148 @@ pub struct CpuConfig {
     pub native: u32,
     /// Non-zero: record the kernel stack too.
     pub kernel: u32,
+}
+
+/// Where `sched:sched_switch` keeps the fields the switch programs read, in bytes
+/// from the start of the record, as tracefs' `format` file gives them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedSwitchFormat {
+    pub prev_pid: u32,
+    pub prev_state: u32,
+    pub next_pid: u32,
+    pub _pad: u32,
+}
+
+/// `prev_state` bits of a thread switched out for the last time (`EXIT_DEAD`,
+/// `EXIT_ZOMBIE`): it will never come back, so nothing is kept for it.
+pub const TASK_STATE_EXITING: u64 = 0x10 | 0x20;
+/// `prev_state` of a preempted thread (`TASK_REPORT_MAX`, shown as "R+"); 0 is a
+/// thread that yielded while runnable. Both only wait for a CPU.
+pub const TASK_STATE_PREEMPTED: u64 = 0x100;
+
+/// The x86-64 numbers of `epoll_wait`, `epoll_pwait` and `epoll_pwait2`: an event
+/// loop waiting for work, not blocked.
+pub const EPOLL_SYSCALLS: [i64; 3] = [232, 281, 441];
+
+/// Run-time switches of the offcpu program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffcpuConfig {
+    /// Non-zero: copy registers and user stack at every switch-out, and send every
+    /// block to user space (native stacks can only be unwound there).
+    pub native: u32,
+    pub kernel: u32,
+    /// Non-zero: keep the idle wait in `epoll_wait` like any other block.
+    pub include_idle: u32,
+    pub _pad: u32,
+    /// Shorter blocks are only counted, in `OFFCPU_SHORT_*`.
+    pub min_block_ns: u64,
+    pub sched: SchedSwitchFormat,
+}
+
+/// The thread was runnable when switched out (preempted): it waited for a CPU.
+pub const OFFCPU_RUNNABLE: u32 = 1;
+
+/// What the kernel knows of one block besides its stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffcpuHead {
+    /// Non-zero: a Lua-only stack, sent once; the kernel sums the time of every
+    /// block with this stack in `BLOCKED` under this key. Zero: `blocked_ns` is
+    /// this record's own weight.
+    pub key: u64,
+    pub blocked_ns: u64,
+    pub switched_out_ns: u64,
+    /// The system call the thread was in when it left the CPU (`orig_rax`), or -1.
+    pub syscall: i64,
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// A block with its Lua-level stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OffcpuSample {
+    pub head: OffcpuHead,
+    pub lua: CpuSample,
+}
+
+/// A block with its Lua and native stacks: what the offcpu program sends when
+/// `OffcpuConfig::native` is set (and what it keeps per blocked thread).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OffcpuSampleNative {
+    pub sample: OffcpuSample,
+    pub native: NativeStack,
+}
+
+/// Blocked time summed in the kernel per Lua stack key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockedTotal {
+    pub ns: u64,
+    pub count: u64,
+}
+
+/// Slots of the offcpu program's `COUNTS` per-CPU array.
+pub const OFFCPU_SHORT_NS: u32 = 0;
+pub const OFFCPU_SHORT_COUNT: u32 = 1;
+pub const OFFCPU_IDLE_NS: u32 = 2;
+pub const OFFCPU_IDLE_COUNT: u32 = 3;
+pub const OFFCPU_COUNTS: u32 = 4;
+
+/// Log2 buckets of event-loop iteration time: bucket 0 holds 0 µs, bucket i holds
+/// [2^(i-1), 2^i) µs. The kernel fills them; user space renders them.
+pub const LOOP_BUCKETS: u32 = 64;
+
+#[inline(always)]
+pub fn log2_bucket(us: u64) -> u32 {
+    64 - us.leading_zeros()
+}
+
+/// Run-time switches of the epoll-loop program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoopConfig {
+    /// Iterations at least this long are reported one by one.
+    pub long_ns: u64,
+    /// Stacks are sent only once an iteration has run this long (on-CPU samples)
+    /// or for blocks inside an iteration at least this long.
+    pub stack_after_ns: u64,
+    /// The sampling period: the weight of one on-CPU sample.
+    pub sample_ns: u64,
+    pub sched: SchedSwitchFormat,
+}
+
+/// `LoopHead::kind`: the end of an iteration at least `long_ns` long.
+pub const LOOP_ITERATION: u32 = 1;
+/// A stack sampled on-CPU inside a running iteration.
+pub const LOOP_ON_CPU: u32 = 2;
+/// A stack that blocked (left the CPU) inside a running iteration.
+pub const LOOP_OFF_CPU: u32 = 3;
+
+/// The start of every epoll-loop record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoopHead {
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub _pad: u32,
+    /// When the iteration began (`epoll_wait` returned), `bpf_ktime_get_ns`.
+    pub iteration_ns: u64,
+    /// `LOOP_ITERATION`: its length; otherwise the stack's weight (the sampling
+    /// period, or the time blocked).
+    pub ns: u64,
+}
+
+/// A stack inside an iteration (`LOOP_ON_CPU`, `LOOP_OFF_CPU`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LoopStack {
+    pub head: LoopHead,
+    /// `LOOP_OFF_CPU`: the system call it blocked in, or -1.
+    pub syscall: i64,
+    pub lua: CpuSample,
 }

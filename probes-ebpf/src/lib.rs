@@ -2,9 +2,17 @@
 //! this crate (`src/<tool>.rs`); what more than one tool needs lives here.
 #![no_std]
 
+pub mod capture;
+pub mod counters;
 pub mod lua_stack;
 pub mod regs;
+pub mod sched;
 pub mod vm;
+
+/// `BPF_RB_NO_WAKEUP`: user space drains ring buffers on a timer instead of
+/// waking per record, which at 999 Hz (or on every context switch) would add a
+/// thousand context switches a second on the target's CPUs.
+pub const NO_WAKEUP: u64 = 1;
 
 #[cfg(not(test))]
 #[panic_handler]

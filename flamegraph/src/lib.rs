@@ -2,8 +2,10 @@
 //! flamegraph.pl, inferno and speedscope read.
 
 pub mod folded;
+pub mod histogram;
 pub mod model;
 pub mod svg;
 
 pub use folded::Folded;
+pub use histogram::Log2Histogram;
 pub use model::{Frame, VmState};

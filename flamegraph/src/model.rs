@@ -77,6 +77,9 @@ pub enum Frame {
     Trace(u32),
     /// A VM state label such as `[GC]`.
     Vm(String),
+    /// Why an off-CPU thread was away: the system call it blocked in, or
+    /// waiting for a CPU after preemption.
+    Wait(String),
 }
 
 impl Frame {
@@ -85,7 +88,7 @@ impl Frame {
             // flamegraph.pl's format splits on ';' and the last ' ': keep both out.
             Frame::Lua { name: Some(n), file, line } => clean(&format!("{n} {file}:{line}")),
             Frame::Lua { name: None, file, line } => clean(&format!("{file}:{line}")),
-            Frame::Native(s) | Frame::Vm(s) => clean(s),
+            Frame::Native(s) | Frame::Vm(s) | Frame::Wait(s) => clean(s),
             Frame::Kernel(s) => clean(&format!("{s}_[k]")),
             Frame::Trace(n) => format!("trace#{n}"),
         }

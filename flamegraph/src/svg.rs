@@ -20,7 +20,10 @@ const NATIVE: Color = Color { r: 232, g: 132, b: 92 };
 const TRACE: Color = Color { r: 90, g: 180, b: 220 };
 const VM: Color = Color { r: 180, g: 180, b: 180 };
 const KERNEL: Color = Color { r: 224, g: 192, b: 80 };
+const WAIT: Color = Color { r: 160, g: 140, b: 220 };
 pub const LEGEND: &str = "green: Lua, aqua: JIT trace, orange: C, grey: VM state, yellow: kernel";
+/// Off-CPU graphs have one more kind.
+pub const WAIT_LEGEND: &str = "purple: what the thread waited in";
 
 fn colour(frame: &Frame) -> Color {
     match frame {
@@ -29,6 +32,7 @@ fn colour(frame: &Frame) -> Color {
         Frame::Trace(_) => TRACE,
         Frame::Vm(_) => VM,
         Frame::Kernel(_) => KERNEL,
+        Frame::Wait(_) => WAIT,
     }
 }
 
@@ -42,7 +46,9 @@ pub fn render(folded: &Folded, opts: &SvgOptions, out: impl Write) -> io::Result
     }
     let mut options = Options::default();
     options.title = opts.title.clone();
-    options.subtitle = Some(format!("{} ({LEGEND})", opts.subtitle));
+    let wait = folded.frames().into_iter().any(|f| matches!(f, Frame::Wait(_)));
+    let legend = if wait { format!("{LEGEND}, {WAIT_LEGEND}") } else { LEGEND.to_string() };
+    options.subtitle = Some(format!("{} ({legend})", opts.subtitle));
     options.count_name = opts.count_name.clone();
     options.deterministic = true;
     options.palette_map = Some(&mut palette);

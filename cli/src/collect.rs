@@ -28,10 +28,12 @@ pub struct Collected {
     pub stopped_by: StopReason,
 }
 
+/// `what` names the records on the progress line ("samples", "stacks").
 pub async fn run(
-    mut ring: RingBuf<MapData>,
+    ring: &mut RingBuf<MapData>,
     processes: &[Process],
     duration: Duration,
+    what: &str,
     lost: impl Fn() -> u64,
     mut on_record: impl FnMut(&[u8]),
 ) -> Result<Collected> {
@@ -50,10 +52,10 @@ pub async fn run(
             _ = tokio::time::sleep_until(deadline) => break StopReason::Duration,
             _ = &mut ctrl_c => break StopReason::Interrupted,
             _ = tick.tick() => {
-                records += drain(&mut ring, &mut on_record);
+                records += drain(ring, &mut on_record);
                 ticks += 1;
                 if live && ticks % 4 == 0 {
-                    eprint!("\r  {:>6.1}s  samples {records:<9} lost {:<6}", start.elapsed().as_secs_f64(), lost());
+                    eprint!("\r  {:>6.1}s  {what} {records:<9} lost {:<6}", start.elapsed().as_secs_f64(), lost());
                     let _ = std::io::stderr().flush();
                 }
                 if processes.iter().all(|p| !p.alive()) {
@@ -62,7 +64,7 @@ pub async fn run(
             }
         }
     };
-    records += drain(&mut ring, &mut on_record);
+    records += drain(ring, &mut on_record);
     if live {
         eprintln!();
     }
@@ -78,7 +80,7 @@ pub async fn run(
 }
 
 /// Hands every record waiting in the ring buffer to `on_record`; returns how many.
-fn drain(ring: &mut RingBuf<MapData>, on_record: &mut impl FnMut(&[u8])) -> u64 {
+pub fn drain(ring: &mut RingBuf<MapData>, on_record: &mut impl FnMut(&[u8])) -> u64 {
     let mut n = 0;
     while let Some(item) = ring.next() {
         on_record(&item);

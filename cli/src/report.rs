@@ -37,6 +37,10 @@ pub struct Profile {
     pub by_vm_state: BTreeMap<String, u64>,
     pub collected: Collected,
     pub default_svg: String,
+    /// Tool-specific figures for the JSON summary, at its top level.
+    pub extra: serde_json::Map<String, serde_json::Value>,
+    /// Lines for the terminal after the top frames.
+    pub notes: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -68,6 +72,8 @@ struct Summary<'a> {
     svg: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     folded: Option<String>,
+    #[serde(flatten)]
+    extra: &'a serde_json::Map<String, serde_json::Value>,
 }
 
 fn is_function(f: &Frame) -> bool {
@@ -124,6 +130,9 @@ pub fn write(out: &Outputs, p: &Profile) -> Result<()> {
     for t in top.iter().take(5) {
         println!("  {:>5.1}%  {}", t.self_share * 100.0, t.frame);
     }
+    for note in &p.notes {
+        println!("  {note}");
+    }
     if let Some(path) = &out.json {
         let summary = Summary {
             tool: p.tool,
@@ -139,6 +148,7 @@ pub fn write(out: &Outputs, p: &Profile) -> Result<()> {
             top_frames: top,
             svg: svg_path.display().to_string(),
             folded: out.folded.as_ref().map(|f| f.display().to_string()),
+            extra: &p.extra,
         };
         if write_json(path, &summary)? {
             println!("  summary: {}", path.display());

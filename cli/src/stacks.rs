@@ -16,8 +16,27 @@ use crate::{
     lua::{LuaFrame, ProcMem, Resolver},
     native::{StackCopy, Symbolizer, Unwinder},
     target::Process,
-    tools::cpu::StackKind,
 };
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StackKind {
+    /// Lua functions (and VM states), as `lj-lua-stacks` showed them.
+    Lua,
+    /// Native frames (nginx, LuaJIT, libc), unwound with CFI, as `sample-bt` showed them.
+    C,
+    /// Native frames with the Lua frames spliced in where C entered the VM.
+    Mixed,
+}
+
+impl StackKind {
+    pub fn title(self) -> &'static str {
+        match self {
+            StackKind::Lua => "Lua-level",
+            StackKind::C => "C-level",
+            StackKind::Mixed => "mixed Lua and C",
+        }
+    }
+}
 
 /// Native frames unwound per sample at most; deeper stacks get a marker.
 const MAX_NATIVE_FRAMES: usize = 128;
@@ -92,8 +111,8 @@ impl StackBuilder {
         })
     }
 
-    /// One record from the ring buffer (`CpuSample`, or `CpuSampleNative` when
-    /// native stacks were asked for), weight 1.
+    /// One record from the cpu program's ring buffer (`CpuSample`, or
+    /// `CpuSampleNative` when native stacks were asked for), weight 1.
     pub fn add(&mut self, bytes: &[u8]) {
         let (s, native) = if bytes.len() >= std::mem::size_of::<CpuSampleNative>() {
             // SAFETY: the kernel wrote a whole record of this type; read_unaligned
@@ -106,13 +125,27 @@ impl StackBuilder {
         } else {
             return;
         };
+        let stack = self.build(&s, native.as_ref(), None);
+        self.add_weighted(&s, &stack, 1);
+    }
+
+    /// Adds a built stack with its weight, and counts it by VM state.
+    pub fn add_weighted(&mut self, s: &CpuSample, stack: &[Frame], weight: u64) {
+        *self.by_vm_state.entry(state_key(s.vmstate, s.flags)).or_default() += weight;
+        self.folded.add(stack, weight);
+    }
+
+    /// The stack of one kernel record, root first, in the builder's kind:
+    /// Lua-level, native (when `native` is there) or both spliced. `wait` goes
+    /// between the user frames and the kernel's (what an off-CPU thread waited in).
+    pub fn build(&mut self, s: &CpuSample, native: Option<&NativeStack>, wait: Option<Frame>) -> Vec<Frame> {
         let n = (s.nframes as usize).min(s.frames.len());
         let lua = self.stack(s.tgid, s.vmstate, s.flags, &s.frames[..n]);
         let mut stack = match (self.kind, native) {
             (StackKind::Lua, _) | (_, None) => lua,
-            (StackKind::C, Some(ns)) => self.native_stack(s.tgid, s.vmstate, &ns).into_iter().map(|(f, _)| f).collect(),
+            (StackKind::C, Some(ns)) => self.native_stack(s.tgid, s.vmstate, ns).into_iter().map(|(f, _)| f).collect(),
             (StackKind::Mixed, Some(ns)) => {
-                let native = self.native_stack(s.tgid, s.vmstate, &ns);
+                let native = self.native_stack(s.tgid, s.vmstate, ns);
                 if s.flags & (STACK_NO_VM | STACK_NOT_IN_LUA) == 0 {
                     splice(native, lua)
                 } else {
@@ -120,6 +153,7 @@ impl StackBuilder {
                 }
             }
         };
+        stack.extend(wait);
         if let Some(k) = &self.kernel {
             let n = (s.nkernel as usize).min(s.kernel.len());
             stack.extend(s.kernel[..n].iter().rev().map(|&a| Frame::Kernel(k.name(a))));
@@ -127,8 +161,7 @@ impl StackBuilder {
         if self.per_worker {
             stack.insert(0, Frame::Vm(format!("[pid {}]", s.tgid)));
         }
-        *self.by_vm_state.entry(state_key(s.vmstate, s.flags)).or_default() += 1;
-        self.folded.add(&stack, 1);
+        stack
     }
 
     /// Root first, each frame with whether it lies in LuaJIT's code.
@@ -233,6 +266,19 @@ fn to_frame(f: LuaFrame, symbolizer: Option<&mut Symbolizer>) -> Frame {
             Some(n) => format!("{n} [builtin]"),
             None => format!("builtin#{ffid}"),
         }),
+    }
+}
+
+/// Why a thread was off the CPU, for the top of its stack: waiting for a CPU
+/// after preemption, or the system call it blocked in (`syscall` < 0: none).
+pub fn wait_frame(syscall: i64, runnable: bool) -> Frame {
+    if runnable {
+        return Frame::Wait("[runnable: waiting for a CPU]".into());
+    }
+    match usize::try_from(syscall).ok().and_then(syscalls::Sysno::new) {
+        Some(sys) => Frame::Wait(format!("{} (syscall)", sys.name())),
+        None if syscall >= 0 => Frame::Wait(format!("syscall {syscall}")),
+        None => Frame::Wait("[off-CPU outside a syscall]".into()),
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod objects;
+pub mod tracepoint;
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
@@ -44,6 +45,29 @@ pub fn aim(ebpf: &mut Ebpf, pids: &[u32], layout: VmLayout) -> Result<()> {
     let mut targets: HashMap<_, u32, u8> = HashMap::try_from(ebpf.map_mut("TARGETS").context("TARGETS map missing")?)?;
     for &pid in pids {
         targets.insert(pid, 1, 0)?;
+    }
+    Ok(())
+}
+
+/// Tells the program's `VMS` cache each target's `global_State`, found by a
+/// scan of its memory, so that stacks taken where the dispatch register does
+/// not hold it (inside C, in a system call) have a VM from the first event.
+/// A process whose VM is not found is left to the kernel's own discovery.
+pub fn seed_vms(ebpf: &mut Ebpf, aim: &crate::target::aim::Aim) -> Result<()> {
+    let Some(luajit) = aim.luajit_path.as_deref() else { return Ok(()) };
+    let mut vms: HashMap<_, u32, u64> = HashMap::try_from(ebpf.map_mut("VMS").context("VMS map missing")?)?;
+    for p in &aim.processes {
+        let started = std::time::Instant::now();
+        let Ok(maps) = p.maps() else { continue };
+        let code: Vec<(u64, u64)> =
+            maps.iter().filter(|m| m.executable() && m.file() == Some(luajit)).map(|m| (m.start, m.end)).collect();
+        match crate::target::vm_scan::find_global_state(p.pid, &maps, &aim.layout, &code) {
+            Some(g) => {
+                log::debug!("pid {}: global_State {g:#x} found in {:?}", p.pid, started.elapsed());
+                vms.insert(p.pid, g, 0)?;
+            }
+            None => log::debug!("pid {}: no global_State found by scanning ({:?})", p.pid, started.elapsed()),
+        }
     }
     Ok(())
 }

@@ -2,11 +2,13 @@
 //! in it, what symbols and debug info it has, and which struct layout fits it.
 //! Every tool opens its target through here.
 
+pub mod aim;
 pub mod elf;
 pub mod layout;
 pub mod layout_dwarf;
 pub mod luajit;
 pub mod process;
+pub mod vm_scan;
 
 use anyhow::Result;
 use serde::Serialize;

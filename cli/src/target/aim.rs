@@ -1,0 +1,46 @@
+//! What a stack-recording tool aims its kernel program at: the processes with a
+//! Lua VM (or, for native stacks, whatever the PID is), where LuaJIT keeps its
+//! state, and which object is LuaJIT.
+
+use anyhow::{bail, Context, Result};
+use ljprobe_common::VmLayout;
+
+use super::{layout::OPENRESTY_21_GC64_X86_64, Process, Target};
+
+pub struct Aim {
+    pub processes: Vec<Process>,
+    pub pids: Vec<u32>,
+    pub layout: VmLayout,
+    /// The LuaJIT object's path as the targets map it; None without a VM.
+    pub luajit_path: Option<String>,
+    /// The process asked for (an nginx master, a worker, any process).
+    pub root: Process,
+}
+
+impl Aim {
+    /// `lua_only`: refuse a process without LuaJIT (the error ends with
+    /// `native_hint`) instead of going on with whatever it is, with a note that
+    /// ends with `no_lua_note`.
+    pub fn open(pid: u32, lua_only: bool, native_hint: &str, no_lua_note: &str) -> Result<Aim> {
+        let target = Target::open(pid)?;
+        let lua = target.lua_processes();
+        let root = target.processes[0].process.clone();
+        let (processes, layout, luajit_path): (Vec<Process>, VmLayout, Option<String>) = match lua.first() {
+            Some(first) => {
+                let lj = first.luajit.as_ref().context("no LuaJIT")?;
+                (lua.iter().map(|p| p.process.clone()).collect(), lj.layout.offsets, Some(lj.path.clone()))
+            }
+            None if lua_only => bail!(
+                "process {} ({}) has no LuaJIT mapped, so it has no Lua stacks to look at: check the PID{native_hint}",
+                root.pid,
+                root.comm
+            ),
+            None => {
+                eprintln!("ljprobe: note: process {} ({}) has no Lua VM{no_lua_note}", root.pid, root.comm);
+                (target.processes.iter().map(|p| p.process.clone()).collect(), OPENRESTY_21_GC64_X86_64, None)
+            }
+        };
+        let pids = processes.iter().map(|p| p.pid).collect();
+        Ok(Aim { processes, pids, layout, luajit_path, root })
+    }
+}

@@ -38,6 +38,10 @@ enum Command {
     Doctor(tools::doctor::Args),
     /// On-CPU flame graph of a live LuaJIT process (Lua-level stacks).
     Cpu(tools::cpu::Args),
+    /// Off-CPU flame graph: where threads wait (blocking syscalls, locks, preemption), in microseconds.
+    Offcpu(tools::offcpu::Args),
+    /// Event-loop iteration times as a log2 histogram, and the Lua functions that block the loop.
+    EpollLoop(tools::epoll_loop::Args),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +61,8 @@ fn main() -> ExitCode {
         // aya-log attributes kernel messages to the program's own module path.
         .filter_module("doctor", level)
         .filter_module("cpu", level)
+        .filter_module("offcpu", level)
+        .filter_module("epoll_loop", level)
         .format_timestamp(None)
         .init();
 
@@ -72,6 +78,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Doctor(args) => tools::doctor::run(args).await,
             Command::Cpu(args) => tools::cpu::run(args).await,
+            Command::Offcpu(args) => tools::offcpu::run(args).await,
+            Command::EpollLoop(args) => tools::epoll_loop::run(args).await,
         }
     });
     match result {

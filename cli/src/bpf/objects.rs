@@ -6,3 +6,9 @@ pub static DOCTOR: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// `probes-ebpf/src/cpu.rs`
 pub static CPU: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cpu"));
+
+/// `probes-ebpf/src/offcpu.rs`
+pub static OFFCPU: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/offcpu"));
+
+/// `probes-ebpf/src/epoll_loop.rs`
+pub static EPOLL_LOOP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/epoll-loop"));

@@ -2,3 +2,5 @@
 
 pub mod cpu;
 pub mod doctor;
+pub mod offcpu;
+pub mod epoll_loop;

@@ -1,0 +1,242 @@
+//! `ljprobe offcpu`: off-CPU flame graphs, where target threads wait (the
+//! `sample-bt-off-cpu` job). Kernel side: `probes-ebpf/src/offcpu.rs`.
+
+use std::{collections::HashMap, process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use ljprobe_common::{
+    BlockedTotal, CpuSample, OffcpuConfig, OffcpuHead, OffcpuSample, OffcpuSampleNative, OFFCPU_IDLE_COUNT,
+    OFFCPU_IDLE_NS, OFFCPU_RUNNABLE, OFFCPU_SHORT_COUNT, OFFCPU_SHORT_NS,
+};
+use ljprobe_flamegraph::Frame;
+use serde_json::json;
+
+use crate::{
+    bpf::{self, objects, tracepoint},
+    collect,
+    report::{self, Outputs},
+    stacks::{wait_frame, StackBuilder, StackKind},
+    target::aim::Aim,
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// An nginx master (all its workers are traced, merged), a worker, or any LuaJIT process.
+    #[arg(long)]
+    pid: u32,
+    /// How long to trace; Ctrl-C stops early and still writes everything.
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
+    duration: Duration,
+    #[arg(long, value_enum, default_value = "lua")]
+    stack: StackKind,
+    /// Blocks shorter than this are counted in the summary but not drawn (0 keeps all).
+    #[arg(long, default_value = "1ms", value_parser = crate::duration::parse_or_zero)]
+    min_block: Duration,
+    /// Keep the idle wait of an event loop in epoll_wait (left out by default, so
+    /// that real blocking stands out).
+    #[arg(long)]
+    include_idle: bool,
+    /// Add the kernel frames where each thread left the CPU.
+    #[arg(long)]
+    kernel: bool,
+    /// With an nginx master: one tower per worker instead of merging them.
+    #[arg(long)]
+    per_worker: bool,
+    #[command(flatten)]
+    outputs: Outputs,
+}
+
+pub async fn run(args: Args) -> Result<ExitCode> {
+    let aim = Aim::open(args.pid, args.stack == StackKind::Lua, ", or use --stack c", "; the graph shows C only")?;
+    let sched = tracepoint::sched_switch_format()?;
+    let native = args.stack != StackKind::Lua;
+    let min_block_ns = args.min_block.as_nanos() as u64;
+
+    let mut ebpf = bpf::load(objects::OFFCPU, "offcpu")?;
+    bpf::aim(&mut ebpf, &aim.pids, aim.layout)?;
+    bpf::seed_vms(&mut ebpf, &aim)?;
+    let Aim { processes, pids, luajit_path, root, .. } = aim;
+    let config = OffcpuConfig {
+        native: u32::from(native),
+        kernel: u32::from(args.kernel),
+        include_idle: u32::from(args.include_idle),
+        _pad: 0,
+        min_block_ns,
+        sched,
+    };
+    Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?.set(0, config, 0)?;
+    let mut ring = RingBuf::try_from(ebpf.take_map("SAMPLES").context("SAMPLES map missing")?)?;
+    let lost_map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map missing")?)?;
+    let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("COUNTS").context("COUNTS map missing")?)?;
+    let blocked: PerCpuHashMap<_, u64, BlockedTotal> =
+        PerCpuHashMap::try_from(ebpf.take_map("BLOCKED").context("BLOCKED map missing")?)?;
+    let pending: BpfHashMap<_, u32, OffcpuSampleNative> =
+        BpfHashMap::try_from(ebpf.take_map("PENDING").context("PENDING map missing")?)?;
+    tracepoint::attach(&mut ebpf, "offcpu_switch", "sched", "sched_switch")?;
+
+    let builder = StackBuilder::new(args.stack, args.kernel, args.per_worker, &processes, luajit_path.as_deref())?;
+    let mut blocks = Blocks { builder, by_key: HashMap::new(), count: 0 };
+    let lost = || lost_map.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
+    let mut collected =
+        collect::run(&mut ring, &processes, args.duration, "stacks", lost, |bytes| blocks.record(bytes)).await?;
+    // Detach first, so that no stack is sent after the last drain.
+    drop(ebpf);
+    collected.records += collect::drain(&mut ring, &mut |bytes: &[u8]| blocks.record(bytes));
+    let stack_lost = blocks.add_kernel_totals(&blocked);
+    let still_blocked = blocks.add_still_blocked(&pending, min_block_ns, args.include_idle);
+    collected.lost = lost() + stack_lost;
+
+    let sum = |i: u32| counts.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+    let (short_ns, short_count, idle_ns, idle_count) =
+        (sum(OFFCPU_SHORT_NS), sum(OFFCPU_SHORT_COUNT), sum(OFFCPU_IDLE_NS), sum(OFFCPU_IDLE_COUNT));
+    let shown_us = blocks.builder.folded.total();
+    let mut notes = vec![format!(
+        "{:.1} ms blocked in {} blocks of at least {} shown",
+        shown_us as f64 / 1000.0,
+        blocks.count,
+        human(args.min_block)
+    )];
+    if short_count > 0 {
+        notes.push(format!("{:.1} ms in {short_count} shorter blocks not shown (--min-block)", short_ns as f64 / 1e6));
+    }
+    if idle_count > 0 {
+        notes.push(format!(
+            "{:.1} ms idle in epoll_wait ({idle_count} waits) not shown (--include-idle)",
+            idle_ns as f64 / 1e6
+        ));
+    }
+    if still_blocked > 0 {
+        notes.push(format!("{still_blocked} threads were still blocked at the end: counted up to then"));
+    }
+    let extra = json!({
+        "blocked_us": shown_us,
+        "blocks": blocks.count,
+        "min_block_us": args.min_block.as_micros() as u64,
+        "short_blocks": { "count": short_count, "us": short_ns / 1000 },
+        "idle": { "included": args.include_idle, "count": idle_count, "us": idle_ns / 1000 },
+        "still_blocked_at_end": still_blocked,
+    });
+
+    let title = format!("ljprobe offcpu: PID {} ({}), {}, blocked time in microseconds", args.pid, root.comm, args.stack.title());
+    report::write(&args.outputs, &report::Profile {
+        tool: "offcpu",
+        title,
+        pids,
+        frequency: None,
+        unit: "us",
+        folded: blocks.builder.folded,
+        by_vm_state: blocks.builder.by_vm_state,
+        collected,
+        default_svg: format!("ljprobe-offcpu-{}.svg", args.pid),
+        extra: extra.as_object().cloned().unwrap_or_default(),
+        notes,
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human(d: Duration) -> String {
+    match d.as_micros() {
+        us if us < 1000 => format!("{us}us"),
+        us => format!("{}ms", us as f64 / 1000.0),
+    }
+}
+
+struct Blocks {
+    builder: StackBuilder,
+    /// Lua stacks the kernel sums by key: the stack, and the sample it came from.
+    by_key: HashMap<u64, (Vec<Frame>, CpuSample)>,
+    count: u64,
+}
+
+impl Blocks {
+    fn record(&mut self, bytes: &[u8]) {
+        if bytes.len() >= std::mem::size_of::<OffcpuSampleNative>() {
+            // SAFETY: the kernel wrote a whole record of this type; read_unaligned
+            // copes with the ring buffer's alignment.
+            let r: OffcpuSampleNative = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const _) };
+            self.add(&r.sample, Some(&r.native));
+        } else if bytes.len() >= std::mem::size_of::<OffcpuSample>() {
+            // SAFETY: as above.
+            let r: OffcpuSample = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const _) };
+            if r.head.key == 0 {
+                self.add(&r, None);
+            } else {
+                // Named now, while the target's memory still holds its prototypes;
+                // the time comes from the kernel's totals at the end.
+                let stack = self.builder.build(&r.lua, None, Some(wait(&r.head)));
+                self.by_key.insert(r.head.key, (stack, r.lua));
+            }
+        }
+    }
+
+    fn add(&mut self, s: &OffcpuSample, native: Option<&ljprobe_common::NativeStack>) {
+        let stack = self.builder.build(&s.lua, native, Some(wait(&s.head)));
+        self.builder.add_weighted(&s.lua, &stack, us(s.head.blocked_ns));
+        self.count += 1;
+    }
+
+    /// Folds in the kernel's per-stack totals; returns how many had no stack
+    /// (its record was lost).
+    fn add_kernel_totals(&mut self, blocked: &PerCpuHashMap<MapData, u64, BlockedTotal>) -> u64 {
+        let mut lost = 0;
+        for item in blocked.iter() {
+            let Ok((key, per_cpu)) = item else { continue };
+            let (ns, count) = per_cpu.iter().fold((0, 0), |(n, c), t| (n + t.ns, c + t.count));
+            self.count += count;
+            match self.by_key.get(&key) {
+                Some((stack, sample)) => self.builder.add_weighted(sample, stack, us(ns)),
+                None => {
+                    lost += 1;
+                    self.builder.folded.add(&[Frame::Vm("[stack lost: ring buffer full]".into())], us(ns));
+                }
+            }
+        }
+        lost
+    }
+
+    /// Threads still off the CPU when tracing stopped: their time so far counts,
+    /// if they still exist (a thread that exited will never come back).
+    fn add_still_blocked(
+        &mut self,
+        pending: &BpfHashMap<MapData, u32, OffcpuSampleNative>,
+        min_block_ns: u64,
+        include_idle: bool,
+    ) -> u64 {
+        let now = monotonic_ns();
+        let mut n = 0;
+        for item in pending.iter() {
+            let Ok((tid, mut r)) = item else { continue };
+            let alive = std::path::Path::new(&format!("/proc/{}/task/{tid}", r.sample.lua.tgid)).exists();
+            let blocked = now.saturating_sub(r.sample.head.switched_out_ns);
+            if !alive || blocked < min_block_ns || (!include_idle && is_idle(&r.sample.head)) {
+                continue;
+            }
+            r.sample.head.blocked_ns = blocked;
+            let native = (r.native.len > 0).then_some(&r.native);
+            self.add(&r.sample, native);
+            n += 1;
+        }
+        n
+    }
+}
+
+fn wait(head: &OffcpuHead) -> Frame {
+    wait_frame(head.syscall, head.flags & OFFCPU_RUNNABLE != 0)
+}
+
+fn is_idle(head: &OffcpuHead) -> bool {
+    ljprobe_common::EPOLL_SYSCALLS.contains(&head.syscall)
+}
+
+fn us(ns: u64) -> u64 {
+    (ns + 500) / 1000
+}
+
+/// The clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

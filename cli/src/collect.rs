@@ -54,7 +54,7 @@ pub async fn run(
             _ = tick.tick() => {
                 records += drain(ring, &mut on_record);
                 ticks += 1;
-                if live && ticks % 4 == 0 {
+                if live && ticks.is_multiple_of(4) {
                     eprint!("\r  {:>6.1}s  {what} {records:<9} lost {:<6}", start.elapsed().as_secs_f64(), lost());
                     let _ = std::io::stderr().flush();
                 }

@@ -139,8 +139,7 @@ impl StackBuilder {
     /// Lua-level, native (when `native` is there) or both spliced. `wait` goes
     /// between the user frames and the kernel's (what an off-CPU thread waited in).
     pub fn build(&mut self, s: &CpuSample, native: Option<&NativeStack>, wait: Option<Frame>) -> Vec<Frame> {
-        let n = (s.nframes as usize).min(s.frames.len());
-        let lua = self.stack(s.tgid, s.vmstate, s.flags, &s.frames[..n]);
+        let lua = self.lua_stack(s);
         let mut stack = match (self.kind, native) {
             (StackKind::Lua, _) | (_, None) => lua,
             (StackKind::C, Some(ns)) => self.native_stack(s.tgid, s.vmstate, ns).into_iter().map(|(f, _)| f).collect(),
@@ -212,6 +211,26 @@ impl StackBuilder {
             frames.push((Frame::Vm("[native stack not unwound]".into()), false));
         }
         frames
+    }
+
+    /// The Lua stack of a record, root first. Inside a JIT trace, the functions
+    /// the trace inlined have no frames in memory; the trace's snapshot at the
+    /// recorded address gives them back, on top of the walked frames.
+    fn lua_stack(&mut self, s: &CpuSample) -> Vec<Frame> {
+        let n = (s.nframes as usize).min(s.frames.len());
+        let walked = &s.frames[..n];
+        let addrs = &s.trace_addrs[..(s.ntrace_addrs as usize).min(s.trace_addrs.len())];
+        let inlined = match (u32::try_from(s.vmstate), self.resolvers.get_mut(&s.tgid)) {
+            (Ok(traceno), Some(r)) if s.g != 0 && !addrs.is_empty() && s.flags & STACK_BROKEN == 0 => {
+                r.inlined_frames(s.g, traceno, addrs)
+            }
+            _ => Vec::new(),
+        };
+        if inlined.is_empty() {
+            return self.stack(s.tgid, s.vmstate, s.flags, walked);
+        }
+        let raw: Vec<LuaFrameRaw> = inlined.into_iter().chain(walked.iter().copied()).collect();
+        self.stack(s.tgid, s.vmstate, s.flags, &raw)
     }
 
     /// Root first, as folded stacks read.

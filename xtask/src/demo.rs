@@ -44,6 +44,30 @@ pub fn run() -> Result<()> {
 
     let out = wrk.wait_with_output()?;
     let report = String::from_utf8_lossy(&out.stdout);
+
+    // A blocking route, lightly loaded: one connection, 20 requests a second.
+    let block = Load { route: "/block/sleep".into(), connections: 1, rate: Some(20), ..load.clone() };
+    eprintln!("demo: driving {} at 20 requests/sec", block.route);
+    let mut block_wrk = block.spawn()?;
+    thread::sleep(Duration::from_secs(2));
+    let off_svg = out_dir.join("ljprobe-offcpu.svg");
+    println!("\n=== ljprobe offcpu --pid {} --duration 3s (where /block/sleep's worker waits) ===", gw.master());
+    let offcpu = Command::new(paths::ljprobe_bin())
+        .args(["offcpu", "--pid", &gw.master().to_string(), "--duration", "3s"])
+        .arg("--svg")
+        .arg(&off_svg)
+        .status()
+        .context("cannot run ljprobe")?;
+    let loop_svg = out_dir.join("ljprobe-epoll-loop.svg");
+    println!("\n=== ljprobe epoll-loop --pid {} --duration 3s (what blocks the event loop) ===", gw.master());
+    let epoll = Command::new(paths::ljprobe_bin())
+        .args(["epoll-loop", "--pid", &gw.master().to_string(), "--duration", "3s"])
+        .arg("--svg")
+        .arg(&loop_svg)
+        .status()
+        .context("cannot run ljprobe")?;
+    let _ = block_wrk.kill();
+    let _ = block_wrk.wait();
     println!("\n=== load ===");
     match requests_per_sec(&report) {
         Some(rps) => println!("the gateway served {} at {rps:.0} requests/sec", load.route),
@@ -53,8 +77,14 @@ pub fn run() -> Result<()> {
     if cpu.success() {
         println!("cpu: open {} in a browser: nginx C at the bottom, the Lua handler, hot_jit_work with trace#N on top", svg.display());
     }
+    if offcpu.success() {
+        println!("offcpu: open {}: the worker's blocked time under block_sleep_work, in clock_nanosleep", off_svg.display());
+    }
+    if epoll.success() {
+        println!("epoll-loop: open {}: iterations of 16-32 ms, one per /block/sleep request", loop_svg.display());
+    }
     drop(gw);
-    if !doctor.success() || !cpu.success() {
+    if !doctor.success() || !cpu.success() || !offcpu.success() || !epoll.success() {
         anyhow::bail!("ljprobe failed against the gateway (see above)");
     }
     Ok(())

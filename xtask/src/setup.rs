@@ -16,6 +16,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("lua-cjson", "the gateway's JSON"),
     ("luajit2", "stock stripped `luajit` for fidelity tests"),
     ("wrk", "load generator"),
+    ("gdb", "reads LuaJIT's struct layout from DWARF in the tests"),
     ("linux-perf", "perf record for the benchmark's comparison"),
     ("build-essential", "compiles the debug LuaJIT"),
     ("dpkg-dev", "unpacks the luajit2 source package"),

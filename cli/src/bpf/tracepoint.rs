@@ -48,11 +48,11 @@ pub fn field_offsets<const N: usize>(category: &str, name: &str, fields: [&str; 
     Ok(out)
 }
 
-/// From lines like `field:pid_t prev_pid;	offset:24;	size:4;	signed:1;`.
+/// From lines like `field:pid_t prev_pid; offset:24; size:4; signed:1;` (tab-separated).
 fn offset_of(format: &str, field: &str) -> Option<u32> {
     format.lines().find_map(|line| {
         let decl = line.trim().strip_prefix("field:")?.split(';').next()?;
-        let declared = decl.rsplit(|c: char| c == ' ' || c == '*').next()?;
+        let declared = decl.rsplit([' ', '*']).next()?;
         let declared = declared.split('[').next()?;
         if declared != field {
             return None;

@@ -55,7 +55,115 @@ pub struct ObjLayout {
     pub fr2: u32,
     /// Opcode number -> opcode, in this build's `BCDEF` order.
     pub ops: &'static [Op],
+
+    /// JIT traces, for the frames they inline.
+    pub trace: TraceLayout,
 }
+
+/// Where one build keeps the JIT state, its traces and their snapshots
+/// (lj_dispatch.h, lj_jit.h, lj_ir.h), and the snapshot format constants: what
+/// `Resolver::inlined_frames` reads to rebuild the frames a trace has inlined.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceLayout {
+    /// `GG_OFS(J) - GG_OFS(g)`: the `jit_State` lives in `GG_State` after `G`.
+    pub g2j: u64,
+    /// `jit_State.trace`: pointer to the `GCRef` array indexed by trace number.
+    pub j_trace: u64,
+    /// `jit_State.sizetrace`: entries of that array (u32).
+    pub j_sizetrace: u64,
+
+    /// `~LJ_TTRACE`, in `GCHeader.gct` (the offset is `ObjLayout::gct`).
+    pub gct_trace: u8,
+    /// `(sizeof(GCtrace)+7)&~7`: `trace_save` puts the IR, then the snapshots,
+    /// then the snapshot map right after the header, in one allocation.
+    pub trace_size: u64,
+    /// u16.
+    pub trace_nsnap: u64,
+    /// u32, biased by `ref_bias`: one past the last instruction.
+    pub trace_nins: u64,
+    /// `IRIns *`, biased so that `ir[ref]` is instruction `ref`.
+    pub trace_ir: u64,
+    /// u32, biased: the lowest constant.
+    pub trace_nk: u64,
+    /// u32: `SnapEntry`s in the snapshot map.
+    pub trace_nsnapmap: u64,
+    pub trace_snap: u64,
+    pub trace_snapmap: u64,
+    /// u32, in bytes.
+    pub trace_szmcode: u64,
+    pub trace_mcode: u64,
+    /// u16: a saved trace knows its own number.
+    pub trace_traceno: u64,
+
+    /// `sizeof(SnapShot)` and its fields `mapofs` (u32), `mcofs` (u16, in
+    /// `MCode` units from `T->mcode`), `nent` (u8).
+    pub snap_size: u64,
+    pub snap_mapofs: u64,
+    pub snap_mcofs: u64,
+    pub snap_nent: u64,
+    /// `sizeof(SnapEntry)`: slot << 24 | flags | ref.
+    pub snapentry_size: u64,
+    /// `SNAP_FRAME`: the entry is a frame link.
+    pub snap_frame: u32,
+    /// `sizeof(MCode)`: `mcofs` counts these.
+    pub mcode_unit: u64,
+
+    /// `sizeof(IRIns)` and the bytes of its type (`t`) and opcode (`o`).
+    pub irins_size: u64,
+    pub ir_t: u64,
+    pub ir_o: u64,
+    /// `IR_KGC` and `IR_KNUM` in `IRDEF` order. Both are 64-bit constants in
+    /// GC64: the value is the whole `IRIns` after the one at `ref`.
+    pub ir_kgc: u8,
+    pub ir_knum: u8,
+    /// `IRT_TYPE` mask and `IRT_FUNC`: a `KGC` holding a function.
+    pub irt_mask: u8,
+    pub irt_func: u8,
+    /// `REF_BIAS`: refs below it are constants, at or above it instructions.
+    pub ref_bias: u32,
+}
+
+/// OpenResty's LuaJIT 2.1 GC64 on x86_64. Read from the `-g` build
+/// (`target/luajit-debug/lib/libluajit-5.1.so`) with gdb: `ptype/o struct
+/// GCtrace`, `ptype/o struct SnapShot`, `ptype/o jit_State`, `print
+/// (int)&((GG_State*)0)->J - (int)&((GG_State*)0)->g`, `print sizeof(IRIns)`,
+/// `print (int)IR_KGC` and so on; `tests/trace.rs` checks them the same way.
+/// Debian's stripped build comes from the same source and configuration.
+pub const TRACE_OPENRESTY_21_GC64_X86_64: TraceLayout = TraceLayout {
+    g2j: 736, // GG_State: g at 112, J at 848
+    j_trace: 384,
+    j_sizetrace: 396,
+
+    gct_trace: 9, // ~LJ_TTRACE
+    trace_size: 120,
+    trace_nsnap: 10,
+    trace_nins: 12,
+    trace_ir: 32,
+    trace_nk: 40,
+    trace_nsnapmap: 44,
+    trace_snap: 48,
+    trace_snapmap: 56,
+    trace_szmcode: 84,
+    trace_mcode: 88,
+    trace_traceno: 104,
+
+    snap_size: 12,
+    snap_mapofs: 0,
+    snap_mcofs: 6,
+    snap_nent: 10,
+    snapentry_size: 4,
+    snap_frame: 0x1_0000,
+    mcode_unit: 1,
+
+    irins_size: 8,
+    ir_t: 4,
+    ir_o: 5,
+    ir_kgc: 24,
+    ir_knum: 28,
+    irt_mask: 0x1f,
+    irt_func: 8,
+    ref_bias: 0x8000,
+};
 
 /// OpenResty's LuaJIT 2.1 (luajit2-2.1-20230119 and neighbours), GC64, x86_64.
 /// Offsets checked with gdb `ptype /o` against a `-g` build of that source.
@@ -96,6 +204,7 @@ pub const OPENRESTY_21_GC64: ObjLayout = ObjLayout {
     bcins_size: 4,
     fr2: 1,
     ops: Op::LUAJIT_21,
+    trace: TRACE_OPENRESTY_21_GC64_X86_64,
 };
 
 impl ObjLayout {

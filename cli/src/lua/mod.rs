@@ -19,14 +19,17 @@ mod proto;
 mod resolve;
 #[cfg(test)]
 mod tests;
+mod trace;
 
 #[allow(unused_imports)]
 pub use bc::Op;
 #[allow(unused_imports)]
 pub use funcname::{SlotKind, SlotName};
 #[allow(unused_imports)]
-pub use layout::{ObjLayout, OPENRESTY_21_GC64};
+pub use layout::{ObjLayout, TraceLayout, OPENRESTY_21_GC64, TRACE_OPENRESTY_21_GC64_X86_64};
 #[allow(unused_imports)]
 pub use mem::{Memory, ProcMem};
 #[allow(unused_imports)]
 pub use resolve::{LuaFrame, RawFrame, Resolver, UNKNOWN_FILE};
+#[allow(unused_imports)]
+pub use trace::{Inlined, MAX_INLINED};

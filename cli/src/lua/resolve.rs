@@ -9,6 +9,7 @@ use super::{
     layout::{ObjLayout, OPENRESTY_21_GC64},
     mem::{buf_u64, buf_u8, Memory},
     proto::{ProtoDebug, ProtoHeader},
+    trace::{self, Inlined},
 };
 
 /// One frame as the kernel records it, innermost first: `func` is the GCfunc
@@ -109,6 +110,24 @@ impl<M: Memory> Resolver<M> {
             out.push(self.label(frame.func, name.map(|n| n.name)));
         }
         out
+    }
+
+    /// The Lua frames trace `traceno` has inlined above its root frame at the first of `addrs`
+    /// that lies in its machine code, innermost first, as frames `resolve` can name (prepend them to
+    /// the frames walked from `jit_base`). Empty when no address is in the trace or anything reads wrong.
+    ///
+    /// `g` is the `global_State`. `addrs` are taken as return addresses (words of the thread's
+    /// stack); a sampled instruction pointer works too, give or take one instruction. The frames
+    /// are those of the snapshot covering the address, i.e. where LuaJIT would resume the
+    /// interpreter if the trace exited there (see `trace.rs` for what that can miss). A frame
+    /// whose function the trace did not specialise to a constant is left out.
+    pub fn inlined_frames(&mut self, g: u64, traceno: u32, addrs: &[u64]) -> Vec<RawFrame> {
+        self.inlined_at(g, traceno, addrs).map(|i| i.frames).unwrap_or_default()
+    }
+
+    /// `inlined_frames` with where they were found: the address used and its snapshot.
+    pub fn inlined_at(&mut self, g: u64, traceno: u32, addrs: &[u64]) -> Option<Inlined> {
+        trace::inlined_frames(&self.mem, &self.layout, g, traceno, addrs)
     }
 
     /// The GCproto of a Lua function.

@@ -1,3 +1,4 @@
 mod image;
 mod live;
+mod trace;
 mod unit;

@@ -1,4 +1,4 @@
-//! `cargo xtask bench cpu`: what profiling costs the gateway's throughput.
+//! `cargo xtask bench cpu|offcpu`: what profiling costs the gateway's throughput.
 //!
 //! Absolute requests/sec depend on the machine and on whatever else runs on it, so
 //! the result is a set of RATIOS: each profiled run against the unprofiled runs
@@ -23,6 +23,10 @@ use xtask::{
     paths, setup,
 };
 
+mod cpu;
+mod offcpu;
+mod tools;
+
 #[derive(Subcommand)]
 pub enum What {
     /// Throughput of /hot/jit with `ljprobe cpu` and `perf record` at 99 and 999 Hz,
@@ -34,35 +38,49 @@ pub enum What {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
         rounds: u32,
     },
+    /// Throughput of a context-switch-heavy route with `ljprobe offcpu` (Lua and
+    /// mixed stacks), `ljprobe epoll-loop` and `perf record` of sched_switch with
+    /// call graphs, as ratios to interleaved unprofiled runs; then ljprobe's own cost.
+    Offcpu {
+        #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        rounds: u32,
+    },
 }
 
 pub fn run(what: What) -> Result<()> {
     match what {
-        What::Cpu { duration, rounds } => cpu(duration, rounds),
+        What::Cpu { duration, rounds } => cpu::run(duration, rounds),
+        What::Offcpu { duration, rounds } => offcpu::run(duration, rounds),
     }
 }
 
-const ROUTE: &str = "/hot/jit";
-const CONNECTIONS: u32 = 20;
 /// The profiler starts this long before wrk, so its set-up (loading BPF programs,
 /// reading symbols) is not inside the measured window.
 const LEAD: Duration = Duration::from_secs(1);
 
-#[derive(Clone, Copy)]
-enum Profiler {
-    Ljprobe,
-    Perf,
+use tools::Tool;
+
+/// What one bench measures: a route under wrk, and the tools to compare.
+pub struct Suite {
+    pub route: &'static str,
+    pub connections: u32,
+    /// The order inside a round, each preceded by a baseline run.
+    pub tools: Vec<Tool>,
+    /// Run alone for 30 s at the end for its own CPU time and RSS.
+    pub own_cost: Tool,
 }
 
-/// The order inside a round, each preceded by a baseline run.
-const SETTINGS: [(Profiler, u32); 4] =
-    [(Profiler::Ljprobe, 99), (Profiler::Ljprobe, 999), (Profiler::Perf, 99), (Profiler::Perf, 999)];
-
-fn label((p, freq): (Profiler, u32)) -> String {
-    match p {
-        Profiler::Ljprobe => format!("ljprobe {freq} Hz"),
-        Profiler::Perf => format!("perf {freq} Hz"),
-    }
+/// Everything one sitting measured.
+pub struct Measured {
+    pub baselines: Vec<f64>,
+    /// Per tool, its ratio in each round.
+    pub ratios: Vec<Vec<f64>>,
+    pub own: OwnCost,
+    /// Context switches per second during a baseline run: the whole machine's
+    /// and the gateway worker's.
+    pub switches: (f64, f64),
 }
 
 /// Set by Ctrl-C. The children get the same SIGINT from the terminal and stop;
@@ -81,7 +99,9 @@ fn check_interrupted() -> Result<()> {
     Ok(())
 }
 
-fn cpu(duration: Duration, rounds: u32) -> Result<()> {
+/// Runs `suite`: B T1 B T2 ... per round and one closing B, so every profiled run
+/// has a baseline on each side; then the own-cost run.
+pub fn measure(suite: &Suite, duration: Duration, rounds: u32) -> Result<Measured> {
     unsafe { libc::signal(libc::SIGINT, on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t) };
     setup::run()?;
     // Release: the overhead of a debug build of ljprobe's user space is not the product's.
@@ -101,9 +121,9 @@ fn cpu(duration: Duration, rounds: u32) -> Result<()> {
     let gw = Running::start(config)?;
     let load = |d: Duration| Load {
         url: gw.config.url(),
-        route: ROUTE.into(),
+        route: suite.route.into(),
         duration: d,
-        connections: CONNECTIONS,
+        connections: suite.connections,
         rate: None,
     };
 
@@ -111,120 +131,134 @@ fn cpu(duration: Duration, rounds: u32) -> Result<()> {
     eprintln!("bench: warm-up");
     bench.throughput(&gw, &load(Duration::from_secs(3)), None)?;
 
-    // B P1 B P2 B P3 B P4 per round, and one closing B, so every profiled run has a
-    // baseline on each side.
+    let before = Switches::now(gw.worker());
     let mut baselines = vec![bench.throughput(&gw, &load(duration), None)?];
-    let mut ratios: Vec<Vec<f64>> = vec![vec![]; SETTINGS.len()];
+    let switches = before.rates(gw.worker());
+    let mut ratios: Vec<Vec<f64>> = vec![vec![]; suite.tools.len()];
     for round in 1..=rounds {
-        for (i, &setting) in SETTINGS.iter().enumerate() {
-            let rps = bench.throughput(&gw, &load(duration), Some(setting))?;
+        for (i, tool) in suite.tools.iter().enumerate() {
+            let rps = bench.throughput(&gw, &load(duration), Some(tool))?;
             let after = bench.throughput(&gw, &load(duration), None)?;
             let before = *baselines.last().unwrap();
             baselines.push(after);
             let ratio = rps / ((before + after) / 2.0);
-            eprintln!("bench: round {round} {}: {rps:.0} req/s, ratio {ratio:.3}", label(setting));
+            eprintln!("bench: round {round} {}: {rps:.0} req/s, ratio {ratio:.3}", tool.label());
             ratios[i].push(ratio);
         }
     }
 
-    let own = bench.own_cost(&gw, &load(Duration::from_secs(30)))?;
-    drop(gw);
-
-    print_report(duration, rounds, &baselines, &ratios, &own);
-    Ok(())
+    let own = bench.own_cost(&gw, &load(Duration::from_secs(30)), &suite.own_cost)?;
+    Ok(Measured { baselines, ratios, own, switches })
 }
 
-struct Bench {
+/// Context switch counters: the machine's (`ctxt` in /proc/stat) and a process's.
+struct Switches {
+    at: Instant,
+    machine: u64,
+    worker: u64,
+}
+
+impl Switches {
+    fn now(worker: u32) -> Switches {
+        let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+        let machine = stat.lines().find_map(|l| l.strip_prefix("ctxt ")?.trim().parse().ok()).unwrap_or(0);
+        let status = fs::read_to_string(format!("/proc/{worker}/status")).unwrap_or_default();
+        let worker = status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+            .sum();
+        Switches { at: Instant::now(), machine, worker }
+    }
+
+    fn rates(&self, worker: u32) -> (f64, f64) {
+        let now = Switches::now(worker);
+        let secs = now.at.duration_since(self.at).as_secs_f64().max(1e-9);
+        ((now.machine - self.machine) as f64 / secs, (now.worker.saturating_sub(self.worker)) as f64 / secs)
+    }
+}
+
+pub struct Bench {
     ljprobe: std::path::PathBuf,
     out: std::path::PathBuf,
 }
 
 impl Bench {
-    /// The profiler command for `setting`, sampling for `secs`.
-    fn profiler(&self, gw: &Running, (p, freq): (Profiler, u32), secs: u64) -> Command {
-        match p {
-            Profiler::Ljprobe => {
-                let mut c = Command::new(&self.ljprobe);
-                // The master: ljprobe samples all its workers.
-                c.args(["cpu", "--pid", &gw.master().to_string(), "--duration", &format!("{secs}s")])
-                    .args(["--freq", &freq.to_string()])
-                    .arg("--svg")
-                    .arg(self.out.join(format!("ljprobe-{freq}.svg")))
-                    .arg("--json")
-                    .arg(self.out.join(format!("ljprobe-{freq}.json")));
-                c
-            }
-            Profiler::Perf => {
-                let mut c = Command::new("perf");
-                // The worker: `perf -p` takes only the threads of that one process.
-                // cpu-clock is the event ljprobe uses; without a PMU perf falls back to
-                // it anyway, with one it would otherwise take `cycles`.
-                c.args(["record", "-e", "cpu-clock", "-F", &freq.to_string(), "-g", "--call-graph", "dwarf"])
-                    .args(["-p", &gw.worker().to_string(), "-o"])
-                    .arg(self.out.join("perf.data"))
-                    .args(["--", "sleep", &secs.to_string()]);
-                c
-            }
-        }
-    }
-
-    /// One wrk run, with `setting`'s profiler covering it when given: requests/sec.
-    fn throughput(&self, gw: &Running, load: &Load, setting: Option<(Profiler, u32)>) -> Result<f64> {
-        let profiler = match setting {
-            Some(s) => {
+    /// One wrk run, with `tool` covering it when given: requests/sec.
+    fn throughput(&self, gw: &Running, load: &Load, tool: Option<&Tool>) -> Result<f64> {
+        let profiler = match tool {
+            Some(t) => {
                 // Lead before, a second of slack after: the profiler outlasts wrk.
                 let secs = (LEAD + load.duration).as_secs() + 1;
-                let kid = Kid::spawn(self.profiler(gw, s, secs))?;
+                let kid = Kid::spawn(t.command(self, gw, secs))?;
                 thread::sleep(LEAD);
                 Some(kid)
             }
             None => None,
         };
         let report = wrk(load)?;
-        if let Some(kid) = profiler {
+        if let (Some(kid), Some(t)) = (profiler, tool) {
             let out = kid.finish()?;
-            let samples = match setting.unwrap().0 {
-                Profiler::Ljprobe => ljprobe_samples(&self.out.join(format!("ljprobe-{}.json", setting.unwrap().1))),
-                Profiler::Perf => perf_samples(&String::from_utf8_lossy(&out.stderr)),
-            };
-            eprintln!("bench: {}: {} samples", label(setting.unwrap()), samples.map_or("?".into(), |n| n.to_string()));
+            let events = t.events(self, &String::from_utf8_lossy(&out.stderr));
+            eprintln!("bench: {}: {}", t.label(), events.map_or("?".into(), |(n, what)| format!("{n} {what}")));
             let _ = fs::remove_file(self.out.join("perf.data")); // 999 Hz dwarf: ~100 MB
         }
         check_interrupted()?;
         requests_per_sec(&report).with_context(|| format!("wrk reported no requests/sec:\n{report}"))
     }
 
-    /// `ljprobe cpu --freq 99` for 30 s under load: its own CPU time and peak RSS,
-    /// from wait4's rusage (all its threads, after they are gone: nothing missed).
-    fn own_cost(&self, gw: &Running, load: &Load) -> Result<OwnCost> {
-        eprintln!("bench: ljprobe's own cost, 30 s at 99 Hz");
+    /// `tool` for 30 s under load: its own CPU time and peak RSS, from wait4's
+    /// rusage (all its threads, after they are gone: nothing missed).
+    fn own_cost(&self, gw: &Running, load: &Load, tool: &Tool) -> Result<OwnCost> {
+        eprintln!("bench: ljprobe's own cost, 30 s of {}", tool.label());
         let start = Instant::now();
-        let kid = Kid::spawn(self.profiler(gw, (Profiler::Ljprobe, 99), 30))?;
+        let kid = Kid::spawn(tool.command(self, gw, 30))?;
         thread::sleep(LEAD);
         wrk(load)?;
         let (status, ru, stderr) = kid.wait4()?;
         let wall = start.elapsed();
         check_interrupted()?;
         if !status.success() {
-            bail!("ljprobe cpu failed ({status}) in the 30 s run: {}", stderr.trim());
+            bail!("{} failed ({status}) in the 30 s run: {}", tool.label(), stderr.trim());
         }
         let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
         Ok(OwnCost {
+            label: tool.label(),
             user: secs(ru.ru_utime),
             sys: secs(ru.ru_stime),
             wall: wall.as_secs_f64(),
             max_rss_kib: ru.ru_maxrss as u64,
-            samples: ljprobe_samples(&self.out.join("ljprobe-99.json")),
+            events: tool.events(self, &stderr),
         })
     }
 }
 
-struct OwnCost {
+pub struct OwnCost {
+    label: String,
     user: f64,
     sys: f64,
     wall: f64,
     max_rss_kib: u64,
-    samples: Option<u64>,
+    /// How many records it handled, and what they are.
+    events: Option<(u64, &'static str)>,
+}
+
+impl OwnCost {
+    pub fn print(&self) {
+        let cpu = self.user + self.sys;
+        println!(
+            "\nljprobe's own cost ({}, 30 s, same load): CPU {:.2} s user + {:.2} s sys = {:.2} s \
+             over {:.1} s wall ({:.1}% of one core); peak RSS {:.1} MiB; {}",
+            self.label,
+            self.user,
+            self.sys,
+            cpu,
+            self.wall,
+            cpu / self.wall * 100.0,
+            self.max_rss_kib as f64 / 1024.0,
+            self.events.map_or("?".into(), |(n, what)| format!("{n} {what}"))
+        );
+    }
 }
 
 fn wrk(load: &Load) -> Result<String> {
@@ -301,17 +335,6 @@ impl Drop for Kid {
     }
 }
 
-fn ljprobe_samples(json: &std::path::Path) -> Option<u64> {
-    let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(json).ok()?).ok()?;
-    v["samples"].as_u64()
-}
-
-/// From perf's closing line: `[ perf record: Captured and wrote 1.1 MB perf.data (136 samples) ]`.
-fn perf_samples(stderr: &str) -> Option<u64> {
-    let tail = stderr.rsplit_once('(')?.1;
-    tail.split_whitespace().next()?.parse().ok()
-}
-
 /// 18090 (and 18091 for the backend) if free, else a free pair from the kernel.
 fn free_port() -> Result<u16> {
     let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
@@ -338,61 +361,36 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-fn print_report(duration: Duration, rounds: u32, baselines: &[f64], ratios: &[Vec<f64>], own: &OwnCost) {
-    let secs = duration.as_secs();
-    let uname = cmd::output(Command::new("uname").arg("-r")).unwrap_or_default();
+/// The ratio table: one row per tool, one column per round, and the median.
+pub fn print_ratios(suite: &Suite, m: &Measured, rounds: u32) -> Vec<f64> {
+    let (lo, hi) = m.baselines.iter().fold((f64::MAX, f64::MIN), |(l, h), &b| (l.min(b), h.max(b)));
     let cpus = thread::available_parallelism().map_or(0, |n| n.get());
-    println!("cpu overhead: {ROUTE}, wrk -t1 -c{CONNECTIONS}, {secs} s per run, {rounds} rounds; nginx 1 worker, debug LuaJIT");
+    let uname = cmd::output(Command::new("uname").arg("-r")).unwrap_or_default();
     println!("machine: {cpus} CPUs (nproc), kernel {}", uname.trim());
-    println!("reproduce: cargo xtask bench cpu --duration {secs}s --rounds {rounds}");
-    let (lo, hi) = baselines.iter().fold((f64::MAX, f64::MIN), |(l, h), &b| (l.min(b), h.max(b)));
     println!(
-        "baseline: median {:.0} req/s over {} runs (min {lo:.0}, max {hi:.0})\n",
-        median(baselines),
-        baselines.len()
+        "baseline: median {:.0} req/s over {} runs (min {lo:.0}, max {hi:.0}); context switches {:.0}/s on the machine, {:.0}/s of the worker",
+        median(&m.baselines),
+        m.baselines.len(),
+        m.switches.0,
+        m.switches.1
     );
-
     // Ratio = profiled req/s / mean of the two adjacent baselines; loss = 1 - ratio.
     let rounds_hdr: String = (1..=rounds).map(|r| format!("{:>9}", format!("round {r}"))).collect();
-    println!("{:<16}{rounds_hdr}{:>9}", "ratio", "median");
-    let medians: Vec<f64> = ratios.iter().map(|r| median(r)).collect();
-    for ((setting, r), m) in SETTINGS.iter().zip(ratios).zip(&medians) {
+    println!("\n{:<24}{rounds_hdr}{:>9}", "ratio", "median");
+    let medians: Vec<f64> = m.ratios.iter().map(|r| median(r)).collect();
+    for ((tool, r), med) in suite.tools.iter().zip(&m.ratios).zip(&medians) {
         let cells: String = r.iter().map(|x| format!("{x:>9.3}")).collect();
-        println!("{:<16}{cells}{m:>9.3}   (loss {:.1}%)", label(*setting), (1.0 - m) * 100.0);
+        println!("{:<24}{cells}{med:>9.3}   (loss {:.1}%)", tool.label(), (1.0 - med) * 100.0);
     }
+    medians
+}
 
-    let loss = |i: usize| (1.0 - medians[i]) * 100.0;
-    let verdict = |ok: bool| if ok { "PASS" } else { "MISS" };
-    println!("\ngoal (on the medians)                      measured          result");
-    for (goal, measured, ok) in [
-        ("ljprobe 99 Hz: loss <= 1%", format!("{:.1}%", loss(0)), loss(0) <= 1.0),
-        ("ljprobe 999 Hz: loss <= 5%", format!("{:.1}%", loss(1)), loss(1) <= 5.0),
-        (
-            "ljprobe 99 Hz: no worse than perf 99 Hz",
-            format!("{:.1}% vs {:.1}%", loss(0), loss(2)),
-            medians[0] >= medians[2],
-        ),
-        (
-            "ljprobe 999 Hz: no worse than perf 999 Hz",
-            format!("{:.1}% vs {:.1}%", loss(1), loss(3)),
-            medians[1] >= medians[3],
-        ),
-    ] {
-        println!("{goal:<43}{measured:<18}{}", verdict(ok));
+/// Goals as (what, measured, met), printed as a table.
+pub fn print_goals(goals: &[(String, String, bool)]) {
+    println!("\ngoal (on the medians)                          measured          result");
+    for (goal, measured, ok) in goals {
+        println!("{goal:<47}{measured:<18}{}", if *ok { "PASS" } else { "MISS" });
     }
-
-    let cpu = own.user + own.sys;
-    println!(
-        "\nljprobe's own cost (cpu --freq 99, 30 s, same load): CPU {:.2} s user + {:.2} s sys = {:.2} s \
-         over {:.1} s wall ({:.1}% of one core); peak RSS {:.1} MiB; {} samples",
-        own.user,
-        own.sys,
-        cpu,
-        own.wall,
-        cpu / own.wall * 100.0,
-        own.max_rss_kib as f64 / 1024.0,
-        own.samples.map_or("?".into(), |n| n.to_string())
-    );
 }
 
 #[cfg(test)]
@@ -403,13 +401,5 @@ mod tests {
     fn medians() {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
-    }
-
-    #[test]
-    fn reads_perf_sample_count() {
-        let s = "[ perf record: Woken up 4 times to write data ]\n\
-                 [ perf record: Captured and wrote 1.098 MB /tmp/p.data (136 samples) ]\n";
-        assert_eq!(perf_samples(s), Some(136));
-        assert_eq!(perf_samples("nothing"), None);
     }
 }

@@ -1,0 +1,256 @@
+//! `ljprobe offcpu` against the real gateway and real LuaJIT processes: blocked
+//! time lands under the planted blocking function, idle waits stay out, a
+//! non-blocking wait is not blocking, and threads that die or stay blocked are
+//! accounted for.
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use ljprobe_tests::{assert_one_sentence, gateway, ljprobe, require_root, stderr, stdout};
+use serde_json::Value;
+use xtask::{gateway::LuaJitBuild, load::Load, paths, planted};
+
+fn out_dir() -> PathBuf {
+    let d = paths::target().join("test-out");
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+struct Run {
+    summary: Value,
+    stacks: Vec<(String, u64)>,
+    stdout: String,
+}
+
+fn offcpu(name: &str, pid: u32, duration: &str, extra: &[&str]) -> Run {
+    let dir = out_dir();
+    let (json, folded, svg) =
+        (dir.join(format!("{name}.json")), dir.join(format!("{name}.folded")), dir.join(format!("{name}.svg")));
+    let pid = pid.to_string();
+    let mut args = vec![
+        "offcpu", "--pid", &pid, "--duration", duration,
+        "--json", json.to_str().unwrap(), "--folded", folded.to_str().unwrap(), "--svg", svg.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = ljprobe(&args);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let svg_text = fs::read_to_string(&svg).unwrap();
+    assert!(svg_text.contains("microseconds"), "the SVG does not say its unit");
+    Run {
+        summary: serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap(),
+        stacks: fs::read_to_string(&folded)
+            .unwrap()
+            .lines()
+            .filter_map(|l| {
+                let (stack, w) = l.rsplit_once(' ')?;
+                Some((stack.to_string(), w.parse().ok()?))
+            })
+            .collect(),
+        stdout: stdout(&out),
+    }
+}
+
+fn weight(stacks: &[(String, u64)], pred: impl Fn(&str) -> bool) -> u64 {
+    stacks.iter().filter(|(s, _)| pred(s)).map(|(_, w)| w).sum()
+}
+
+/// Light load: one connection, 20 requests a second, each blocking 20 ms;
+/// after a burst of 1 ms requests that gets the route JIT-compiled, so that
+/// the stacks must hold through traces that inline the planted function.
+fn block_sleep_load(gw: &xtask::gateway::Running, secs: u64) -> Child {
+    let warm = Load {
+        url: gw.config.url(),
+        route: "/block/sleep?ms=1".into(),
+        duration: Duration::from_secs(2),
+        connections: 1,
+        rate: None,
+    };
+    warm.run().unwrap();
+    let load = Load {
+        url: gw.config.url(),
+        route: "/block/sleep".into(),
+        duration: Duration::from_secs(secs),
+        connections: 1,
+        rate: Some(20),
+    };
+    let wrk = load.spawn().unwrap();
+    thread::sleep(Duration::from_secs(1));
+    wrk
+}
+
+fn block_sleep_sits_under_its_planted_function(name: &str, luajit: LuaJitBuild, stack: &str) {
+    let p = planted::for_route("/block/sleep").unwrap();
+    let label = format!("{} {}", p.function, p.location());
+    let gw = gateway(name, luajit);
+    let mut wrk = block_sleep_load(&gw, 8);
+    let run = offcpu(name, gw.master(), "4s", &["--stack", stack]);
+    let _ = wrk.kill();
+    let _ = wrk.wait();
+    let total = weight(&run.stacks, |_| true);
+    let under = weight(&run.stacks, |s| s.contains(&label));
+    // 4 s at 20 requests/s of 20 ms: about 1.6 s blocked.
+    assert!(total > 800_000, "only {total} us blocked in 4 s:\n{}", run.stdout);
+    assert!(under * 10 >= total * 9, "{under} of {total} us under {label}:\n{:#?}", run.stacks);
+    let in_sleep = weight(&run.stacks, |s| s.contains(&format!("{label};")) && s.contains("nanosleep (syscall)"));
+    assert!(in_sleep * 10 >= under * 9, "the wait is not the sleep: {:#?}", run.stacks);
+    // Compiled, the planted function is inlined into its caller's trace: its
+    // frame comes from the trace's snapshots.
+    let in_trace = weight(&run.stacks, |s| s.contains(&format!("{label};trace#")));
+    assert!(in_trace * 2 >= under, "only {in_trace} of {under} us in traces: {:#?}", run.stacks);
+    assert_eq!(run.summary["unit"], "us");
+    assert_eq!(run.summary["blocked_us"].as_u64().unwrap(), total);
+    assert!(run.summary["idle"]["count"].as_u64().unwrap() > 0, "the idle waits were not counted aside");
+    // The innermost function is the FFI call itself (interpreted) or the
+    // planted function (compiled, the call inlined into its trace).
+    let top = run.summary["top_frames"][0]["frame"].as_str().unwrap().to_string();
+    assert!(top == label || top.starts_with("usleep"), "top frame {top}: {}", run.summary);
+}
+
+#[test]
+fn gateway_block_sleep_is_blocked_under_its_planted_function() {
+    block_sleep_sits_under_its_planted_function("offcpu-block-debug", LuaJitBuild::Debug, "lua");
+}
+
+#[test]
+fn gateway_block_sleep_on_the_stock_luajit_build() {
+    block_sleep_sits_under_its_planted_function("offcpu-block-stock", LuaJitBuild::Stock, "lua");
+}
+
+#[test]
+fn mixed_off_cpu_stacks_run_from_nginx_through_lua_into_libc() {
+    let p = planted::for_route("/block/sleep").unwrap();
+    let label = format!("{} {}", p.function, p.location());
+    let gw = gateway("offcpu-block-mixed", LuaJitBuild::Debug);
+    let mut wrk = block_sleep_load(&gw, 7);
+    let run = offcpu("offcpu-block-mixed", gw.master(), "3s", &["--stack", "mixed"]);
+    let _ = wrk.kill();
+    let _ = wrk.wait();
+    let total = weight(&run.stacks, |_| true);
+    let full = weight(&run.stacks, |s| {
+        s.starts_with("_start;") && s.contains("ngx_http_lua_run_thread") && s.contains(&label) && s.contains("usleep")
+    });
+    assert!(full * 10 >= total * 8, "{full} of {total} us run nginx -> {label} -> usleep:\n{:#?}", run.stacks);
+}
+
+#[test]
+fn idle_epoll_waits_stay_out_unless_asked_for() {
+    let gw = gateway("offcpu-idle", LuaJitBuild::Debug);
+    let load = Load { url: gw.config.url(), route: "/health".into(), duration: Duration::from_secs(8), connections: 1, rate: Some(20) };
+    let mut wrk = load.spawn().unwrap();
+    thread::sleep(Duration::from_secs(1));
+    let default = offcpu("offcpu-idle", gw.master(), "2s", &[]);
+    let with_idle = offcpu("offcpu-with-idle", gw.master(), "2s", &["--include-idle"]);
+    let _ = wrk.kill();
+    let _ = wrk.wait();
+    assert_eq!(weight(&default.stacks, |s| s.contains("epoll_wait")), 0);
+    let idle_us = default.summary["idle"]["us"].as_u64().unwrap();
+    assert!(idle_us > 1_000_000, "a mostly idle worker waited only {idle_us} us in 2 s");
+    let shown = weight(&with_idle.stacks, |s| s.contains("epoll_wait (syscall)"));
+    assert!(shown > 1_000_000, "--include-idle shows only {shown} us in epoll_wait:\n{:#?}", with_idle.stacks);
+}
+
+#[test]
+fn a_non_blocking_upstream_wait_is_not_blocked_time() {
+    let p = planted::for_route("/slow/upstream").unwrap();
+    let gw = gateway("offcpu-slow", LuaJitBuild::Debug);
+    let load = Load { url: gw.config.url(), route: "/slow/upstream".into(), duration: Duration::from_secs(6), connections: 4, rate: None };
+    let mut wrk = load.spawn().unwrap();
+    thread::sleep(Duration::from_secs(1));
+    let run = offcpu("offcpu-slow", gw.master(), "3s", &[]);
+    let _ = wrk.kill();
+    let _ = wrk.wait();
+    let under = weight(&run.stacks, |s| s.contains(&p.function));
+    // Requests wait 50 ms each, 4 at a time: 12 s of latency in 3 s, none of it blocking.
+    assert!(under < 50_000, "{under} us blocked under {}:\n{:#?}", p.function, run.stacks);
+}
+
+const NAPPER: &str = r#"
+local ffi = require("ffi")
+ffi.cdef("int usleep(unsigned int usec);")
+local function nap(us)
+  ffi.C.usleep(us)
+end
+local us = tonumber(arg[1])
+for _ = 1, 1000000 do
+  nap(us)
+end
+"#;
+
+fn napper(name: &str, us: u32) -> Child {
+    let script = out_dir().join(format!("{name}.lua"));
+    fs::write(&script, NAPPER).unwrap();
+    let child = Command::new("/usr/bin/luajit").arg(&script).arg(us.to_string()).stdout(Stdio::null()).spawn().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    child
+}
+
+#[test]
+fn a_target_killed_while_blocked_still_gets_its_time_written() {
+    require_root();
+    let mut child = napper("offcpu-killed", 200_000);
+    let pid = child.id();
+    let killer = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(1500));
+        // SAFETY: killing our own child, asleep in usleep.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    });
+    let run = offcpu("offcpu-killed", pid, "20s", &[]);
+    killer.join().unwrap();
+    let _ = child.wait();
+    assert_eq!(run.summary["stopped_by"], "target-exited");
+    let under = weight(&run.stacks, |s| s.contains("nap ") && s.contains("nanosleep"));
+    assert!(under > 500_000, "only {under} us under nap:\n{:#?}", run.stacks);
+}
+
+/// Naps for 30 s once it reads a line: the nap starts while ljprobe watches.
+const LATE_NAPPER: &str = r#"
+local ffi = require("ffi")
+ffi.cdef("int usleep(unsigned int usec);")
+local function nap(us)
+  ffi.C.usleep(us)
+end
+io.read("*l")
+nap(30000000)
+"#;
+
+#[test]
+fn a_thread_still_blocked_at_the_end_counts_up_to_then() {
+    require_root();
+    let script = out_dir().join("offcpu-still.lua");
+    fs::write(&script, LATE_NAPPER).unwrap();
+    let mut child = Command::new("/usr/bin/luajit").arg(&script).stdin(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let pid = child.id();
+    let starter = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(1500));
+        use std::io::Write;
+        stdin.write_all(b"go\n").unwrap();
+        stdin
+    });
+    let run = offcpu("offcpu-still", pid, "3s", &[]);
+    drop(starter.join().unwrap());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(run.summary["still_blocked_at_end"], 1, "{}", run.summary);
+    let under = weight(&run.stacks, |s| s.contains("nap ") && s.contains("nanosleep"));
+    // Napping from about 1.5 s into a 3 s run until its end.
+    assert!((700_000..=2_500_000).contains(&under), "{under} us under nap:\n{:#?}", run.stacks);
+}
+
+#[test]
+fn bad_input_gets_one_sentence() {
+    require_root();
+    assert_one_sentence(&ljprobe(&["offcpu", "--pid", "999999999", "--duration", "1s"]), "999999999");
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let out = ljprobe(&["offcpu", "--pid", &sleeper.id().to_string(), "--duration", "1s"]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_one_sentence(&out, "no LuaJIT");
+    let out = ljprobe(&["offcpu", "--pid", "1", "--min-block", "soon"]);
+    assert!(!out.status.success() && !stderr(&out).contains("panicked"), "{}", stderr(&out));
+}

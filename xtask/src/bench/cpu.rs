@@ -1,0 +1,33 @@
+//! `cargo xtask bench cpu`: on-CPU sampling against perf, at 99 and 999 Hz.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::{measure, print_goals, print_ratios, tools::Tool, Suite};
+
+pub fn run(duration: Duration, rounds: u32) -> Result<()> {
+    let suite = Suite {
+        route: "/hot/jit",
+        connections: 20,
+        tools: vec![Tool::LjprobeCpu(99), Tool::LjprobeCpu(999), Tool::PerfCpu(99), Tool::PerfCpu(999)],
+        own_cost: Tool::LjprobeCpu(99),
+    };
+    let m = measure(&suite, duration, rounds)?;
+    let secs = duration.as_secs();
+    println!(
+        "cpu overhead: {}, wrk -t1 -c{}, {secs} s per run, {rounds} rounds; nginx 1 worker, debug LuaJIT",
+        suite.route, suite.connections
+    );
+    println!("reproduce: cargo xtask bench cpu --duration {secs}s --rounds {rounds}");
+    let med = print_ratios(&suite, &m, rounds);
+    let loss = |i: usize| (1.0 - med[i]) * 100.0;
+    print_goals(&[
+        ("ljprobe 99 Hz: loss <= 1%".into(), format!("{:.1}%", loss(0)), loss(0) <= 1.0),
+        ("ljprobe 999 Hz: loss <= 5%".into(), format!("{:.1}%", loss(1)), loss(1) <= 5.0),
+        ("ljprobe 99 Hz: no worse than perf 99 Hz".into(), format!("{:.1}% vs {:.1}%", loss(0), loss(2)), med[0] >= med[2]),
+        ("ljprobe 999 Hz: no worse than perf 999 Hz".into(), format!("{:.1}% vs {:.1}%", loss(1), loss(3)), med[1] >= med[3]),
+    ]);
+    m.own.print();
+    Ok(())
+}

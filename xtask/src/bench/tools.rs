@@ -1,0 +1,103 @@
+//! The profilers a bench compares, and how each tells how much it recorded.
+
+use std::{fs, process::Command};
+
+use xtask::gateway::Running;
+
+use super::Bench;
+
+#[derive(Clone, Copy)]
+pub enum Tool {
+    /// `ljprobe cpu --freq N` on the master (all workers).
+    LjprobeCpu(u32),
+    /// `perf record -e cpu-clock -F N --call-graph dwarf` on the worker.
+    PerfCpu(u32),
+    /// `ljprobe offcpu --stack S` on the master.
+    LjprobeOffcpu(&'static str),
+    /// `ljprobe epoll-loop` on the master.
+    LjprobeEpollLoop,
+    /// `perf record -e sched:sched_switch --call-graph dwarf` on the worker:
+    /// what an off-CPU profile costs with perf.
+    PerfSwitch,
+}
+
+impl Tool {
+    pub fn label(&self) -> String {
+        match self {
+            Tool::LjprobeCpu(hz) => format!("ljprobe {hz} Hz"),
+            Tool::PerfCpu(hz) => format!("perf {hz} Hz"),
+            Tool::LjprobeOffcpu(stack) => format!("ljprobe offcpu {stack}"),
+            Tool::LjprobeEpollLoop => "ljprobe epoll-loop".into(),
+            Tool::PerfSwitch => "perf sched_switch -g".into(),
+        }
+    }
+
+    fn json(&self, bench: &Bench) -> std::path::PathBuf {
+        let name = self.label().replace(' ', "-");
+        bench.out.join(format!("{name}.json"))
+    }
+
+    /// The command, running for `secs`.
+    pub fn command(&self, bench: &Bench, gw: &Running, secs: u64) -> Command {
+        let master = gw.master().to_string();
+        let duration = format!("{secs}s");
+        let svg = bench.out.join(format!("{}.svg", self.label().replace(' ', "-")));
+        let ljprobe = |args: &[&str]| {
+            let mut c = Command::new(&bench.ljprobe);
+            c.args(args).args(["--pid", &master, "--duration", &duration]).arg("--svg").arg(&svg);
+            c.arg("--json").arg(self.json(bench));
+            c
+        };
+        // perf takes the worker: `-p` covers only the threads of one process.
+        let perf = |event: &str, freq: Option<u32>| {
+            let mut c = Command::new("perf");
+            c.args(["record", "-e", event]);
+            if let Some(hz) = freq {
+                c.args(["-F", &hz.to_string()]);
+            }
+            c.args(["-g", "--call-graph", "dwarf", "-p", &gw.worker().to_string(), "-o"])
+                .arg(bench.out.join("perf.data"))
+                .args(["--", "sleep", &secs.to_string()]);
+            c
+        };
+        match *self {
+            Tool::LjprobeCpu(hz) => ljprobe(&["cpu", "--freq", &hz.to_string()]),
+            // cpu-clock is the event ljprobe uses; without a PMU perf falls back
+            // to it anyway, with one it would otherwise take `cycles`.
+            Tool::PerfCpu(hz) => perf("cpu-clock", Some(hz)),
+            Tool::LjprobeOffcpu(stack) => ljprobe(&["offcpu", "--stack", stack]),
+            Tool::LjprobeEpollLoop => ljprobe(&["epoll-loop"]),
+            Tool::PerfSwitch => perf("sched:sched_switch", None),
+        }
+    }
+
+    /// How many records it handled, from its JSON summary or perf's last line.
+    pub fn events(&self, bench: &Bench, stderr: &str) -> Option<(u64, &'static str)> {
+        let json = || -> Option<serde_json::Value> { serde_json::from_str(&fs::read_to_string(self.json(bench)).ok()?).ok() };
+        match self {
+            Tool::LjprobeCpu(_) => Some((json()?["samples"].as_u64()?, "samples")),
+            Tool::LjprobeOffcpu(_) => Some((json()?["blocks"].as_u64()?, "blocks")),
+            Tool::LjprobeEpollLoop => Some((json()?["iterations"].as_u64()?, "iterations")),
+            Tool::PerfCpu(_) | Tool::PerfSwitch => Some((perf_samples(stderr)?, "samples")),
+        }
+    }
+}
+
+/// From perf's closing line: `[ perf record: Captured and wrote 1.1 MB perf.data (136 samples) ]`.
+fn perf_samples(stderr: &str) -> Option<u64> {
+    let tail = stderr.rsplit_once('(')?.1;
+    tail.split_whitespace().next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_perf_sample_count() {
+        let s = "[ perf record: Woken up 4 times to write data ]\n\
+                 [ perf record: Captured and wrote 1.098 MB /tmp/p.data (136 samples) ]\n";
+        assert_eq!(perf_samples(s), Some(136));
+        assert_eq!(perf_samples("nothing"), None);
+    }
+}

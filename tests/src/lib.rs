@@ -23,6 +23,20 @@ pub fn ljprobe(args: &[&str]) -> Output {
     Command::new(ljprobe_bin()).args(args).output().expect("ljprobe runs")
 }
 
+/// Runs ljprobe with `args` and presses Ctrl-C (SIGINT) on it after `after`.
+pub fn ljprobe_interrupted(args: &[&str], after: std::time::Duration) -> Output {
+    let child = Command::new(ljprobe_bin())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ljprobe runs");
+    std::thread::sleep(after);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    child.wait_with_output().expect("ljprobe exits")
+}
+
 /// These tests load eBPF programs: CI is root, so they run there and never skip.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.

@@ -329,18 +329,11 @@ fn ctrl_c_stops_early_and_still_writes_everything() {
     thread::sleep(Duration::from_millis(300));
     let (json, svg) = (dir.join("cpu-ctrlc.json"), dir.join("cpu-ctrlc.svg"));
     let _ = fs::remove_file(&svg);
-    let ljprobe = Command::new(ljprobe_tests::ljprobe_bin())
-        .args(["cpu", "--pid", &target.id().to_string(), "--duration", "60s", "--json", json.to_str().unwrap()])
-        .arg("--svg")
-        .arg(&svg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    thread::sleep(Duration::from_secs(2));
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(ljprobe.id() as i32, libc::SIGINT) };
-    let out = ljprobe.wait_with_output().unwrap();
+    let pid = target.id().to_string();
+    let out = ljprobe_tests::ljprobe_interrupted(
+        &["cpu", "--pid", &pid, "--duration", "60s", "--json", json.to_str().unwrap(), "--svg", svg.to_str().unwrap()],
+        Duration::from_secs(2),
+    );
     let _ = target.kill();
     let _ = target.wait();
     assert!(out.status.success(), "{}", stderr(&out));

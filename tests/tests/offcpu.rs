@@ -254,3 +254,24 @@ fn bad_input_gets_one_sentence() {
     let out = ljprobe(&["offcpu", "--pid", "1", "--min-block", "soon"]);
     assert!(!out.status.success() && !stderr(&out).contains("panicked"), "{}", stderr(&out));
 }
+
+#[test]
+fn ctrl_c_stops_early_and_still_writes_everything() {
+    require_root();
+    let mut child = napper("offcpu-ctrlc", 100_000);
+    let dir = out_dir();
+    let (json, svg) = (dir.join("offcpu-ctrlc.json"), dir.join("offcpu-ctrlc.svg"));
+    let _ = fs::remove_file(&svg);
+    let pid = child.id().to_string();
+    let out = ljprobe_tests::ljprobe_interrupted(
+        &["offcpu", "--pid", &pid, "--duration", "60s", "--json", json.to_str().unwrap(), "--svg", svg.to_str().unwrap()],
+        Duration::from_secs(2),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: Value = serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(summary["stopped_by"], "interrupted");
+    assert!(summary["blocked_us"].as_u64().unwrap() > 500_000, "{summary}");
+    assert!(fs::read_to_string(&svg).unwrap().contains("nap"), "the SVG lacks what was collected");
+}

@@ -1,12 +1,13 @@
 //! `ljprobe cpu`: on-CPU flame graphs of a live LuaJIT process (the `sample-bt` +
 //! `lj-lua-stacks` job). Kernel side: `probes-ebpf/src/cpu.rs`.
 
-use std::{process::ExitCode, time::Duration};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use aya::maps::{Array, PerCpuArray};
 use ljprobe_common::CpuConfig;
 
+use super::run_args::RunArgs;
 use crate::{
     bpf::{self, attach, objects},
     collect::{self, Collected},
@@ -17,12 +18,8 @@ use crate::{
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// An nginx master (all its workers are sampled, merged), a worker, or any LuaJIT process.
-    #[arg(long)]
-    pid: u32,
-    /// How long to sample; Ctrl-C stops early and still writes everything.
-    #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
-    duration: Duration,
+    #[command(flatten)]
+    run: RunArgs,
     /// Samples per second per CPU.
     #[arg(long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     freq: u64,
@@ -39,7 +36,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<ExitCode> {
-    let aim = Aim::open(args.pid, args.stack == StackKind::Lua, ", or use --stack c", "; the graph shows C only")?;
+    let aim = Aim::open(args.run.pid, args.stack == StackKind::Lua, ", or use --stack c", "; the graph shows C only")?;
     let mut ebpf = bpf::load(objects::CPU, "cpu")?;
     bpf::aim(&mut ebpf, &aim.pids, aim.layout)?;
     bpf::seed_vms(&mut ebpf, &aim)?;
@@ -52,10 +49,10 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let mut ring = aya::maps::RingBuf::try_from(ebpf.take_map("SAMPLES").context("SAMPLES map missing")?)?;
     let lost_map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map missing")?)?;
     let lost = move || lost_map.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
-    let collected: Collected = collect::run(&mut ring, &processes, args.duration, "samples", lost, |bytes| builder.add(bytes)).await?;
+    let collected: Collected = collect::run(&mut ring, &processes, args.run.duration, "samples", lost, |bytes| builder.add(bytes)).await?;
     drop(ebpf);
 
-    let title = format!("ljprobe cpu: PID {} ({}), {}", args.pid, root.comm, args.stack.title());
+    let title = format!("ljprobe cpu: PID {} ({}), {}", args.run.pid, root.comm, args.stack.title());
     report::write(&args.outputs, &report::Profile {
         tool: "cpu",
         title,
@@ -65,7 +62,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         folded: builder.folded,
         by_vm_state: builder.by_vm_state,
         collected,
-        default_svg: format!("ljprobe-cpu-{}.svg", args.pid),
+        default_svg: format!("ljprobe-cpu-{}.svg", args.run.pid),
         extra: Default::default(),
         notes: vec![],
     })?;

@@ -16,6 +16,7 @@ use ljprobe_flamegraph::{
 };
 use serde::Serialize;
 
+use super::run_args::RunArgs;
 use crate::{
     bpf::{self, attach, objects, tracepoint},
     collect::{self, Collected},
@@ -26,12 +27,8 @@ use crate::{
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// An nginx master (all its workers are traced, merged), a worker, or any process with an epoll loop.
-    #[arg(long)]
-    pid: u32,
-    /// How long to trace; Ctrl-C stops early and still writes everything.
-    #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
-    duration: Duration,
+    #[command(flatten)]
+    run: RunArgs,
     /// Iterations at least this long count as blocking the loop; their Lua stacks are recorded.
     #[arg(long, default_value = "10ms", value_parser = crate::duration::parse)]
     threshold: Duration,
@@ -54,7 +51,7 @@ pub struct Args {
 const STACK_AFTER: Duration = Duration::from_millis(1);
 
 pub async fn run(args: Args) -> Result<ExitCode> {
-    let aim = Aim::open(args.pid, false, "", "; iteration times are measured, culprits cannot be named")?;
+    let aim = Aim::open(args.run.pid, false, "", "; iteration times are measured, culprits cannot be named")?;
     let sched = tracepoint::sched_switch_format()?;
     let mut ebpf = bpf::load(objects::EPOLL_LOOP, "epoll-loop")?;
     bpf::aim(&mut ebpf, &aim.pids, aim.layout)?;
@@ -83,7 +80,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let mut loops = Loops { builder, running: HashMap::new(), culprits: HashMap::new(), long: 0, unexplained: 0 };
     let lost = || lost_map.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
     let mut collected =
-        collect::run(&mut ring, &processes, args.duration, "events", lost, |bytes| loops.record(bytes)).await?;
+        collect::run(&mut ring, &processes, args.run.duration, "events", lost, |bytes| loops.record(bytes)).await?;
     drop(ebpf);
     collected.records += collect::drain(&mut ring, &mut |bytes: &[u8]| loops.record(bytes));
     collected.lost = lost();
@@ -91,7 +88,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         (0..LOOP_BUCKETS).map(|i| hist_map.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0)).collect();
     let hist = Log2Histogram::from_counts(&counts);
 
-    let title = format!("ljprobe epoll-loop: PID {} ({}), event-loop iteration times", args.pid, root.comm);
+    let title = format!("ljprobe epoll-loop: PID {} ({}), event-loop iteration times", args.run.pid, root.comm);
     write(&args, &Report { title, pids, hist, loops, collected })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -107,9 +104,12 @@ struct Culprit {
     stack_ns: u64,
 }
 
+/// The records of the iteration a thread is running, kept raw: most
+/// iterations end short and their stacks are never named. Long ones end
+/// within a drain or two (100 ms), while their functions are still there.
 struct Running {
     iteration_ns: u64,
-    stacks: Vec<(Vec<Frame>, u64)>,
+    records: Vec<LoopStack>,
 }
 
 struct Loops {
@@ -135,13 +135,12 @@ impl Loops {
             LOOP_ON_CPU | LOOP_OFF_CPU if bytes.len() >= std::mem::size_of::<LoopStack>() => {
                 // SAFETY: as above, a whole LoopStack.
                 let r: LoopStack = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const _) };
-                let wait = (head.kind == LOOP_OFF_CPU).then(|| wait_frame(r.syscall, false));
-                let stack = self.builder.build(&r.lua, None, wait);
-                let running = self.running.entry(head.tid).or_insert(Running { iteration_ns: head.iteration_ns, stacks: vec![] });
+                let fresh = || Running { iteration_ns: head.iteration_ns, records: vec![] };
+                let running = self.running.entry(head.tid).or_insert_with(fresh);
                 if running.iteration_ns != head.iteration_ns {
-                    *running = Running { iteration_ns: head.iteration_ns, stacks: vec![] };
+                    *running = fresh();
                 }
-                running.stacks.push((stack, head.ns));
+                running.records.push(r);
             }
             _ => {}
         }
@@ -149,10 +148,17 @@ impl Loops {
 
     fn iteration_ended(&mut self, head: &LoopHead) {
         self.long += 1;
-        let stacks = match self.running.remove(&head.tid) {
-            Some(r) if r.iteration_ns == head.iteration_ns => r.stacks,
+        let records = match self.running.remove(&head.tid) {
+            Some(r) if r.iteration_ns == head.iteration_ns => r.records,
             _ => vec![],
         };
+        let stacks: Vec<(Vec<Frame>, u64)> = records
+            .iter()
+            .map(|r| {
+                let wait = (r.head.kind == LOOP_OFF_CPU).then(|| wait_frame(r.syscall, false));
+                (self.builder.build(&r.lua, None, wait), r.head.ns)
+            })
+            .collect();
         let mut by_function: HashMap<Frame, (u64, usize)> = HashMap::new();
         for (i, (stack, ns)) in stacks.iter().enumerate() {
             let entry = by_function.entry(culprit_frame(stack)).or_insert((0, i));
@@ -231,7 +237,7 @@ fn ms(ns: u64) -> f64 {
 }
 
 fn write(args: &Args, r: &Report) -> Result<()> {
-    let svg_path = args.svg.clone().unwrap_or_else(|| PathBuf::from(format!("ljprobe-epoll-loop-{}.svg", args.pid)));
+    let svg_path = args.svg.clone().unwrap_or_else(|| PathBuf::from(format!("ljprobe-epoll-loop-{}.svg", args.run.pid)));
     let threshold_us = args.threshold.as_micros() as u64;
     let long = r.loops.long;
     let mut culprits: Vec<(&Frame, &Culprit)> = r.loops.culprits.iter().collect();

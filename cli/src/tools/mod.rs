@@ -1,6 +1,8 @@
 //! One module per command; each pairs with `probes-ebpf/src/<tool>.rs`.
+//! `run_args` holds the options they all take.
 
 pub mod cpu;
 pub mod doctor;
-pub mod offcpu;
 pub mod epoll_loop;
+pub mod offcpu;
+pub mod run_args;

@@ -12,6 +12,7 @@ use ljprobe_common::{
 use ljprobe_flamegraph::Frame;
 use serde_json::json;
 
+use super::run_args::RunArgs;
 use crate::{
     bpf::{self, objects, tracepoint},
     collect,
@@ -22,12 +23,8 @@ use crate::{
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// An nginx master (all its workers are traced, merged), a worker, or any LuaJIT process.
-    #[arg(long)]
-    pid: u32,
-    /// How long to trace; Ctrl-C stops early and still writes everything.
-    #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
-    duration: Duration,
+    #[command(flatten)]
+    run: RunArgs,
     #[arg(long, value_enum, default_value = "lua")]
     stack: StackKind,
     /// Blocks shorter than this are counted in the summary but not drawn (0 keeps all).
@@ -48,7 +45,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<ExitCode> {
-    let aim = Aim::open(args.pid, args.stack == StackKind::Lua, ", or use --stack c", "; the graph shows C only")?;
+    let aim = Aim::open(args.run.pid, args.stack == StackKind::Lua, ", or use --stack c", "; the graph shows C only")?;
     let sched = tracepoint::sched_switch_format()?;
     let native = args.stack != StackKind::Lua;
     let min_block_ns = args.min_block.as_nanos() as u64;
@@ -79,7 +76,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let mut blocks = Blocks { builder, by_key: HashMap::new(), count: 0 };
     let lost = || lost_map.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
     let mut collected =
-        collect::run(&mut ring, &processes, args.duration, "stacks", lost, |bytes| blocks.record(bytes)).await?;
+        collect::run(&mut ring, &processes, args.run.duration, "stacks", lost, |bytes| blocks.record(bytes)).await?;
     // Detach first, so that no stack is sent after the last drain.
     drop(ebpf);
     collected.records += collect::drain(&mut ring, &mut |bytes: &[u8]| blocks.record(bytes));
@@ -118,7 +115,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         "still_blocked_at_end": still_blocked,
     });
 
-    let title = format!("ljprobe offcpu: PID {} ({}), {}, blocked time in microseconds", args.pid, root.comm, args.stack.title());
+    let title = format!("ljprobe offcpu: PID {} ({}), {}, blocked time in microseconds", args.run.pid, root.comm, args.stack.title());
     report::write(&args.outputs, &report::Profile {
         tool: "offcpu",
         title,
@@ -128,7 +125,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         folded: blocks.builder.folded,
         by_vm_state: blocks.builder.by_vm_state,
         collected,
-        default_svg: format!("ljprobe-offcpu-{}.svg", args.pid),
+        default_svg: format!("ljprobe-offcpu-{}.svg", args.run.pid),
         extra: extra.as_object().cloned().unwrap_or_default(),
         notes,
     })?;

@@ -11,6 +11,7 @@ use std::{
 
 use object::{Object, ObjectSection, ObjectSymbol};
 
+use super::{debug_prefix, require, require_root};
 use crate::lua::{
     bc::{self, AMode, Mm, Op},
     LuaFrame, ProcMem, RawFrame, Resolver, SlotKind, SlotName, OPENRESTY_21_GC64 as L,
@@ -56,19 +57,6 @@ const CALLS: [(&str, SlotKind, &str); 5] = [
 
 const C_LINK: u64 = (2 << 3) | 1;
 
-fn debug_prefix() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/luajit-debug")
-}
-
-fn require(path: &Path) {
-    assert!(path.exists(), "{} is missing: run `cargo xtask setup`", path.display());
-}
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test reads /proc/PID/mem of a child: run it as root");
-}
 
 /// The script running under one luajit; killed and cleaned up on drop, even
 /// when an assertion fails first.

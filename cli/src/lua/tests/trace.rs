@@ -11,7 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::image::{FakeMem, Image, L};
+use super::{
+    debug_prefix,
+    image::{FakeMem, Image, L},
+    require, require_root,
+};
 use crate::{
     lua::{trace::inlined_frames, LuaFrame, Memory, ProcMem, RawFrame, Resolver, MAX_INLINED},
     target::{layout::OPENRESTY_21_GC64_X86_64 as VM, process::Process, vm_scan::find_global_state},
@@ -19,19 +23,6 @@ use crate::{
 
 const T: crate::lua::TraceLayout = L.trace;
 
-fn debug_prefix() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/luajit-debug")
-}
-
-fn require(path: &Path) {
-    assert!(path.exists(), "{} is missing: run `cargo xtask setup`", path.display());
-}
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test reads /proc/PID/mem of a child: run it as root");
-}
 
 // ---- The layout, as gdb reads it from the debug build's DWARF ----
 

@@ -55,6 +55,7 @@ mod pod {
     unsafe impl aya::Pod for super::OffcpuConfig {}
     unsafe impl aya::Pod for super::BlockedTotal {}
     unsafe impl aya::Pod for super::LoopConfig {}
+    unsafe impl aya::Pod for super::OffcpuSample {}
     unsafe impl aya::Pod for super::OffcpuSampleNative {}
 }
 

@@ -33,10 +33,14 @@ static CONFIG: Array<OffcpuConfig> = Array::with_max_entries(1, 0);
 #[map]
 static VMS: HashMap<u32, u64> = HashMap::with_max_entries(256, 0);
 
-/// Per thread off the CPU: its stack and when it left. Sized for the native
-/// stack, whichever mode runs, so one map serves both.
+/// Per thread off the CPU: its stack and when it left; Lua-level stacks here,
+/// with native stacks in `PENDING_NATIVE` (user space shrinks the one not in
+/// use to a single entry at load, and each switch-out copies only what it needs).
 #[map]
-static PENDING: HashMap<u32, OffcpuSampleNative> = HashMap::with_max_entries(1024, 0);
+static PENDING: HashMap<u32, OffcpuSample> = HashMap::with_max_entries(1024, 0);
+
+#[map]
+static PENDING_NATIVE: HashMap<u32, OffcpuSampleNative> = HashMap::with_max_entries(1024, 0);
 
 /// Per thread idle in `epoll_wait`: only when it went, since no stack is wanted.
 #[map]
@@ -84,11 +88,13 @@ fn switched_out(ctx: &TracePointContext, config: &OffcpuConfig, switch: &Switch,
     }
     if switch.prev_exiting() {
         let _ = PENDING.remove(&tid);
+        let _ = PENDING_NATIVE.remove(&tid);
         let _ = IDLE_SINCE.remove(&tid);
         return;
     }
     let Some(regs) = regs::saved_user_regs() else { return };
-    if config.include_idle == 0 && regs::in_epoll_wait(&regs) {
+    // Preempted inside epoll_wait, it has work and waits for a CPU: not idle.
+    if config.include_idle == 0 && !switch.prev_runnable() && regs::in_epoll_wait(&regs) {
         let _ = IDLE_SINCE.insert(&tid, &now, 0);
         return;
     }
@@ -108,10 +114,11 @@ fn switched_out(ctx: &TracePointContext, config: &OffcpuConfig, switch: &Switch,
         };
         if config.native != 0 {
             capture::native(&mut (*rec).native, &regs, layout, cur_l);
+            let _ = PENDING_NATIVE.insert(&tid, &*rec, 0);
         } else {
             s.head.key = stack_key(s);
+            let _ = PENDING.insert(&tid, s, 0);
         }
-        let _ = PENDING.insert(&tid, &*rec, 0);
     }
 }
 
@@ -124,26 +131,42 @@ fn switched_in(config: &OffcpuConfig, tid: u32, now: u64) {
         let _ = IDLE_SINCE.remove(&tid);
         return;
     }
-    let Some(rec) = PENDING.get_ptr_mut(&tid) else { return };
-    // SAFETY: the map value stays valid until removed below; only this thread's
-    // own switches touch its entry, and those are serialized.
-    unsafe {
-        let blocked = now.saturating_sub((*rec).sample.head.switched_out_ns);
-        if blocked < config.min_block_ns {
-            counters::add(&COUNTS, OFFCPU_SHORT_NS, blocked);
-            counters::add(&COUNTS, OFFCPU_SHORT_COUNT, 1);
-        } else {
-            (*rec).sample.head.blocked_ns = blocked;
-            if config.native != 0 {
+    if config.native != 0 {
+        let Some(rec) = PENDING_NATIVE.get_ptr_mut(&tid) else { return };
+        // SAFETY: the map value stays valid until removed below; only this
+        // thread's own switches touch its entry, and those are serialized.
+        unsafe {
+            if long_enough(config, &mut (*rec).sample.head, now).is_some() {
                 if SAMPLES.output(&*rec, NO_WAKEUP).is_err() {
                     counters::add(&LOST, 0, 1);
                 }
-            } else {
-                add_blocked(&(*rec).sample, blocked);
             }
         }
+        let _ = PENDING_NATIVE.remove(&tid);
+    } else {
+        let Some(rec) = PENDING.get_ptr_mut(&tid) else { return };
+        // SAFETY: as above.
+        unsafe {
+            if let Some(blocked) = long_enough(config, &mut (*rec).head, now) {
+                add_blocked(&*rec, blocked);
+            }
+        }
+        let _ = PENDING.remove(&tid);
     }
-    let _ = PENDING.remove(&tid);
+}
+
+/// The time blocked if it reaches the minimum (and set in `head`); shorter
+/// blocks are only counted.
+#[inline(always)]
+fn long_enough(config: &OffcpuConfig, head: &mut OffcpuHead, now: u64) -> Option<u64> {
+    let blocked = now.saturating_sub(head.switched_out_ns);
+    if blocked < config.min_block_ns {
+        counters::add(&COUNTS, OFFCPU_SHORT_NS, blocked);
+        counters::add(&COUNTS, OFFCPU_SHORT_COUNT, 1);
+        return None;
+    }
+    head.blocked_ns = blocked;
+    Some(blocked)
 }
 
 /// Adds to the stack's total; a stack seen for the first time is also sent.

@@ -220,8 +220,17 @@ nap(30000000)
 
 #[test]
 fn a_thread_still_blocked_at_the_end_counts_up_to_then() {
+    still_blocked_at_the_end("offcpu-still", "lua");
+}
+
+#[test]
+fn a_thread_still_blocked_at_the_end_counts_with_native_stacks_too() {
+    still_blocked_at_the_end("offcpu-still-mixed", "mixed");
+}
+
+fn still_blocked_at_the_end(name: &str, stack: &str) {
     require_root();
-    let script = out_dir().join("offcpu-still.lua");
+    let script = out_dir().join(format!("{name}.lua"));
     fs::write(&script, LATE_NAPPER).unwrap();
     let mut child = Command::new("/usr/bin/luajit").arg(&script).stdin(Stdio::piped()).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
@@ -232,7 +241,7 @@ fn a_thread_still_blocked_at_the_end_counts_up_to_then() {
         stdin.write_all(b"go\n").unwrap();
         stdin
     });
-    let run = offcpu("offcpu-still", pid, "3s", &[]);
+    let run = offcpu(name, pid, "3s", &["--stack", stack]);
     drop(starter.join().unwrap());
     let _ = child.kill();
     let _ = child.wait();

@@ -14,8 +14,18 @@ use ljprobe_common::VmLayout;
 
 /// Loads one tool's object and forwards its aya-log messages to our logger (`-v`).
 pub fn load(object: &[u8], tool: &str) -> Result<Ebpf> {
+    load_sized(object, tool, &[])
+}
+
+/// `load`, with some maps given another number of entries (a map a mode does
+/// not use shrunk to one, so its memory is not reserved).
+pub fn load_sized(object: &[u8], tool: &str, entries: &[(&str, u32)]) -> Result<Ebpf> {
     crate::system::require_privileges()?;
-    let mut ebpf = EbpfLoader::new().load(object).map_err(|e| explain(e, tool))?;
+    let mut loader = EbpfLoader::new();
+    for &(map, n) in entries {
+        loader.set_max_entries(map, n);
+    }
+    let mut ebpf = loader.load(object).map_err(|e| explain(e, tool))?;
     if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
         log::debug!("no kernel log forwarding for {tool}: {e}");
     }

@@ -50,7 +50,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let native = args.stack != StackKind::Lua;
     let min_block_ns = args.min_block.as_nanos() as u64;
 
-    let mut ebpf = bpf::load(objects::OFFCPU, "offcpu")?;
+    let unused = if native { "PENDING" } else { "PENDING_NATIVE" };
+    let mut ebpf = bpf::load_sized(objects::OFFCPU, "offcpu", &[(unused, 1)])?;
     bpf::aim(&mut ebpf, &aim.pids, aim.layout)?;
     bpf::seed_vms(&mut ebpf, &aim)?;
     let Aim { processes, pids, luajit_path, root, .. } = aim;
@@ -68,8 +69,10 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("COUNTS").context("COUNTS map missing")?)?;
     let blocked: PerCpuHashMap<_, u64, BlockedTotal> =
         PerCpuHashMap::try_from(ebpf.take_map("BLOCKED").context("BLOCKED map missing")?)?;
-    let pending: BpfHashMap<_, u32, OffcpuSampleNative> =
+    let pending: BpfHashMap<_, u32, OffcpuSample> =
         BpfHashMap::try_from(ebpf.take_map("PENDING").context("PENDING map missing")?)?;
+    let pending_native: BpfHashMap<_, u32, OffcpuSampleNative> =
+        BpfHashMap::try_from(ebpf.take_map("PENDING_NATIVE").context("PENDING_NATIVE map missing")?)?;
     tracepoint::attach(&mut ebpf, "offcpu_switch", "sched", "sched_switch")?;
 
     let builder = StackBuilder::new(args.stack, args.kernel, args.per_worker, &processes, luajit_path.as_deref())?;
@@ -81,7 +84,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     drop(ebpf);
     collected.records += collect::drain(&mut ring, &mut |bytes: &[u8]| blocks.record(bytes));
     let stack_lost = blocks.add_kernel_totals(&blocked);
-    let still_blocked = blocks.add_still_blocked(&pending, min_block_ns, args.include_idle);
+    let still_blocked = blocks.add_still_blocked(&pending, &pending_native, min_block_ns, args.include_idle);
     collected.lost = lost() + stack_lost;
 
     let sum = |i: u32| counts.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
@@ -196,22 +199,23 @@ impl Blocks {
     /// if they still exist (a thread that exited will never come back).
     fn add_still_blocked(
         &mut self,
-        pending: &BpfHashMap<MapData, u32, OffcpuSampleNative>,
+        pending: &BpfHashMap<MapData, u32, OffcpuSample>,
+        pending_native: &BpfHashMap<MapData, u32, OffcpuSampleNative>,
         min_block_ns: u64,
         include_idle: bool,
     ) -> u64 {
         let now = monotonic_ns();
+        let lua = pending.iter().filter_map(|i| i.ok()).map(|(tid, s)| (tid, s, None));
+        let native = pending_native.iter().filter_map(|i| i.ok()).map(|(tid, r)| (tid, r.sample, Some(r.native)));
         let mut n = 0;
-        for item in pending.iter() {
-            let Ok((tid, mut r)) = item else { continue };
-            let alive = std::path::Path::new(&format!("/proc/{}/task/{tid}", r.sample.lua.tgid)).exists();
-            let blocked = now.saturating_sub(r.sample.head.switched_out_ns);
-            if !alive || blocked < min_block_ns || (!include_idle && is_idle(&r.sample.head)) {
+        for (tid, mut s, native) in lua.chain(native) {
+            let alive = std::path::Path::new(&format!("/proc/{}/task/{tid}", s.lua.tgid)).exists();
+            let blocked = now.saturating_sub(s.head.switched_out_ns);
+            if !alive || blocked < min_block_ns || (!include_idle && is_idle(&s.head)) {
                 continue;
             }
-            r.sample.head.blocked_ns = blocked;
-            let native = (r.native.len > 0).then_some(&r.native);
-            self.add(&r.sample, native);
+            s.head.blocked_ns = blocked;
+            self.add(&s, native.as_ref());
             n += 1;
         }
         n

@@ -291,7 +291,7 @@ fn write(args: &Args, r: &Report) -> Result<()> {
             )?;
         }
         if r.loops.unexplained > 0 {
-            writeln!(out, "  {} iterations without a stack (no single piece of 1ms or more)", r.loops.unexplained)?;
+            writeln!(out, "  {} long iterations without a stack (no single piece of 1ms or more)", r.loops.unexplained)?;
         }
     }
     drop(out);

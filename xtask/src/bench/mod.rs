@@ -387,9 +387,9 @@ pub fn print_ratios(suite: &Suite, m: &Measured, rounds: u32) -> Vec<f64> {
 
 /// Goals as (what, measured, met), printed as a table.
 pub fn print_goals(goals: &[(String, String, bool)]) {
-    println!("\ngoal (on the medians)                          measured          result");
+    println!("\n{:<52}{:<18}result", "goal (on the medians)", "measured");
     for (goal, measured, ok) in goals {
-        println!("{goal:<47}{measured:<18}{}", if *ok { "PASS" } else { "MISS" });
+        println!("{goal:<52}{measured:<18}{}", if *ok { "PASS" } else { "MISS" });
     }
 }
 

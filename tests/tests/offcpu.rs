@@ -284,3 +284,17 @@ fn ctrl_c_stops_early_and_still_writes_everything() {
     assert!(summary["blocked_us"].as_u64().unwrap() > 500_000, "{summary}");
     assert!(fs::read_to_string(&svg).unwrap().contains("nap"), "the SVG lacks what was collected");
 }
+
+#[test]
+fn kernel_frames_follow_the_wait_with_kernel() {
+    require_root();
+    let mut child = napper("offcpu-kernel", 50_000);
+    let run = offcpu("offcpu-kernel", child.id(), "1s", &["--kernel"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let total = weight(&run.stacks, |_| true);
+    let through = weight(&run.stacks, |s| {
+        s.contains("nap ") && s.contains("clock_nanosleep (syscall);") && s.contains("schedule_[k]")
+    });
+    assert!(total > 500_000 && through * 10 >= total * 9, "{through} of {total} us:\n{:#?}", run.stacks);
+}

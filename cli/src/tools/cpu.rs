@@ -43,9 +43,10 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let Aim { processes, pids, luajit_path, root, .. } = aim;
     let config = CpuConfig { native: u32::from(args.stack != StackKind::Lua), kernel: u32::from(args.kernel) };
     Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?.set(0, config, 0)?;
-    attach::cpu_clock(&mut ebpf, "cpu_sample", args.freq)?;
-
+    // Symbols and unwind tables are read before attaching: the samples counted
+    // start with the run.
     let mut builder = StackBuilder::new(args.stack, args.kernel, args.per_worker, &processes, luajit_path.as_deref())?;
+    attach::cpu_clock(&mut ebpf, "cpu_sample", args.freq)?;
     let mut ring = aya::maps::RingBuf::try_from(ebpf.take_map("SAMPLES").context("SAMPLES map missing")?)?;
     let lost_map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map missing")?)?;
     let lost = move || lost_map.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);

@@ -73,9 +73,10 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         BpfHashMap::try_from(ebpf.take_map("PENDING").context("PENDING map missing")?)?;
     let pending_native: BpfHashMap<_, u32, OffcpuSampleNative> =
         BpfHashMap::try_from(ebpf.take_map("PENDING_NATIVE").context("PENDING_NATIVE map missing")?)?;
-    tracepoint::attach(&mut ebpf, "offcpu_switch", "sched", "sched_switch")?;
-
+    // Symbols and unwind tables are read before attaching: the time counted
+    // starts with the run.
     let builder = StackBuilder::new(args.stack, args.kernel, args.per_worker, &processes, luajit_path.as_deref())?;
+    tracepoint::attach(&mut ebpf, "offcpu_switch", "sched", "sched_switch")?;
     let mut blocks = Blocks { builder, by_key: HashMap::new(), count: 0 };
     let lost = || lost_map.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
     let mut collected =

@@ -1,0 +1,93 @@
+//! `ljprobe epoll-loop`: how long each event-loop iteration runs between one
+//! `epoll_wait` return and the next call (the `epoll-loop-blocking-distr` job),
+//! and which Lua function held the loop in the long ones. Kernel side:
+//! `probes-ebpf/src/epoll_loop.rs`; `loops.rs` assigns culprits, `report.rs`
+//! prints and writes the results.
+
+mod loops;
+mod report;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result};
+use aya::maps::{Array, PerCpuArray, RingBuf};
+use ljprobe_common::{LoopConfig, LOOP_BUCKETS};
+use ljprobe_flamegraph::Log2Histogram;
+
+use self::{loops::Loops, report::Report};
+use super::run_args::RunArgs;
+use crate::{
+    bpf::{self, attach, objects, tracepoint},
+    collect,
+    stacks::{StackBuilder, StackKind},
+    target::aim::Aim,
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Iterations at least this long count as blocking the loop; their Lua stacks are recorded.
+    #[arg(long, default_value = "10ms", value_parser = crate::duration::parse)]
+    threshold: Duration,
+    /// On-CPU samples per second per CPU, taken only inside iterations already running long.
+    #[arg(long, default_value_t = 499, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    freq: u64,
+    /// How many culprits to list.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// Histogram SVG [default: ljprobe-epoll-loop-<pid>.svg in the current directory].
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+    /// Summary a script can read ("-" for standard output).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+/// Stacks are kept for blocks and samples of at least this much, or the
+/// threshold if lower: shorter pieces cannot make an iteration long.
+const STACK_AFTER: Duration = Duration::from_millis(1);
+
+pub async fn run(args: Args) -> Result<ExitCode> {
+    let aim = Aim::open(args.run.pid, false, "", "; iteration times are measured, culprits cannot be named")?;
+    let sched = tracepoint::sched_switch_format()?;
+    let mut ebpf = bpf::load(objects::EPOLL_LOOP, "epoll-loop")?;
+    bpf::aim(&mut ebpf, &aim.pids, aim.layout)?;
+    bpf::seed_vms(&mut ebpf, &aim)?;
+    let config = LoopConfig {
+        long_ns: args.threshold.as_nanos() as u64,
+        stack_after_ns: args.threshold.min(STACK_AFTER).as_nanos() as u64,
+        sample_ns: 1_000_000_000 / args.freq,
+        sched,
+    };
+    Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?.set(0, config, 0)?;
+    let mut ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
+    let lost_map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map missing")?)?;
+    let hist_map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("HIST").context("HIST map missing")?)?;
+
+    let Aim { processes, pids, luajit_path, root, .. } = aim;
+    let builder = StackBuilder::new(StackKind::Lua, false, false, &processes, luajit_path.as_deref())?;
+    // Attached once everything is read: the iterations counted start with the run.
+    for call in ["epoll_wait", "epoll_pwait", "epoll_pwait2"] {
+        if tracepoint::exists("syscalls", &format!("sys_enter_{call}")) {
+            tracepoint::attach(&mut ebpf, "loop_wait_enter", "syscalls", &format!("sys_enter_{call}"))?;
+            tracepoint::attach(&mut ebpf, "loop_wait_exit", "syscalls", &format!("sys_exit_{call}"))?;
+        }
+    }
+    tracepoint::attach(&mut ebpf, "loop_switch", "sched", "sched_switch")?;
+    attach::cpu_clock(&mut ebpf, "loop_sample", args.freq)?;
+    let mut loops = Loops::new(builder);
+    let lost = || lost_map.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
+    let mut collected =
+        collect::run(&mut ring, &processes, args.run.duration, "events", lost, |bytes| loops.record(bytes)).await?;
+    drop(ebpf);
+    collected.records += collect::drain(&mut ring, &mut |bytes: &[u8]| loops.record(bytes));
+    collected.lost = lost();
+    let counts: Vec<u64> =
+        (0..LOOP_BUCKETS).map(|i| hist_map.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0)).collect();
+    let hist = Log2Histogram::from_counts(&counts);
+
+    let title = format!("ljprobe epoll-loop: PID {} ({}), event-loop iteration times", args.run.pid, root.comm);
+    report::write(&args, &Report { title, pids, hist, loops, collected })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,143 @@
+//! The epoll-loop results: the histogram and culprits on the terminal, the
+//! histogram SVG, the JSON summary.
+
+use std::{fs, io::Write, path::PathBuf};
+
+use anyhow::{Context, Result};
+use ljprobe_flamegraph::{
+    histogram::{Bucket, HistogramSvgOptions},
+    Frame, Log2Histogram,
+};
+use serde::Serialize;
+
+use super::{
+    loops::{Culprit, Loops},
+    Args,
+};
+use crate::{
+    collect::{self, Collected},
+    report,
+};
+
+pub struct Report {
+    pub title: String,
+    pub pids: Vec<u32>,
+    pub hist: Log2Histogram,
+    pub loops: Loops,
+    pub collected: Collected,
+}
+
+#[derive(Serialize)]
+struct CulpritJson {
+    frame: String,
+    iterations: u64,
+    /// Of the long iterations.
+    share: f64,
+    total_ms: f64,
+    max_ms: f64,
+    stack: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Summary<'a> {
+    tool: &'static str,
+    pids: &'a [u32],
+    duration_secs: f64,
+    stopped_by: collect::StopReason,
+    threshold_us: u64,
+    iterations: u64,
+    long_iterations: u64,
+    long_without_stack: u64,
+    lost_events: u64,
+    /// Log2 buckets of iteration time, bucket i = [2^(i-1), 2^i) µs.
+    histogram: Vec<Bucket>,
+    fullest_bucket: Option<Bucket>,
+    culprits: Vec<CulpritJson>,
+    svg: String,
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+pub fn write(args: &Args, r: &Report) -> Result<()> {
+    let svg_path = args.svg.clone().unwrap_or_else(|| PathBuf::from(format!("ljprobe-epoll-loop-{}.svg", args.run.pid)));
+    let threshold_us = args.threshold.as_micros() as u64;
+    let long = r.loops.long;
+    let mut culprits: Vec<(&Frame, &Culprit)> = r.loops.culprits.iter().collect();
+    culprits.sort_by(|a, b| b.1.iterations.cmp(&a.1.iterations).then(b.1.total_ns.cmp(&a.1.total_ns)));
+    let culprits: Vec<CulpritJson> = culprits
+        .into_iter()
+        .take(args.top)
+        .map(|(f, c)| CulpritJson {
+            frame: f.label(),
+            iterations: c.iterations,
+            share: c.iterations as f64 / long.max(1) as f64,
+            total_ms: ms(c.total_ns),
+            max_ms: ms(c.max_ns),
+            stack: c.stack.iter().map(Frame::label).collect(),
+        })
+        .collect();
+
+    let c = &r.collected;
+    let subtitle = format!(
+        "{} over {:.1}s: {} iterations, {} of at least {}ms, {} events lost",
+        r.pids.iter().map(|p| format!("PID {p}")).collect::<Vec<_>>().join(", "),
+        c.elapsed_secs,
+        r.hist.total(),
+        long,
+        threshold_us as f64 / 1000.0,
+        c.lost
+    );
+    let mut svg = Vec::new();
+    let opts = HistogramSvgOptions { title: r.title.clone(), subtitle, mark_from_us: Some(threshold_us) };
+    r.hist.write_svg(&opts, &mut svg).context("drawing the histogram")?;
+    fs::write(&svg_path, svg).with_context(|| format!("cannot write {}", svg_path.display()))?;
+
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", r.title)?;
+    writeln!(out, "distribution of iteration times (us), {} iterations in {:.1}s:", r.hist.total(), c.elapsed_secs)?;
+    r.hist.write_text(&mut out)?;
+    if r.hist.total() == 0 {
+        writeln!(out, "  (no epoll_wait calls seen: is this process an event loop, and was it busy?)")?;
+    }
+    writeln!(out, "{long} iterations of at least {}ms; histogram: {}", threshold_us as f64 / 1000.0, svg_path.display())?;
+    if long > 0 {
+        writeln!(out, "what held the loop in them (innermost Lua function):")?;
+        for cj in &culprits {
+            writeln!(
+                out,
+                "  {:>5.1}%  {}  ({} iterations, max {:.1} ms)",
+                cj.share * 100.0,
+                cj.frame,
+                cj.iterations,
+                cj.max_ms
+            )?;
+        }
+        if r.loops.unexplained > 0 {
+            writeln!(out, "  {} long iterations without a stack (no single piece of 1ms or more)", r.loops.unexplained)?;
+        }
+    }
+    drop(out);
+    if let Some(path) = &args.json {
+        let summary = Summary {
+            tool: "epoll-loop",
+            pids: &r.pids,
+            duration_secs: c.elapsed_secs,
+            stopped_by: c.stopped_by,
+            threshold_us,
+            iterations: r.hist.total(),
+            long_iterations: long,
+            long_without_stack: r.loops.unexplained,
+            lost_events: c.lost,
+            histogram: r.hist.buckets(),
+            fullest_bucket: r.hist.fullest(),
+            culprits,
+            svg: svg_path.display().to_string(),
+        };
+        if report::write_json(path, &summary)? {
+            println!("summary: {}", path.display());
+        }
+    }
+    Ok(())
+}

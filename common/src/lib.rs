@@ -24,6 +24,13 @@ pub struct VmLayout {
     pub l_maxstack: u32,
     /// `lua_State.cframe`: non-NULL while the coroutine is running (inside a C call boundary).
     pub l_cframe: u32,
+    /// From G to the `jit_State` (`GG_State.J - GG_State.g`), its `trace` array,
+    /// and a trace's machine code (`GCtrace.mcode`, `szmcode`): where a trace's
+    /// code lies, so stacks taken in different places of one trace differ.
+    pub g2j: u32,
+    pub j_trace: u32,
+    pub trace_mcode: u32,
+    pub trace_szmcode: u32,
 }
 
 /// How a probe found a VM's `global_State`.
@@ -101,6 +108,9 @@ pub struct CpuSample {
     pub nkernel: u32,
     /// The checked `global_State`, 0 if none.
     pub g: u64,
+    /// Inside a trace: the first of `trace_addrs` that lies in the running
+    /// trace's machine code (where it runs, or returns to from a call), else 0.
+    pub trace_pc: u64,
     /// Valid entries of `trace_addrs`: non-zero only inside a JIT trace.
     pub ntrace_addrs: u32,
     pub _pad: u32,

@@ -30,6 +30,7 @@ pub fn lua(
     sample.nframes = 0;
     sample.vmstate = 0;
     sample.g = 0;
+    sample.trace_pc = 0;
     sample.ntrace_addrs = 0;
 
     let from_register = regs.r14.checked_sub(layout.g2disp as u64).and_then(|g| vm::check_g(layout, g));
@@ -65,6 +66,7 @@ pub fn lua(
     sample.flags = flags;
     if vm.vmstate >= 0 {
         trace_addrs(sample, regs);
+        sample.trace_pc = trace_pc(sample, layout, vm.g, vm.vmstate as u64);
     }
     Some(vm.cur_l)
 }
@@ -122,4 +124,28 @@ pub fn native(out: &mut NativeStack, regs: &pt_regs, layout: &VmLayout, cur_l: O
             out.len = 1024;
         }
     }
+}
+
+/// The first of the trace addresses inside trace `traceno`'s machine code, as
+/// a return address (the byte before it is the call), or 0.
+#[inline(always)]
+fn trace_pc(sample: &CpuSample, layout: &VmLayout, g: u64, traceno: u64) -> u64 {
+    let Some(traces) = vm::read_u64(g + layout.g2j as u64 + layout.j_trace as u64) else { return 0 };
+    let Some(trace) = vm::read_u64(traces + 8 * traceno) else { return 0 };
+    let (Some(mcode), Some(size)) =
+        (vm::read_u64(trace + layout.trace_mcode as u64), vm::read_u32(trace + layout.trace_szmcode as u64))
+    else {
+        return 0;
+    };
+    let n = sample.ntrace_addrs as usize;
+    for i in 0..TRACE_ADDRS {
+        if i >= n {
+            break;
+        }
+        let a = sample.trace_addrs[i];
+        if a > mcode && a - 1 - mcode < size as u64 {
+            return a;
+        }
+    }
+    0
 }

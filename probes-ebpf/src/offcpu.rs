@@ -208,6 +208,9 @@ fn stack_key(s: &OffcpuSample) -> u64 {
     mix((l.tgid as u64) << 32 | l.flags as u64);
     mix((l.vmstate as u32 as u64) << 32 | s.head.flags as u64);
     mix(s.head.syscall as u64);
+    // Inside a trace, the walked frames stop at its root: where in the trace
+    // it stopped tells which inlined functions user space will find.
+    mix(l.trace_pc);
     let n = l.nframes as usize;
     for i in 0..MAX_LUA_FRAMES {
         if i >= n {

@@ -23,7 +23,15 @@ pub const OPENRESTY_21_GC64_X86_64: VmLayout = VmLayout {
     l_stack: 56,
     l_maxstack: 48,
     l_cframe: 80,
+    g2j: TRACE.g2j as u32,
+    j_trace: TRACE.j_trace as u32,
+    trace_mcode: TRACE.trace_mcode as u32,
+    trace_szmcode: TRACE.trace_szmcode as u32,
 };
+
+/// The trace offsets the Lua resolver uses too (checked against DWARF in
+/// `cli/src/lua/tests/trace.rs`); the same for the debug and the stock build.
+const TRACE: crate::lua::TraceLayout = crate::lua::OPENRESTY_21_GC64.trace;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -63,6 +71,10 @@ pub fn choose(dwarf: Option<&Path>) -> Layout {
                 l_stack: l.l_stack,
                 l_maxstack: l.l_maxstack,
                 l_cframe: l.l_cframe,
+                g2j: TRACE.g2j as u32,
+                j_trace: TRACE.j_trace as u32,
+                trace_mcode: TRACE.trace_mcode as u32,
+                trace_szmcode: TRACE.trace_szmcode as u32,
             },
         },
         Ok(None) => builtin(None),
@@ -72,7 +84,7 @@ pub fn choose(dwarf: Option<&Path>) -> Layout {
 
 fn offsets<S: serde::Serializer>(l: &VmLayout, s: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeStruct;
-    let mut st = s.serialize_struct("VmLayout", 10)?;
+    let mut st = s.serialize_struct("VmLayout", 14)?;
     st.serialize_field("g2disp", &l.g2disp)?;
     st.serialize_field("gg_g", &l.gg_g)?;
     st.serialize_field("g_vmstate", &l.g_vmstate)?;
@@ -83,5 +95,9 @@ fn offsets<S: serde::Serializer>(l: &VmLayout, s: S) -> Result<S::Ok, S::Error> 
     st.serialize_field("l_stack", &l.l_stack)?;
     st.serialize_field("l_maxstack", &l.l_maxstack)?;
     st.serialize_field("l_cframe", &l.l_cframe)?;
+    st.serialize_field("g2j", &l.g2j)?;
+    st.serialize_field("j_trace", &l.j_trace)?;
+    st.serialize_field("trace_mcode", &l.trace_mcode)?;
+    st.serialize_field("trace_szmcode", &l.trace_szmcode)?;
     st.end()
 }

@@ -132,9 +132,11 @@ fn mixed_off_cpu_stacks_run_from_nginx_through_lua_into_libc() {
     let _ = wrk.wait();
     let total = weight(&run.stacks, |_| true);
     let full = weight(&run.stacks, |s| {
-        s.starts_with("_start;") && s.contains("ngx_http_lua_run_thread") && s.contains(&label) && s.contains("usleep")
+        // How far below ngx_process_events_and_timers the 8 KiB copy reaches
+        // varies with the worker's stack (environment size): not asserted.
+        s.contains("ngx_process_events_and_timers;") && s.contains("ngx_http_lua_run_thread;") && s.contains(&label) && s.contains("usleep")
     });
-    assert!(full * 10 >= total * 8, "{full} of {total} us run nginx -> {label} -> usleep:\n{:#?}", run.stacks);
+    assert!(full * 10 >= total * 8, "{full} of {total} us run nginx's event loop -> {label} -> usleep:\n{:#?}", run.stacks);
 }
 
 #[test]

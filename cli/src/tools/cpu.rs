@@ -7,12 +7,12 @@ use anyhow::{Context, Result};
 use aya::maps::{Array, PerCpuArray};
 use ljprobe_common::CpuConfig;
 
-use super::run_args::RunArgs;
+use super::run_args::{RunArgs, StackArgs};
 use crate::{
     bpf::{self, attach, objects},
     collect::{self, Collected},
     report::{self, Outputs},
-    stacks::{StackBuilder, StackKind},
+    stacks::StackBuilder,
     target::aim::Aim,
 };
 
@@ -23,29 +23,23 @@ pub struct Args {
     /// Samples per second per CPU.
     #[arg(long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     freq: u64,
-    #[arg(long, value_enum, default_value = "lua")]
-    stack: StackKind,
-    /// Add kernel frames on top of each stack.
-    #[arg(long)]
-    kernel: bool,
-    /// With an nginx master: one tower per worker instead of merging them.
-    #[arg(long)]
-    per_worker: bool,
+    #[command(flatten)]
+    stacks: StackArgs,
     #[command(flatten)]
     outputs: Outputs,
 }
 
 pub async fn run(args: Args) -> Result<ExitCode> {
-    let aim = Aim::open(args.run.pid, args.stack == StackKind::Lua, ", or use --stack c", "; the graph shows C only")?;
+    let aim = args.stacks.aim(args.run.pid)?;
     let mut ebpf = bpf::load(objects::CPU, "cpu")?;
     bpf::aim(&mut ebpf, &aim.pids, aim.layout)?;
     bpf::seed_vms(&mut ebpf, &aim)?;
     let Aim { processes, pids, luajit_path, root, .. } = aim;
-    let config = CpuConfig { native: u32::from(args.stack != StackKind::Lua), kernel: u32::from(args.kernel) };
+    let config = CpuConfig { native: u32::from(args.stacks.native()), kernel: u32::from(args.stacks.kernel) };
     Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?.set(0, config, 0)?;
     // Symbols and unwind tables are read before attaching: the samples counted
     // start with the run.
-    let mut builder = StackBuilder::new(args.stack, args.kernel, args.per_worker, &processes, luajit_path.as_deref())?;
+    let mut builder = StackBuilder::new(args.stacks.stack, args.stacks.kernel, args.stacks.per_worker, &processes, luajit_path.as_deref())?;
     attach::cpu_clock(&mut ebpf, "cpu_sample", args.freq)?;
     let mut ring = aya::maps::RingBuf::try_from(ebpf.take_map("SAMPLES").context("SAMPLES map missing")?)?;
     let lost_map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map missing")?)?;
@@ -53,7 +47,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let collected: Collected = collect::run(&mut ring, &processes, args.run.duration, "samples", lost, |bytes| builder.add(bytes)).await?;
     drop(ebpf);
 
-    let title = format!("ljprobe cpu: PID {} ({}), {}", args.run.pid, root.comm, args.stack.title());
+    let title = format!("ljprobe cpu: PID {} ({}), {}", args.run.pid, root.comm, args.stacks.stack.title());
     report::write(&args.outputs, &report::Profile {
         tool: "cpu",
         title,

@@ -12,12 +12,12 @@ use ljprobe_common::{
 use ljprobe_flamegraph::Frame;
 use serde_json::json;
 
-use super::run_args::RunArgs;
+use super::run_args::{RunArgs, StackArgs};
 use crate::{
     bpf::{self, objects, tracepoint},
     collect,
     report::{self, Outputs},
-    stacks::{wait_frame, StackBuilder, StackKind},
+    stacks::{wait_frame, StackBuilder},
     target::aim::Aim,
 };
 
@@ -25,8 +25,6 @@ use crate::{
 pub struct Args {
     #[command(flatten)]
     run: RunArgs,
-    #[arg(long, value_enum, default_value = "lua")]
-    stack: StackKind,
     /// Blocks shorter than this are counted in the summary but not drawn (0 keeps all).
     #[arg(long, default_value = "1ms", value_parser = crate::duration::parse_or_zero)]
     min_block: Duration,
@@ -34,20 +32,16 @@ pub struct Args {
     /// that real blocking stands out).
     #[arg(long)]
     include_idle: bool,
-    /// Add the kernel frames where each thread left the CPU.
-    #[arg(long)]
-    kernel: bool,
-    /// With an nginx master: one tower per worker instead of merging them.
-    #[arg(long)]
-    per_worker: bool,
+    #[command(flatten)]
+    stacks: StackArgs,
     #[command(flatten)]
     outputs: Outputs,
 }
 
 pub async fn run(args: Args) -> Result<ExitCode> {
-    let aim = Aim::open(args.run.pid, args.stack == StackKind::Lua, ", or use --stack c", "; the graph shows C only")?;
+    let aim = args.stacks.aim(args.run.pid)?;
     let sched = tracepoint::sched_switch_format()?;
-    let native = args.stack != StackKind::Lua;
+    let native = args.stacks.native();
     let min_block_ns = args.min_block.as_nanos() as u64;
 
     let unused = if native { "PENDING" } else { "PENDING_NATIVE" };
@@ -57,7 +51,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let Aim { processes, pids, luajit_path, root, .. } = aim;
     let config = OffcpuConfig {
         native: u32::from(native),
-        kernel: u32::from(args.kernel),
+        kernel: u32::from(args.stacks.kernel),
         include_idle: u32::from(args.include_idle),
         _pad: 0,
         min_block_ns,
@@ -75,7 +69,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         BpfHashMap::try_from(ebpf.take_map("PENDING_NATIVE").context("PENDING_NATIVE map missing")?)?;
     // Symbols and unwind tables are read before attaching: the time counted
     // starts with the run.
-    let builder = StackBuilder::new(args.stack, args.kernel, args.per_worker, &processes, luajit_path.as_deref())?;
+    let builder = StackBuilder::new(args.stacks.stack, args.stacks.kernel, args.stacks.per_worker, &processes, luajit_path.as_deref())?;
     tracepoint::attach(&mut ebpf, "offcpu_switch", "sched", "sched_switch")?;
     let mut blocks = Blocks { builder, by_key: HashMap::new(), count: 0 };
     let lost = || lost_map.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
@@ -119,7 +113,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         "still_blocked_at_end": still_blocked,
     });
 
-    let title = format!("ljprobe offcpu: PID {} ({}), {}, blocked time in microseconds", args.run.pid, root.comm, args.stack.title());
+    let title = format!("ljprobe offcpu: PID {} ({}), {}, blocked time in microseconds", args.run.pid, root.comm, args.stacks.stack.title());
     report::write(&args.outputs, &report::Profile {
         tool: "offcpu",
         title,

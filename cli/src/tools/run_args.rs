@@ -1,6 +1,11 @@
-//! The options every tracing command takes: whom to look at, for how long.
+//! The options every tracing command takes (whom to look at, for how long),
+//! and those of every command that draws stacks.
 
 use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::{stacks::StackKind, target::aim::Aim};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -10,4 +15,27 @@ pub struct RunArgs {
     /// How long to run; Ctrl-C stops early and still writes everything.
     #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
     pub duration: Duration,
+}
+
+#[derive(clap::Args)]
+pub struct StackArgs {
+    #[arg(long, value_enum, default_value = "lua")]
+    pub stack: StackKind,
+    /// Add the kernel frames on top of each stack (off-CPU: where the thread left the CPU).
+    #[arg(long)]
+    pub kernel: bool,
+    /// With an nginx master: one tower per worker instead of merging them.
+    #[arg(long)]
+    pub per_worker: bool,
+}
+
+impl StackArgs {
+    pub fn native(&self) -> bool {
+        self.stack != StackKind::Lua
+    }
+
+    /// The processes to look at: Lua stacks need a LuaJIT; native stacks do not.
+    pub fn aim(&self, pid: u32) -> Result<Aim> {
+        Aim::open(pid, !self.native(), ", or use --stack c", "; the graph shows C only")
+    }
 }

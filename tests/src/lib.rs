@@ -72,6 +72,30 @@ pub fn gateway_with_workers(name: &str, luajit: LuaJitBuild, workers: u32) -> Ru
     Running::start(config).expect("the gateway starts")
 }
 
+/// `target/test-out`, where tests leave what they wrote for a human to look at.
+pub fn out_dir() -> PathBuf {
+    let d = paths::target().join("test-out");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A folded-stacks file as (stack, weight) pairs.
+pub fn read_folded(path: &std::path::Path) -> Vec<(String, u64)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let (stack, w) = l.rsplit_once(' ')?;
+            Some((stack.to_string(), w.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The total weight of the stacks that satisfy `pred`.
+pub fn weight(stacks: &[(String, u64)], pred: impl Fn(&str) -> bool) -> u64 {
+    stacks.iter().filter(|(s, _)| pred(s)).map(|(_, w)| w).sum()
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

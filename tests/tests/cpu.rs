@@ -4,13 +4,15 @@
 use std::{
     collections::HashMap,
     fs,
-    path::PathBuf,
     process::{Command, Stdio},
     thread,
     time::Duration,
 };
 
-use ljprobe_tests::{assert_one_sentence, gateway, gateway_with_workers, ljprobe, require_root, stderr, stdout};
+use ljprobe_tests::{
+    assert_one_sentence, gateway, gateway_with_workers, ljprobe, out_dir, read_folded, require_root, stderr, stdout,
+    weight,
+};
 use serde_json::Value;
 use xtask::{gateway::LuaJitBuild, load::Load, paths, planted};
 
@@ -41,12 +43,6 @@ while os.clock() < deadline do
 end
 print(sink > 0)
 "#;
-
-fn out_dir() -> PathBuf {
-    let d = paths::target().join("test-out");
-    fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// `NN%  name` lines of `-jp=f`.
 fn parse_jp(text: &str) -> HashMap<String, f64> {
@@ -179,19 +175,7 @@ fn profile_gateway_route_with(name: &str, route: &str, extra: &[&str]) -> (Value
     let _ = wrk.wait();
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     let summary: Value = serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
-    let stacks = fs::read_to_string(&folded)
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let (stack, w) = l.rsplit_once(' ')?;
-            Some((stack.to_string(), w.parse().ok()?))
-        })
-        .collect();
-    (summary, stacks)
-}
-
-fn weight(stacks: &[(String, u64)], pred: impl Fn(&str) -> bool) -> u64 {
-    stacks.iter().filter(|(s, _)| pred(s)).map(|(_, w)| w).sum()
+    (summary, read_folded(&folded))
 }
 
 #[test]

@@ -2,17 +2,11 @@
 //! 16-32 ms bucket and is named as the culprit, a CPU-light route stays under a
 //! millisecond, and a slow but non-blocking upstream never blocks the loop.
 
-use std::{fs, path::PathBuf, process::Command, thread, time::Duration};
+use std::{fs, process::Command, thread, time::Duration};
 
-use ljprobe_tests::{assert_one_sentence, gateway, ljprobe, require_root, stderr, stdout};
+use ljprobe_tests::{assert_one_sentence, gateway, ljprobe, out_dir, require_root, stderr, stdout};
 use serde_json::Value;
-use xtask::{gateway::LuaJitBuild, load::Load, paths, planted};
-
-fn out_dir() -> PathBuf {
-    let d = paths::target().join("test-out");
-    fs::create_dir_all(&d).unwrap();
-    d
-}
+use xtask::{gateway::LuaJitBuild, load::Load, planted};
 
 /// Runs epoll-loop on a fresh gateway while `route` is under load; returns the
 /// JSON summary and what was printed.

@@ -5,21 +5,14 @@
 
 use std::{
     fs,
-    path::PathBuf,
     process::{Child, Command, Stdio},
     thread,
     time::Duration,
 };
 
-use ljprobe_tests::{assert_one_sentence, gateway, ljprobe, require_root, stderr, stdout};
+use ljprobe_tests::{assert_one_sentence, gateway, ljprobe, out_dir, read_folded, require_root, stderr, stdout, weight};
 use serde_json::Value;
-use xtask::{gateway::LuaJitBuild, load::Load, paths, planted};
-
-fn out_dir() -> PathBuf {
-    let d = paths::target().join("test-out");
-    fs::create_dir_all(&d).unwrap();
-    d
-}
+use xtask::{gateway::LuaJitBuild, load::Load, planted};
 
 struct Run {
     summary: Value,
@@ -43,20 +36,9 @@ fn offcpu(name: &str, pid: u32, duration: &str, extra: &[&str]) -> Run {
     assert!(svg_text.contains("microseconds"), "the SVG does not say its unit");
     Run {
         summary: serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap(),
-        stacks: fs::read_to_string(&folded)
-            .unwrap()
-            .lines()
-            .filter_map(|l| {
-                let (stack, w) = l.rsplit_once(' ')?;
-                Some((stack.to_string(), w.parse().ok()?))
-            })
-            .collect(),
+        stacks: read_folded(&folded),
         stdout: stdout(&out),
     }
-}
-
-fn weight(stacks: &[(String, u64)], pred: impl Fn(&str) -> bool) -> u64 {
-    stacks.iter().filter(|(s, _)| pred(s)).map(|(_, w)| w).sum()
 }
 
 /// Light load: one connection, 20 requests a second, each blocking 20 ms;

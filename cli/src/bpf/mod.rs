@@ -7,7 +7,7 @@ pub mod tracepoint;
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     Ebpf, EbpfError, EbpfLoader,
 };
 use ljprobe_common::VmLayout;
@@ -59,11 +59,13 @@ pub fn aim(ebpf: &mut Ebpf, pids: &[u32], layout: VmLayout) -> Result<()> {
     Ok(())
 }
 
-/// Tells the program's `VMS` cache each target's `global_State`, found by a
-/// scan of its memory, so that stacks taken where the dispatch register does
-/// not hold it (inside C, in a system call) have a VM from the first event.
-/// A process whose VM is not found is left to the kernel's own discovery.
-pub fn seed_vms(ebpf: &mut Ebpf, aim: &crate::target::aim::Aim) -> Result<()> {
+/// `aim` for a stack-recording tool, and tells its program's `VMS` cache each
+/// target's `global_State`, found by a scan of its memory, so that stacks
+/// taken where the dispatch register does not hold it (inside C, in a system
+/// call) have a VM from the first event. A process whose VM is not found is
+/// left to the kernel's own discovery.
+pub fn aim_seeded(ebpf: &mut Ebpf, aim: &crate::target::aim::Aim) -> Result<()> {
+    self::aim(ebpf, &aim.pids, aim.layout)?;
     let Some(luajit) = aim.luajit_path.as_deref() else { return Ok(()) };
     let mut vms: HashMap<_, u32, u64> = HashMap::try_from(ebpf.map_mut("VMS").context("VMS map missing")?)?;
     for p in &aim.processes {
@@ -80,4 +82,9 @@ pub fn seed_vms(ebpf: &mut Ebpf, aim: &crate::target::aim::Aim) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Slot `index` of a per-CPU counter array, summed over the CPUs (0 if unreadable).
+pub fn per_cpu_total(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+    map.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
 }

@@ -32,8 +32,7 @@ pub struct Args {
 pub async fn run(args: Args) -> Result<ExitCode> {
     let aim = args.stacks.aim(args.run.pid)?;
     let mut ebpf = bpf::load(objects::CPU, "cpu")?;
-    bpf::aim(&mut ebpf, &aim.pids, aim.layout)?;
-    bpf::seed_vms(&mut ebpf, &aim)?;
+    bpf::aim_seeded(&mut ebpf, &aim)?;
     let Aim { processes, pids, luajit_path, root, .. } = aim;
     let config = CpuConfig { native: u32::from(args.stacks.native()), kernel: u32::from(args.stacks.kernel) };
     Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?.set(0, config, 0)?;
@@ -43,7 +42,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     attach::cpu_clock(&mut ebpf, "cpu_sample", args.freq)?;
     let mut ring = aya::maps::RingBuf::try_from(ebpf.take_map("SAMPLES").context("SAMPLES map missing")?)?;
     let lost_map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map missing")?)?;
-    let lost = move || lost_map.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
+    let lost = move || bpf::per_cpu_total(&lost_map, 0);
     let collected: Collected = collect::run(&mut ring, &processes, args.run.duration, "samples", lost, |bytes| builder.add(bytes)).await?;
     drop(ebpf);
 

@@ -46,8 +46,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
 
     let unused = if native { "PENDING" } else { "PENDING_NATIVE" };
     let mut ebpf = bpf::load_sized(objects::OFFCPU, "offcpu", &[(unused, 1)])?;
-    bpf::aim(&mut ebpf, &aim.pids, aim.layout)?;
-    bpf::seed_vms(&mut ebpf, &aim)?;
+    bpf::aim_seeded(&mut ebpf, &aim)?;
     let Aim { processes, pids, luajit_path, root, .. } = aim;
     let config = OffcpuConfig {
         native: u32::from(native),
@@ -72,7 +71,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let builder = StackBuilder::new(args.stacks.stack, args.stacks.kernel, args.stacks.per_worker, &processes, luajit_path.as_deref())?;
     tracepoint::attach(&mut ebpf, "offcpu_switch", "sched", "sched_switch")?;
     let mut blocks = Blocks { builder, by_key: HashMap::new(), count: 0 };
-    let lost = || lost_map.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
+    let lost = || bpf::per_cpu_total(&lost_map, 0);
     let mut collected =
         collect::run(&mut ring, &processes, args.run.duration, "stacks", lost, |bytes| blocks.record(bytes)).await?;
     // Detach first, so that no stack is sent after the last drain.
@@ -82,7 +81,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let still_blocked = blocks.add_still_blocked(&pending, &pending_native, min_block_ns, args.include_idle);
     collected.lost = lost() + stack_lost;
 
-    let sum = |i: u32| counts.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+    let sum = |i: u32| bpf::per_cpu_total(&counts, i);
     let (short_ns, short_count, idle_ns, idle_count) =
         (sum(OFFCPU_SHORT_NS), sum(OFFCPU_SHORT_COUNT), sum(OFFCPU_IDLE_NS), sum(OFFCPU_IDLE_COUNT));
     let shown_us = blocks.builder.folded.total();

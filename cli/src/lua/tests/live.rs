@@ -1,17 +1,11 @@
 //! Against running LuaJIT processes: the `-g` build made by `cargo xtask setup`
 //! and Debian's stripped `/usr/bin/luajit`. Needs root (/proc/PID/mem).
 
-use std::{
-    collections::HashMap,
-    fs,
-    io::{BufRead, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-};
+use std::{collections::HashMap, fs, path::Path};
 
 use object::{Object, ObjectSection, ObjectSymbol};
 
-use super::{debug_prefix, require, require_root};
+use super::{debug_prefix, require, require_root, LiveLua};
 use crate::lua::{
     bc::{self, AMode, Mm, Op},
     LuaFrame, ProcMem, RawFrame, Resolver, SlotKind, SlotName, OPENRESTY_21_GC64 as L,
@@ -58,48 +52,25 @@ const CALLS: [(&str, SlotKind, &str); 5] = [
 const C_LINK: u64 = (2 << 3) | 1;
 
 
-/// The script running under one luajit; killed and cleaned up on drop, even
-/// when an assertion fails first.
+/// The script running under one luajit, and the functions it printed.
 struct Target {
-    child: Child,
-    dir: PathBuf,
-    script: PathBuf,
+    live: LiveLua,
     funcs: HashMap<String, u64>,
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = fs::remove_dir_all(&self.dir);
-    }
 }
 
 impl Target {
     fn start(luajit: &Path, tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("ljprobe-lua-{tag}-{}", std::process::id()));
-        fs::create_dir_all(&dir).expect("temp dir");
-        let script = dir.join("script.lua");
-        fs::write(&script, SCRIPT).expect("write script");
-        let child = Command::new(luajit)
-            .arg(&script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", luajit.display()));
-        let mut target = Self { child, dir, script, funcs: HashMap::new() };
-        let stdout = target.child.stdout.take().expect("piped stdout");
-        for line in BufReader::new(stdout).lines() {
-            let line = line.expect("reading the script's output");
-            if line == "ready" {
-                return target;
-            }
-            // "<label> function: 0x<GCfunc address>"
-            let (label, rest) = line.split_once(' ').expect("label and value");
-            let hex = rest.strip_prefix("function: 0x").unwrap_or_else(|| panic!("unexpected line {line:?}"));
-            target.funcs.insert(label.to_string(), u64::from_str_radix(hex, 16).expect("hex address"));
-        }
-        panic!("{} exited before printing `ready`", luajit.display());
+        let (live, lines) = LiveLua::start(luajit, tag, SCRIPT);
+        let funcs = lines
+            .iter()
+            .map(|line| {
+                // "<label> function: 0x<GCfunc address>"
+                let (label, rest) = line.split_once(' ').expect("label and value");
+                let hex = rest.strip_prefix("function: 0x").unwrap_or_else(|| panic!("unexpected line {line:?}"));
+                (label.to_string(), u64::from_str_radix(hex, 16).expect("hex address"))
+            })
+            .collect();
+        Target { live, funcs }
     }
 
     fn func(&self, label: &str) -> u64 {
@@ -111,8 +82,8 @@ fn check_live(luajit: &Path, tag: &str) {
     require_root();
     require(luajit);
     let target = Target::start(luajit, tag);
-    let script = target.script.to_str().expect("utf-8 temp path").to_string();
-    let mem = ProcMem::open(target.child.id()).expect("open /proc/PID/mem");
+    let script = target.live.script.to_str().expect("utf-8 temp path").to_string();
+    let mem = ProcMem::open(target.live.child.id()).expect("open /proc/PID/mem");
     let mut r = Resolver::with_layout(mem, L);
 
     for (label, line) in DEFINED {
@@ -146,7 +117,7 @@ fn check_live(luajit: &Path, tag: &str) {
 
     match &r.resolve(&[RawFrame { func: target.func("cfunc"), link: 0 }])[..] {
         [LuaFrame::C { addr, name: None }] => {
-            assert!(executable(target.child.id(), *addr), "C entry {addr:#x} is not in an executable mapping")
+            assert!(executable(target.live.child.id(), *addr), "C entry {addr:#x} is not in an executable mapping")
         }
         other => panic!("package.loaders[2]: {other:?}"),
     }

@@ -1,7 +1,12 @@
 //! Tests of the Lua frame resolver: synthetic memory images, and live LuaJIT
 //! processes (root, and the builds `cargo xtask setup` installs).
 
-use std::path::{Path, PathBuf};
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+};
 
 mod image;
 mod live;
@@ -20,4 +25,49 @@ pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(euid, 0, "this test reads /proc/PID/mem of a child: run it as root");
+}
+
+/// A script running under one luajit, in a temp dir of its own; killed and
+/// cleaned up on drop, even when an assertion fails first.
+pub struct LiveLua {
+    pub child: Child,
+    dir: PathBuf,
+    pub script: PathBuf,
+}
+
+impl Drop for LiveLua {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl LiveLua {
+    /// Starts `text` and waits until it prints `ready`; returns the lines it
+    /// printed before. Its stdin stays open, for a script that waits on it.
+    /// `tag` names the temp dir: tests running at once need different tags.
+    pub fn start(luajit: &Path, tag: &str, text: &str) -> (LiveLua, Vec<String>) {
+        let dir = std::env::temp_dir().join(format!("ljprobe-lua-{tag}-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("temp dir");
+        let script = dir.join("script.lua");
+        fs::write(&script, text).expect("write script");
+        let child = Command::new(luajit)
+            .arg(&script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", luajit.display()));
+        let mut live = LiveLua { child, dir, script };
+        let stdout = live.child.stdout.take().expect("piped stdout");
+        let mut before = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.expect("reading the script's output");
+            if line == "ready" {
+                return (live, before);
+            }
+            before.push(line);
+        }
+        panic!("{} exited before printing `ready`", luajit.display());
+    }
 }

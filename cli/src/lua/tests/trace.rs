@@ -5,16 +5,15 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::Command,
     time::{Duration, Instant},
 };
 
 use super::{
     debug_prefix,
     image::{FakeMem, Image, L},
-    require, require_root,
+    require, require_root, LiveLua,
 };
 use crate::{
     lua::{trace::inlined_frames, LuaFrame, Memory, ProcMem, RawFrame, Resolver, MAX_INLINED},
@@ -375,41 +374,6 @@ for i = 1, 1000 do
 end
 "#;
 
-struct Target {
-    child: Child,
-    dir: PathBuf,
-    script: PathBuf,
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Target {
-    fn start(luajit: &Path, tag: &str, text: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("ljprobe-trace-{tag}-{}", std::process::id()));
-        fs::create_dir_all(&dir).expect("temp dir");
-        let script = dir.join("inline.lua");
-        fs::write(&script, text).expect("write script");
-        let child = Command::new(luajit)
-            .arg(&script)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", luajit.display()));
-        let mut target = Self { child, dir, script };
-        let stdout = target.child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        match lines.next() {
-            Some(Ok(line)) if line == "ready" => target,
-            other => panic!("{} did not print `ready`: {other:?}", luajit.display()),
-        }
-    }
-}
-
 /// The user stack pointer of a thread blocked in a sleep, from
 /// /proc/PID/syscall: "nr arg1 .. arg6 sp pc" (or "running").
 fn sleeping_sp(pid: u32) -> Option<u64> {
@@ -427,7 +391,7 @@ fn sleeping_sp(pid: u32) -> Option<u64> {
 fn check_live(luajit: &Path, tag: &str, text: &str, want: &[(Option<&str>, u32)]) {
     require_root();
     require(luajit);
-    let target = Target::start(luajit, tag, text);
+    let (target, _) = LiveLua::start(luajit, &format!("trace-{tag}"), text);
     let pid = target.child.id();
     let script = target.script.to_str().expect("utf-8 temp path").to_string();
     let exe = fs::canonicalize(luajit).expect("luajit path");

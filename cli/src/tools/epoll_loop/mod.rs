@@ -52,8 +52,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let aim = Aim::open(args.run.pid, false, "", "; iteration times are measured, culprits cannot be named")?;
     let sched = tracepoint::sched_switch_format()?;
     let mut ebpf = bpf::load(objects::EPOLL_LOOP, "epoll-loop")?;
-    bpf::aim(&mut ebpf, &aim.pids, aim.layout)?;
-    bpf::seed_vms(&mut ebpf, &aim)?;
+    bpf::aim_seeded(&mut ebpf, &aim)?;
     let config = LoopConfig {
         long_ns: args.threshold.as_nanos() as u64,
         stack_after_ns: args.threshold.min(STACK_AFTER).as_nanos() as u64,
@@ -77,14 +76,14 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     tracepoint::attach(&mut ebpf, "loop_switch", "sched", "sched_switch")?;
     attach::cpu_clock(&mut ebpf, "loop_sample", args.freq)?;
     let mut loops = Loops::new(builder);
-    let lost = || lost_map.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
+    let lost = || bpf::per_cpu_total(&lost_map, 0);
     let mut collected =
         collect::run(&mut ring, &processes, args.run.duration, "events", lost, |bytes| loops.record(bytes)).await?;
     drop(ebpf);
     collected.records += collect::drain(&mut ring, &mut |bytes: &[u8]| loops.record(bytes));
     collected.lost = lost();
     let counts: Vec<u64> =
-        (0..LOOP_BUCKETS).map(|i| hist_map.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0)).collect();
+        (0..LOOP_BUCKETS).map(|i| bpf::per_cpu_total(&hist_map, i)).collect();
     let hist = Log2Histogram::from_counts(&counts);
 
     let title = format!("ljprobe epoll-loop: PID {} ({}), event-loop iteration times", args.run.pid, root.comm);

@@ -278,12 +278,41 @@ pub struct LoopConfig {
     pub sched: SchedSwitchFormat,
 }
 
-/// `LoopHead::kind`: the end of an iteration at least `long_ns` long.
+/// `LoopHead::kind`: the end of an iteration at least `long_ns` long (`LoopEnd`).
 pub const LOOP_ITERATION: u32 = 1;
 /// A stack sampled on-CPU inside a running iteration.
 pub const LOOP_ON_CPU: u32 = 2;
-/// A stack that blocked (left the CPU) inside a running iteration.
+/// A stack that blocked (left the CPU) inside a running iteration. Preemption
+/// sends no stack: it is counted in `LoopTimes::runnable_ns` instead.
 pub const LOOP_OFF_CPU: u32 = 3;
+
+/// Per thread inside an iteration, kept by the kernel: when it began and where
+/// its time off the CPU went, so a long iteration can say whether its code
+/// blocked or the thread waited for a CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoopTimes {
+    /// When `epoll_wait` returned, `bpf_ktime_get_ns`.
+    pub start_ns: u64,
+    /// When the thread last left the CPU, or 0 while it runs.
+    pub out_since_ns: u64,
+    /// It left runnable (preempted), not blocked.
+    pub out_runnable: u64,
+    /// Time blocked (asleep in the kernel) so far.
+    pub blocked_ns: u64,
+    /// Time preempted, waiting for a CPU, so far.
+    pub runnable_ns: u64,
+}
+
+/// A `LOOP_ITERATION` record: the iteration's length in `head.ns`, and how
+/// much of it was spent off the CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoopEnd {
+    pub head: LoopHead,
+    pub blocked_ns: u64,
+    pub runnable_ns: u64,
+}
 
 /// The start of every epoll-loop record.
 #[repr(C)]

@@ -2,7 +2,8 @@
 //! of `epoll_wait` to the next call, as a log2 histogram summed here. Iterations
 //! past the threshold are reported one by one, and while an iteration runs long,
 //! the Lua stacks it runs (sampled) and blocks in (at each switch-out) are sent
-//! with it, so user space can name what held the loop.
+//! with it, so user space can name what held the loop. Time preempted inside an
+//! iteration is summed, not sampled: there the culprit is the CPU, not the code.
 #![no_std]
 #![no_main]
 
@@ -13,7 +14,8 @@ use aya_ebpf::{
     programs::{PerfEventContext, TracePointContext},
 };
 use ljprobe_common::{
-    log2_bucket, LoopConfig, LoopHead, LoopStack, VmLayout, LOOP_BUCKETS, LOOP_ITERATION, LOOP_OFF_CPU, LOOP_ON_CPU,
+    log2_bucket, LoopConfig, LoopEnd, LoopHead, LoopStack, LoopTimes, VmLayout, LOOP_BUCKETS, LOOP_ITERATION,
+    LOOP_OFF_CPU, LOOP_ON_CPU,
 };
 use ljprobe_probes::{capture, counters, regs, sched::Switch, NO_WAKEUP};
 
@@ -30,9 +32,10 @@ static CONFIG: Array<LoopConfig> = Array::with_max_entries(1, 0);
 #[map]
 static VMS: HashMap<u32, u64> = HashMap::with_max_entries(256, 0);
 
-/// Per thread inside an iteration: when its `epoll_wait` returned.
+/// Per thread inside an iteration: when its `epoll_wait` returned, and its time
+/// off the CPU since.
 #[map]
-static ITERATION: HashMap<u32, u64> = HashMap::with_max_entries(1024, 0);
+static ITERATION: HashMap<u32, LoopTimes> = HashMap::with_max_entries(1024, 0);
 
 /// Iterations per log2 bucket of their length in µs (`log2_bucket`).
 #[map]
@@ -59,16 +62,20 @@ pub fn loop_wait_enter(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     // SAFETY: presence check / copied out immediately.
-    let Some(&start) = (unsafe { TARGETS.get(&tgid) }).and_then(|_| unsafe { ITERATION.get(&tid) }) else {
+    let Some(&times) = (unsafe { TARGETS.get(&tgid) }).and_then(|_| unsafe { ITERATION.get(&tid) }) else {
         return 0;
     };
     let _ = ITERATION.remove(&tid);
     let Some(config) = CONFIG.get(0) else { return 0 };
-    let ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(start);
+    let ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(times.start_ns);
     counters::add(&HIST, log2_bucket(ns / 1000).min(LOOP_BUCKETS - 1), 1);
     if ns >= config.long_ns {
-        let head = LoopHead { kind: LOOP_ITERATION, tgid, tid, _pad: 0, iteration_ns: start, ns };
-        if EVENTS.output(&head, NO_WAKEUP).is_err() {
+        let end = LoopEnd {
+            head: LoopHead { kind: LOOP_ITERATION, tgid, tid, _pad: 0, iteration_ns: times.start_ns, ns },
+            blocked_ns: times.blocked_ns,
+            runnable_ns: times.runnable_ns,
+        };
+        if EVENTS.output(&end, NO_WAKEUP).is_err() {
             counters::add(&LOST, 0, 1);
         }
     }
@@ -81,8 +88,8 @@ pub fn loop_wait_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: presence check only.
     if unsafe { TARGETS.get(&((pid_tgid >> 32) as u32)) }.is_some() {
-        let now = unsafe { bpf_ktime_get_ns() };
-        let _ = ITERATION.insert(&(pid_tgid as u32), &now, 0);
+        let times = LoopTimes { start_ns: unsafe { bpf_ktime_get_ns() }, ..LoopTimes::default() };
+        let _ = ITERATION.insert(&(pid_tgid as u32), &times, 0);
     }
     0
 }
@@ -113,7 +120,7 @@ pub fn loop_sample(ctx: PerfEventContext) -> u32 {
 fn long_iteration(pid_tgid: u64) -> Option<(&'static LoopConfig, u64)> {
     // SAFETY: presence check / copied out immediately.
     unsafe { TARGETS.get(&((pid_tgid >> 32) as u32)) }?;
-    let start = *unsafe { ITERATION.get(&(pid_tgid as u32)) }?;
+    let start = unsafe { ITERATION.get(&(pid_tgid as u32)) }?.start_ns;
     let config = CONFIG.get(0)?;
     let ran = unsafe { bpf_ktime_get_ns() }.saturating_sub(start);
     (ran >= config.stack_after_ns).then_some((config, start))
@@ -124,8 +131,8 @@ fn head(kind: u32, pid_tgid: u64, iteration_ns: u64, ns: u64) -> LoopHead {
     LoopHead { kind, tgid: (pid_tgid >> 32) as u32, tid: pid_tgid as u32, _pad: 0, iteration_ns, ns }
 }
 
-/// Blocks inside an iteration: the stack at switch-out, sent at switch-in if the
-/// block was long enough to matter.
+/// Time off the CPU inside an iteration, and for blocks the stack at switch-out,
+/// sent at switch-in if the block was long enough to matter.
 #[tracepoint]
 pub fn loop_switch(ctx: TracePointContext) -> u32 {
     let Some(config) = CONFIG.get(0) else { return 0 };
@@ -149,8 +156,17 @@ fn switched_out(switch: &Switch, now: u64) {
         let _ = ITERATION.remove(&tid);
         return;
     }
-    // SAFETY: copied out immediately.
-    let Some(&start) = (unsafe { ITERATION.get(&tid) }) else { return };
+    let Some(times) = ITERATION.get_ptr_mut(&tid) else { return };
+    let runnable = switch.prev_runnable();
+    // SAFETY: this thread's entry; only its own events touch it.
+    let start = unsafe {
+        (*times).out_since_ns = now;
+        (*times).out_runnable = runnable as u64;
+        (*times).start_ns
+    };
+    if runnable {
+        return;
+    }
     let (Some(regs), Some(layout), Some(rec)) = (regs::saved_user_regs(), LAYOUT.get(0), SCRATCH.get_ptr_mut(0))
     else {
         return;
@@ -167,6 +183,23 @@ fn switched_out(switch: &Switch, now: u64) {
 
 #[inline(always)]
 fn switched_in(config: &LoopConfig, tid: u32, now: u64) {
+    // Every switch on the machine comes here: one lookup for threads that are
+    // not inside an iteration.
+    let Some(times) = ITERATION.get_ptr_mut(&tid) else { return };
+    // SAFETY: this thread's entry; only its own events touch it.
+    unsafe {
+        let since = (*times).out_since_ns;
+        if since == 0 {
+            return;
+        }
+        let away = now.saturating_sub(since);
+        if (*times).out_runnable != 0 {
+            (*times).runnable_ns += away;
+        } else {
+            (*times).blocked_ns += away;
+        }
+        (*times).out_since_ns = 0;
+    }
     let Some(rec) = PENDING.get_ptr_mut(&tid) else { return };
     // SAFETY: valid until removed below; only this thread's switches touch it.
     unsafe {

@@ -1,9 +1,10 @@
 //! Which Lua function held each long iteration: the stacks recorded while it
-//! ran, named only once it ends long.
+//! ran, named only once it ends long. An iteration that spent most of its time
+//! preempted is charged to waiting for a CPU instead: its code did not hold it.
 
 use std::collections::HashMap;
 
-use ljprobe_common::{LoopHead, LoopStack, LOOP_ITERATION, LOOP_OFF_CPU, LOOP_ON_CPU};
+use ljprobe_common::{LoopEnd, LoopHead, LoopStack, LOOP_ITERATION, LOOP_OFF_CPU, LOOP_ON_CPU};
 use ljprobe_flamegraph::Frame;
 
 use crate::stacks::{wait_frame, StackBuilder};
@@ -29,17 +30,34 @@ struct Running {
 
 pub struct Loops {
     builder: StackBuilder,
+    /// The least time a stack stands for (`LoopConfig::stack_after_ns`); time
+    /// preempted competes as a culprit from the same amount.
+    piece_ns: u64,
     /// Per thread, the stacks of the iteration it is running.
     running: HashMap<u32, Running>,
     pub culprits: HashMap<Frame, Culprit>,
     pub long: u64,
+    /// Where the long iterations' time went.
+    pub long_ns: u64,
+    pub blocked_ns: u64,
+    pub runnable_ns: u64,
     /// Long iterations without any stack (blocked or ran in pieces under 1 ms).
     pub unexplained: u64,
 }
 
 impl Loops {
-    pub fn new(builder: StackBuilder) -> Loops {
-        Loops { builder, running: HashMap::new(), culprits: HashMap::new(), long: 0, unexplained: 0 }
+    pub fn new(builder: StackBuilder, piece_ns: u64) -> Loops {
+        Loops {
+            builder,
+            piece_ns,
+            running: HashMap::new(),
+            culprits: HashMap::new(),
+            long: 0,
+            long_ns: 0,
+            blocked_ns: 0,
+            runnable_ns: 0,
+            unexplained: 0,
+        }
     }
 
     pub fn record(&mut self, bytes: &[u8]) {
@@ -50,7 +68,10 @@ impl Loops {
         // the ring buffer's alignment.
         let head: LoopHead = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const _) };
         match head.kind {
-            LOOP_ITERATION => self.iteration_ended(&head),
+            LOOP_ITERATION if bytes.len() >= std::mem::size_of::<LoopEnd>() => {
+                // SAFETY: as above, a whole LoopEnd.
+                self.iteration_ended(&unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const LoopEnd) })
+            }
             LOOP_ON_CPU | LOOP_OFF_CPU if bytes.len() >= std::mem::size_of::<LoopStack>() => {
                 // SAFETY: as above, a whole LoopStack.
                 let r: LoopStack = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const _) };
@@ -65,13 +86,17 @@ impl Loops {
         }
     }
 
-    fn iteration_ended(&mut self, head: &LoopHead) {
+    fn iteration_ended(&mut self, end: &LoopEnd) {
+        let head = &end.head;
         self.long += 1;
+        self.long_ns += head.ns;
+        self.blocked_ns += end.blocked_ns;
+        self.runnable_ns += end.runnable_ns;
         let records = match self.running.remove(&head.tid) {
             Some(r) if r.iteration_ns == head.iteration_ns => r.records,
             _ => vec![],
         };
-        let stacks: Vec<(Vec<Frame>, u64)> = records
+        let mut stacks: Vec<(Vec<Frame>, u64)> = records
             .iter()
             .map(|r| {
                 let wait = (r.head.kind == LOOP_OFF_CPU).then(|| wait_frame(r.syscall, false));
@@ -79,6 +104,9 @@ impl Loops {
             })
             .collect();
         let mut by_function: HashMap<Frame, (u64, usize)> = HashMap::new();
+        if end.runnable_ns >= self.piece_ns {
+            stacks.push((vec![wait_frame(-1, true)], end.runnable_ns));
+        }
         for (i, (stack, ns)) in stacks.iter().enumerate() {
             let entry = by_function.entry(culprit_frame(stack)).or_insert((0, i));
             entry.0 += ns;
@@ -103,13 +131,14 @@ impl Loops {
 }
 
 /// The innermost Lua function of a stack, else its innermost frame that is
-/// not a wait (a VM state, "no Lua running").
+/// not a wait (a VM state, "no Lua running"), else the wait itself (preempted).
 fn culprit_frame(stack: &[Frame]) -> Frame {
     stack
         .iter()
         .rev()
         .find(|f| matches!(f, Frame::Lua { .. }))
         .or_else(|| stack.iter().rev().find(|f| !matches!(f, Frame::Wait(_))))
+        .or_else(|| stack.last())
         .cloned()
         .unwrap_or_else(|| Frame::Vm("[no stack]".into()))
 }

@@ -75,7 +75,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     }
     tracepoint::attach(&mut ebpf, "loop_switch", "sched", "sched_switch")?;
     attach::cpu_clock(&mut ebpf, "loop_sample", args.freq)?;
-    let mut loops = Loops::new(builder);
+    let mut loops = Loops::new(builder, config.stack_after_ns);
     let lost = || bpf::per_cpu_total(&lost_map, 0);
     let mut collected =
         collect::run(&mut ring, &processes, args.run.duration, "events", lost, |bytes| loops.record(bytes)).await?;

@@ -38,6 +38,23 @@ struct CulpritJson {
     stack: Vec<String>,
 }
 
+/// Where the long iterations' time went: running, blocked in the kernel, or
+/// preempted and waiting for a CPU.
+#[derive(Serialize)]
+struct TimeSplit {
+    total_ms: f64,
+    on_cpu_ms: f64,
+    blocked_ms: f64,
+    runnable_ms: f64,
+}
+
+impl TimeSplit {
+    fn of(l: &Loops) -> TimeSplit {
+        let on_cpu = l.long_ns.saturating_sub(l.blocked_ns + l.runnable_ns);
+        TimeSplit { total_ms: ms(l.long_ns), on_cpu_ms: ms(on_cpu), blocked_ms: ms(l.blocked_ns), runnable_ms: ms(l.runnable_ns) }
+    }
+}
+
 #[derive(Serialize)]
 struct Summary<'a> {
     tool: &'static str,
@@ -48,6 +65,7 @@ struct Summary<'a> {
     iterations: u64,
     long_iterations: u64,
     long_without_stack: u64,
+    long_iteration_time: TimeSplit,
     lost_events: u64,
     /// Log2 buckets of iteration time, bucket i = [2^(i-1), 2^i) µs.
     histogram: Vec<Bucket>,
@@ -103,7 +121,17 @@ pub fn write(args: &Args, r: &Report) -> Result<()> {
     }
     writeln!(out, "{long} iterations of at least {}ms; histogram: {}", threshold_us as f64 / 1000.0, svg_path.display())?;
     if long > 0 {
-        writeln!(out, "what held the loop in them (innermost Lua function):")?;
+        let t = TimeSplit::of(&r.loops);
+        let pct = |x: f64| 100.0 * x / t.total_ms.max(f64::MIN_POSITIVE);
+        writeln!(
+            out,
+            "their {:.1} ms: {:.0}% on CPU, {:.0}% blocked, {:.0}% preempted (waiting for a CPU)",
+            t.total_ms,
+            pct(t.on_cpu_ms),
+            pct(t.blocked_ms),
+            pct(t.runnable_ms)
+        )?;
+        writeln!(out, "what held the loop in them (innermost Lua function, or waiting for a CPU):")?;
         for cj in &culprits {
             writeln!(
                 out,
@@ -129,6 +157,7 @@ pub fn write(args: &Args, r: &Report) -> Result<()> {
             iterations: r.hist.total(),
             long_iterations: long,
             long_without_stack: r.loops.unexplained,
+            long_iteration_time: TimeSplit::of(&r.loops),
             lost_events: c.lost,
             histogram: r.hist.buckets(),
             fullest_bucket: r.hist.fullest(),

@@ -8,6 +8,7 @@ mod lua;
 mod native;
 mod report;
 mod stacks;
+mod steal;
 mod system;
 mod target;
 mod tools;

@@ -68,11 +68,24 @@ fn block_sleep_load(gw: &xtask::gateway::Running, secs: u64) -> Child {
 fn block_sleep_sits_under_its_planted_function(name: &str, luajit: LuaJitBuild, stack: &str) {
     let p = planted::for_route("/block/sleep").unwrap();
     let label = format!("{} {}", p.function, p.location());
-    let gw = gateway(name, luajit);
-    let mut wrk = block_sleep_load(&gw, 8);
-    let run = offcpu(name, gw.master(), "4s", &["--stack", stack]);
-    let _ = wrk.kill();
-    let _ = wrk.wait();
+    // Some recordings in the gateway's helpers abort (jit.v shows NYI and
+    // "leaving loop in root trace"), and LuaJIT backs off with random
+    // penalties: once in a while (1 run in ~20 seen) a fresh worker runs the
+    // route all interpreted. That is LuaJIT's choice, not ljprobe's; a fresh
+    // gateway is tried then, and three without any trace fail the test.
+    let mut attempt = 1;
+    let run = loop {
+        let gw = gateway(name, luajit);
+        let mut wrk = block_sleep_load(&gw, 8);
+        let run = offcpu(name, gw.master(), "4s", &["--stack", stack]);
+        let _ = wrk.kill();
+        let _ = wrk.wait();
+        if attempt == 3 || run.stacks.iter().any(|(s, _)| s.contains(";trace#")) {
+            break run;
+        }
+        eprintln!("attempt {attempt}: no JIT trace in the profile, the route ran interpreted; a fresh gateway");
+        attempt += 1;
+    };
     let total = weight(&run.stacks, |_| true);
     let under = weight(&run.stacks, |s| s.contains(&label));
     // 4 s at 20 requests/s of 20 ms: about 1.6 s blocked.

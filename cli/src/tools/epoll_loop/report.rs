@@ -25,7 +25,12 @@ pub struct Report {
     pub hist: Log2Histogram,
     pub loops: Loops,
     pub collected: Collected,
+    /// Percent of the machine's CPU time the hypervisor took during the run.
+    pub steal_pct: Option<f64>,
 }
+
+/// Steal from this much on gets a note: below it, it changes no conclusion.
+const STEAL_NOTE_PCT: f64 = 1.0;
 
 #[derive(Serialize)]
 struct CulpritJson {
@@ -67,6 +72,7 @@ struct Summary<'a> {
     long_without_stack: u64,
     long_iteration_time: TimeSplit,
     lost_events: u64,
+    steal_pct: Option<f64>,
     /// Log2 buckets of iteration time, bucket i = [2^(i-1), 2^i) µs.
     histogram: Vec<Bucket>,
     fullest_bucket: Option<Bucket>,
@@ -146,6 +152,13 @@ pub fn write(args: &Args, r: &Report) -> Result<()> {
             writeln!(out, "  {} long iterations without a stack (no single piece of 1ms or more)", r.loops.unexplained)?;
         }
     }
+    if let Some(steal) = r.steal_pct.filter(|&p| p >= STEAL_NOTE_PCT) {
+        writeln!(
+            out,
+            "note: the hypervisor took {steal:.1}% of this machine's CPU time during the run (steal); \
+             a thread it stops still looks on-CPU here, so iteration times include it"
+        )?;
+    }
     drop(out);
     if let Some(path) = &args.json {
         let summary = Summary {
@@ -159,6 +172,7 @@ pub fn write(args: &Args, r: &Report) -> Result<()> {
             long_without_stack: r.loops.unexplained,
             long_iteration_time: TimeSplit::of(&r.loops),
             lost_events: c.lost,
+            steal_pct: r.steal_pct,
             histogram: r.hist.buckets(),
             fullest_bucket: r.hist.fullest(),
             culprits,

@@ -1,0 +1,51 @@
+//! CPU time the hypervisor took from this machine (steal) during a run. Inside a
+//! VM a thread the host descheduled still looks on-CPU to the guest, so stolen
+//! time lengthens what the tools measure (event-loop iterations, blocks, request
+//! phases) with no stack to blame. The tools report it so a reader can tell.
+
+use std::fs;
+
+/// The machine's `cpu` line of `/proc/stat` at the start of a run.
+pub struct Steal {
+    start: Option<(u64, u64)>,
+}
+
+impl Steal {
+    pub fn start() -> Steal {
+        Steal { start: read() }
+    }
+
+    /// Percent of all CPU time stolen since `start`; `None` where /proc/stat
+    /// cannot be read.
+    pub fn pct(&self) -> Option<f64> {
+        let ((steal0, total0), (steal1, total1)) = (self.start?, read()?);
+        let total = total1.checked_sub(total0).filter(|&t| t > 0)?;
+        Some(100.0 * steal1.saturating_sub(steal0) as f64 / total as f64)
+    }
+}
+
+/// (steal, all ticks) from /proc/stat's aggregate line.
+fn read() -> Option<(u64, u64)> {
+    parse(&fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    // user nice system idle iowait irq softirq steal guest guest_nice; guest time
+    // is already inside user and nice.
+    let fields: Vec<u64> = line.split_whitespace().skip(1).take(8).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    Some((*fields.get(7)?, fields.iter().sum()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_steal_and_total_from_the_aggregate_line() {
+        let stat = "cpu  100 5 50 800 10 0 5 30 7 0\ncpu0 50 2 25 400 5 0 2 15 3 0\n";
+        assert_eq!(parse(stat), Some((30, 1000)));
+        assert_eq!(parse("cpu0 1 2 3\n"), None);
+        assert_eq!(parse("cpu  1 2 3\n"), None);
+    }
+}

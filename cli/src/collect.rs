@@ -10,7 +10,7 @@ use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 use serde::Serialize;
 
-use crate::target::Process;
+use crate::{steal::Steal, target::Process};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -26,6 +26,8 @@ pub struct Collected {
     pub records: u64,
     pub lost: u64,
     pub stopped_by: StopReason,
+    /// Percent of the machine's CPU time the hypervisor took meanwhile.
+    pub steal_pct: Option<f64>,
 }
 
 /// `what` names the records on the progress line ("samples", "stacks").
@@ -38,6 +40,7 @@ pub async fn run(
     mut on_record: impl FnMut(&[u8]),
 ) -> Result<Collected> {
     let start = Instant::now();
+    let steal = Steal::start();
     let deadline = tokio::time::Instant::from_std(start + duration);
     let live = std::io::stderr().is_terminal();
     // Kernel programs submit without waking us: drain on this tick (their ring
@@ -76,7 +79,13 @@ pub async fn run(
         ),
         StopReason::Duration => {}
     }
-    Ok(Collected { elapsed_secs: start.elapsed().as_secs_f64(), records, lost: lost(), stopped_by })
+    Ok(Collected {
+        elapsed_secs: start.elapsed().as_secs_f64(),
+        records,
+        lost: lost(),
+        stopped_by,
+        steal_pct: steal.pct(),
+    })
 }
 
 /// Hands every record waiting in the ring buffer to `on_record`; returns how many.

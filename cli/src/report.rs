@@ -67,6 +67,7 @@ struct Summary<'a> {
     weight: u64,
     lost_samples: u64,
     stopped_by: crate::collect::StopReason,
+    steal_pct: Option<f64>,
     by_vm_state: &'a BTreeMap<String, u64>,
     top_frames: Vec<TopFrame>,
     svg: String,
@@ -130,7 +131,7 @@ pub fn write(out: &Outputs, p: &Profile) -> Result<()> {
     for t in top.iter().take(5) {
         println!("  {:>5.1}%  {}", t.self_share * 100.0, t.frame);
     }
-    for note in &p.notes {
+    for note in p.notes.iter().cloned().chain(crate::steal::note(c.steal_pct)) {
         println!("  {note}");
     }
     if let Some(path) = &out.json {
@@ -144,6 +145,7 @@ pub fn write(out: &Outputs, p: &Profile) -> Result<()> {
             weight: p.folded.total(),
             lost_samples: c.lost,
             stopped_by: c.stopped_by,
+            steal_pct: c.steal_pct,
             by_vm_state: &p.by_vm_state,
             top_frames: top,
             svg: svg_path.display().to_string(),

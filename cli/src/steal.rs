@@ -1,7 +1,8 @@
 //! CPU time the hypervisor took from this machine (steal) during a run. Inside a
 //! VM a thread the host descheduled still looks on-CPU to the guest, so stolen
-//! time lengthens what the tools measure (event-loop iterations, blocks, request
-//! phases) with no stack to blame. The tools report it so a reader can tell.
+//! time lengthens what the tools measure (event-loop iterations, request phases)
+//! with no stack to blame, and costs samples. Every run measures it
+//! (`collect::run`) so a reader can tell.
 
 use std::fs;
 
@@ -22,6 +23,18 @@ impl Steal {
         let total = total1.checked_sub(total0).filter(|&t| t > 0)?;
         Some(100.0 * steal1.saturating_sub(steal0) as f64 / total as f64)
     }
+}
+
+/// Steal from this much on gets a note: below it, it changes no conclusion.
+const NOTE_PCT: f64 = 1.0;
+
+/// A line for the terminal when the run lost enough CPU time to the host to matter.
+pub fn note(pct: Option<f64>) -> Option<String> {
+    let pct = pct.filter(|&p| p >= NOTE_PCT)?;
+    Some(format!(
+        "note: the hypervisor took {pct:.1}% of this machine's CPU time during the run (steal); \
+         a thread it stops still looks on-CPU here, so measured times include it"
+    ))
 }
 
 /// (steal, all ticks) from /proc/stat's aggregate line.

@@ -20,7 +20,6 @@ use crate::{
     bpf::{self, attach, objects, tracepoint},
     collect,
     stacks::{StackBuilder, StackKind},
-    steal::Steal,
     target::aim::Aim,
 };
 
@@ -78,7 +77,6 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     attach::cpu_clock(&mut ebpf, "loop_sample", args.freq)?;
     let mut loops = Loops::new(builder, config.stack_after_ns);
     let lost = || bpf::per_cpu_total(&lost_map, 0);
-    let steal = Steal::start();
     let mut collected =
         collect::run(&mut ring, &processes, args.run.duration, "events", lost, |bytes| loops.record(bytes)).await?;
     drop(ebpf);
@@ -87,9 +85,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let counts: Vec<u64> =
         (0..LOOP_BUCKETS).map(|i| bpf::per_cpu_total(&hist_map, i)).collect();
     let hist = Log2Histogram::from_counts(&counts);
-    let steal_pct = steal.pct();
 
     let title = format!("ljprobe epoll-loop: PID {} ({}), event-loop iteration times", args.run.pid, root.comm);
-    report::write(&args, &Report { title, pids, hist, loops, collected, steal_pct })?;
+    report::write(&args, &Report { title, pids, hist, loops, collected })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     collect::{self, Collected},
-    report,
+    report, steal,
 };
 
 pub struct Report {
@@ -25,12 +25,7 @@ pub struct Report {
     pub hist: Log2Histogram,
     pub loops: Loops,
     pub collected: Collected,
-    /// Percent of the machine's CPU time the hypervisor took during the run.
-    pub steal_pct: Option<f64>,
 }
-
-/// Steal from this much on gets a note: below it, it changes no conclusion.
-const STEAL_NOTE_PCT: f64 = 1.0;
 
 #[derive(Serialize)]
 struct CulpritJson {
@@ -152,12 +147,8 @@ pub fn write(args: &Args, r: &Report) -> Result<()> {
             writeln!(out, "  {} long iterations without a stack (no single piece of 1ms or more)", r.loops.unexplained)?;
         }
     }
-    if let Some(steal) = r.steal_pct.filter(|&p| p >= STEAL_NOTE_PCT) {
-        writeln!(
-            out,
-            "note: the hypervisor took {steal:.1}% of this machine's CPU time during the run (steal); \
-             a thread it stops still looks on-CPU here, so iteration times include it"
-        )?;
+    if let Some(note) = steal::note(c.steal_pct) {
+        writeln!(out, "{note}")?;
     }
     drop(out);
     if let Some(path) = &args.json {
@@ -172,7 +163,7 @@ pub fn write(args: &Args, r: &Report) -> Result<()> {
             long_without_stack: r.loops.unexplained,
             long_iteration_time: TimeSplit::of(&r.loops),
             lost_events: c.lost,
-            steal_pct: r.steal_pct,
+            steal_pct: c.steal_pct,
             histogram: r.hist.buckets(),
             fullest_bucket: r.hist.fullest(),
             culprits,

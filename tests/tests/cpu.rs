@@ -54,17 +54,16 @@ fn parse_jp(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
-/// Self share (percent) per Lua function name from our JSON summary.
+/// Self share (percent) per Lua function name from our JSON summary, summed
+/// over its labels: `-jp=f` names functions only, and a rare sample may place
+/// one without its source ("heavy ?:0" beside "heavy fidelity.lua:2").
 fn parse_ours(summary: &Value) -> HashMap<String, f64> {
-    summary["top_frames"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            let label = t["frame"].as_str().unwrap();
-            (label.split_whitespace().next().unwrap().to_string(), t["self_share"].as_f64().unwrap() * 100.0)
-        })
-        .collect()
+    let mut shares = HashMap::new();
+    for t in summary["top_frames"].as_array().unwrap() {
+        let name = t["frame"].as_str().unwrap().split_whitespace().next().unwrap().to_string();
+        *shares.entry(name).or_default() += t["self_share"].as_f64().unwrap() * 100.0;
+    }
+    shares
 }
 
 /// `root_c`: the C function the interpreter entered Lua from, when symbols say.

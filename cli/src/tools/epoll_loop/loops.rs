@@ -1,6 +1,7 @@
 //! Which Lua function held each long iteration: the stacks recorded while it
-//! ran, named only once it ends long. An iteration that spent most of its time
-//! preempted is charged to waiting for a CPU instead: its code did not hold it.
+//! ran, named only once it ends long. An iteration whose time preempted
+//! outweighs every function's is charged to waiting for a CPU instead: its code
+//! did not hold it.
 
 use std::collections::HashMap;
 

@@ -41,6 +41,13 @@ pub async fn run(
 ) -> Result<Collected> {
     let start = Instant::now();
     let steal = Steal::start();
+    // Said once everything is attached: from here on, what happens is seen.
+    let pids: Vec<String> = processes.iter().map(|p| p.pid.to_string()).collect();
+    eprintln!(
+        "ljprobe: tracing PID {} for {:.1}s, Ctrl-C to stop early",
+        pids.join(", "),
+        duration.as_secs_f64()
+    );
     let deadline = tokio::time::Instant::from_std(start + duration);
     let live = std::io::stderr().is_terminal();
     // Kernel programs submit without waking us: drain on this tick (their ring

@@ -37,6 +37,38 @@ pub fn ljprobe_interrupted(args: &[&str], after: std::time::Duration) -> Output 
     child.wait_with_output().expect("ljprobe exits")
 }
 
+/// Runs ljprobe with `args`, and calls `attached` as soon as it says it is
+/// tracing: what a test does to the target from then on is seen, however long
+/// ljprobe took to start (seconds, on a VM whose host is busy).
+pub fn ljprobe_then(args: &[&str], attached: impl FnOnce()) -> Output {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(ljprobe_bin())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ljprobe runs");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = BufReader::new(child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in err.lines().map_while(Result::ok) {
+            if line.starts_with("ljprobe: tracing") {
+                let _ = tx.send(());
+            }
+            text += &line;
+            text.push('\n');
+        }
+        text
+    });
+    if rx.recv_timeout(std::time::Duration::from_secs(60)).is_ok() {
+        attached();
+    }
+    let mut out = child.wait_with_output().expect("ljprobe exits");
+    out.stderr = reader.join().unwrap().into_bytes();
+    out
+}
+
 /// These tests load eBPF programs: CI is root, so they run there and never skip.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.

@@ -10,7 +10,9 @@ use std::{
     time::Duration,
 };
 
-use ljprobe_tests::{assert_one_sentence, gateway, ljprobe, out_dir, read_folded, require_root, stderr, stdout, weight};
+use ljprobe_tests::{
+    assert_one_sentence, gateway, ljprobe, ljprobe_then, out_dir, read_folded, require_root, stderr, stdout, weight,
+};
 use serde_json::Value;
 use xtask::{gateway::LuaJitBuild, load::Load, planted};
 
@@ -21,6 +23,11 @@ struct Run {
 }
 
 fn offcpu(name: &str, pid: u32, duration: &str, extra: &[&str]) -> Run {
+    offcpu_then(name, pid, duration, extra, || ())
+}
+
+/// `offcpu`, calling `attached` once ljprobe is tracing.
+fn offcpu_then(name: &str, pid: u32, duration: &str, extra: &[&str], attached: impl FnOnce()) -> Run {
     let dir = out_dir();
     let (json, folded, svg) =
         (dir.join(format!("{name}.json")), dir.join(format!("{name}.folded")), dir.join(format!("{name}.svg")));
@@ -30,7 +37,7 @@ fn offcpu(name: &str, pid: u32, duration: &str, extra: &[&str]) -> Run {
         "--json", json.to_str().unwrap(), "--folded", folded.to_str().unwrap(), "--svg", svg.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let out = ljprobe(&args);
+    let out = ljprobe_then(&args, attached);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     let svg_text = fs::read_to_string(&svg).unwrap();
     assert!(svg_text.contains("microseconds"), "the SVG does not say its unit");
@@ -194,13 +201,13 @@ fn a_target_killed_while_blocked_still_gets_its_time_written() {
     require_root();
     let mut child = napper("offcpu-killed", 200_000);
     let pid = child.id();
-    let killer = thread::spawn(move || {
+    // Timed from when ljprobe is tracing: it once took over 1.5 s to start, on
+    // a VM whose host took 30% of its CPU (steal).
+    let run = offcpu_then("offcpu-killed", pid, "20s", &[], || {
         thread::sleep(Duration::from_millis(1500));
         // SAFETY: killing our own child, asleep in usleep.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     });
-    let run = offcpu("offcpu-killed", pid, "20s", &[]);
-    killer.join().unwrap();
     let _ = child.wait();
     assert_eq!(run.summary["stopped_by"], "target-exited");
     let under = weight(&run.stacks, |s| s.contains("nap ") && s.contains("nanosleep"));
@@ -235,19 +242,17 @@ fn still_blocked_at_the_end(name: &str, stack: &str) {
     let mut child = Command::new("/usr/bin/luajit").arg(&script).stdin(Stdio::piped()).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let pid = child.id();
-    let starter = thread::spawn(move || {
-        thread::sleep(Duration::from_millis(1500));
+    let run = offcpu_then(name, pid, "3s", &["--stack", stack], || {
+        thread::sleep(Duration::from_secs(1));
         use std::io::Write;
         stdin.write_all(b"go\n").unwrap();
-        stdin
     });
-    let run = offcpu(name, pid, "3s", &["--stack", stack]);
-    drop(starter.join().unwrap());
+    drop(stdin);
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(run.summary["still_blocked_at_end"], 1, "{}", run.summary);
     let under = weight(&run.stacks, |s| s.contains("nap ") && s.contains("nanosleep"));
-    // Napping from about 1.5 s into a 3 s run until its end.
+    // Napping from about 1 s into a 3 s run until its end.
     assert!((700_000..=2_500_000).contains(&under), "{under} us under nap:\n{:#?}", run.stacks);
 }
 

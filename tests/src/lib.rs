@@ -69,6 +69,14 @@ pub fn ljprobe_then(args: &[&str], attached: impl FnOnce()) -> Output {
     out
 }
 
+/// The share of CPU time the host left this machine during a run, from the
+/// `steal_pct` every ljprobe summary carries. On a busy VM host (64% stolen in
+/// one CI run) the load generator and the target get that much less done, so
+/// bars on amounts done in a fixed time are scaled by it.
+pub fn host_share(summary: &serde_json::Value) -> f64 {
+    1.0 - summary["steal_pct"].as_f64().expect("steal_pct is reported") / 100.0
+}
+
 /// These tests load eBPF programs: CI is root, so they run there and never skip.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.

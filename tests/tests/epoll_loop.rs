@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use ljprobe_tests::{assert_one_sentence, gateway, ljprobe, out_dir, require_root, stderr, stdout};
+use ljprobe_tests::{assert_one_sentence, gateway, host_share, ljprobe, out_dir, require_root, stderr, stdout};
 use serde_json::Value;
 use xtask::{
     gateway::{LuaJitBuild, Running},
@@ -80,7 +80,8 @@ fn blocking_route_fills_the_16_32ms_bucket_and_is_named() {
     let fullest = &s["fullest_bucket"];
     assert_eq!(fullest["lo_us"], 16384, "fullest bucket is not 16-32 ms: {s}");
     let long = s["long_iterations"].as_u64().unwrap();
-    assert!(long >= 40, "only {long} long iterations in 4 s at 20 requests/s: {s}");
+    let least = (40.0 * host_share(&s)) as u64;
+    assert!(long >= least, "only {long} long iterations in 4 s at 20 requests/s: {s}");
     let top = &s["culprits"][0];
     assert_eq!(top["frame"], label.as_str(), "{s}");
     assert!(top["share"].as_f64().unwrap() >= 0.9, "{top}");

@@ -11,7 +11,7 @@ use std::{
 };
 
 use ljprobe_tests::{
-    assert_one_sentence, gateway, ljprobe, ljprobe_then, out_dir, read_folded, require_root, stderr, stdout, weight,
+    assert_one_sentence, gateway, host_share, ljprobe, ljprobe_then, out_dir, read_folded, require_root, stderr, stdout, weight,
 };
 use serde_json::Value;
 use xtask::{gateway::LuaJitBuild, load::Load, planted};
@@ -96,7 +96,8 @@ fn block_sleep_sits_under_its_planted_function(name: &str, luajit: LuaJitBuild, 
     let total = weight(&run.stacks, |_| true);
     let under = weight(&run.stacks, |s| s.contains(&label));
     // 4 s at 20 requests/s of 20 ms: about 1.6 s blocked.
-    assert!(total > 800_000, "only {total} us blocked in 4 s:\n{}", run.stdout);
+    let least = (800_000.0 * host_share(&run.summary)) as u64;
+    assert!(total > least, "only {total} us blocked in 4 s:\n{}\n{}", run.stdout, run.summary);
     assert!(under * 10 >= total * 9, "{under} of {total} us under {label}:\n{:#?}", run.stacks);
     // Of the time asleep: waking into a busy (or host-stalled) CPU adds
     // runnable time under the same function, which is not the sleep.
@@ -155,10 +156,13 @@ fn idle_epoll_waits_stay_out_unless_asked_for() {
     let _ = wrk.kill();
     let _ = wrk.wait();
     assert_eq!(weight(&default.stacks, |s| s.contains("epoll_wait")), 0);
+    // Over half of the 2 s idle; of the time the host left the machine, when
+    // it took some (steal: 64% in one CI run, the worker "running" meanwhile).
+    let at_least = |run: &Run| (1_000_000.0 * host_share(&run.summary)) as u64;
     let idle_us = default.summary["idle"]["us"].as_u64().unwrap();
-    assert!(idle_us > 1_000_000, "a mostly idle worker waited only {idle_us} us in 2 s");
+    assert!(idle_us > at_least(&default), "a mostly idle worker waited only {idle_us} us in 2 s: {}", default.summary);
     let shown = weight(&with_idle.stacks, |s| s.contains("epoll_wait (syscall)"));
-    assert!(shown > 1_000_000, "--include-idle shows only {shown} us in epoll_wait:\n{:#?}", with_idle.stacks);
+    assert!(shown > at_least(&with_idle), "--include-idle shows only {shown} us in epoll_wait:\n{:#?}", with_idle.stacks);
 }
 
 #[test]

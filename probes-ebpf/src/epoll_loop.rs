@@ -173,7 +173,8 @@ fn switched_out(switch: &Switch, now: u64) {
     };
     // SAFETY: this CPU's scratch record; nothing else runs on it meanwhile.
     unsafe {
-        (*rec).head = head(LOOP_OFF_CPU, pid_tgid, start, now);
+        // Its weight, the time away, is known at switch-in.
+        (*rec).head = head(LOOP_OFF_CPU, pid_tgid, start, 0);
         (*rec).syscall = regs::syscall(&regs);
         capture::lua(&mut (*rec).lua, pid_tgid, layout, &regs, &VMS);
         (*rec).lua.nkernel = 0;
@@ -187,26 +188,30 @@ fn switched_in(config: &LoopConfig, tid: u32, now: u64) {
     // not inside an iteration.
     let Some(times) = ITERATION.get_ptr_mut(&tid) else { return };
     // SAFETY: this thread's entry; only its own events touch it.
-    unsafe {
+    let (away, runnable) = unsafe {
         let since = (*times).out_since_ns;
         if since == 0 {
             return;
         }
+        (*times).out_since_ns = 0;
         let away = now.saturating_sub(since);
-        if (*times).out_runnable != 0 {
+        let runnable = (*times).out_runnable != 0;
+        if runnable {
             (*times).runnable_ns += away;
         } else {
             (*times).blocked_ns += away;
         }
-        (*times).out_since_ns = 0;
+        (away, runnable)
+    };
+    // Preempted: no stack was taken.
+    if runnable {
+        return;
     }
     let Some(rec) = PENDING.get_ptr_mut(&tid) else { return };
     // SAFETY: valid until removed below; only this thread's switches touch it.
     unsafe {
-        // `head.ns` held the switch-out time until now.
-        let blocked = now.saturating_sub((*rec).head.ns);
-        if blocked >= config.stack_after_ns {
-            (*rec).head.ns = blocked;
+        if away >= config.stack_after_ns {
+            (*rec).head.ns = away;
             if EVENTS.output(&*rec, NO_WAKEUP).is_err() {
                 counters::add(&LOST, 0, 1);
             }

@@ -65,7 +65,7 @@ struct Summary<'a> {
     iterations: u64,
     long_iterations: u64,
     long_without_stack: u64,
-    long_iteration_time: TimeSplit,
+    long_iteration_time: &'a TimeSplit,
     lost_events: u64,
     steal_pct: Option<f64>,
     /// Log2 buckets of iteration time, bucket i = [2^(i-1), 2^i) µs.
@@ -83,6 +83,7 @@ pub fn write(args: &Args, r: &Report) -> Result<()> {
     let svg_path = args.svg.clone().unwrap_or_else(|| PathBuf::from(format!("ljprobe-epoll-loop-{}.svg", args.run.pid)));
     let threshold_us = args.threshold.as_micros() as u64;
     let long = r.loops.long;
+    let split = TimeSplit::of(&r.loops);
     let mut culprits: Vec<(&Frame, &Culprit)> = r.loops.culprits.iter().collect();
     culprits.sort_by(|a, b| b.1.iterations.cmp(&a.1.iterations).then(b.1.total_ns.cmp(&a.1.total_ns)));
     let culprits: Vec<CulpritJson> = culprits
@@ -122,7 +123,7 @@ pub fn write(args: &Args, r: &Report) -> Result<()> {
     }
     writeln!(out, "{long} iterations of at least {}ms; histogram: {}", threshold_us as f64 / 1000.0, svg_path.display())?;
     if long > 0 {
-        let t = TimeSplit::of(&r.loops);
+        let t = &split;
         let pct = |x: f64| 100.0 * x / t.total_ms.max(f64::MIN_POSITIVE);
         writeln!(
             out,
@@ -161,7 +162,7 @@ pub fn write(args: &Args, r: &Report) -> Result<()> {
             iterations: r.hist.total(),
             long_iterations: long,
             long_without_stack: r.loops.unexplained,
-            long_iteration_time: TimeSplit::of(&r.loops),
+            long_iteration_time: &split,
             lost_events: c.lost,
             steal_pct: c.steal_pct,
             histogram: r.hist.buckets(),

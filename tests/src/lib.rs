@@ -23,24 +23,20 @@ pub fn ljprobe(args: &[&str]) -> Output {
     Command::new(ljprobe_bin()).args(args).output().expect("ljprobe runs")
 }
 
-/// Runs ljprobe with `args` and presses Ctrl-C (SIGINT) on it after `after`.
+/// Runs ljprobe with `args` and presses Ctrl-C (SIGINT) on it `after` it
+/// started tracing.
 pub fn ljprobe_interrupted(args: &[&str], after: std::time::Duration) -> Output {
-    let child = Command::new(ljprobe_bin())
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("ljprobe runs");
-    std::thread::sleep(after);
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    child.wait_with_output().expect("ljprobe exits")
+    ljprobe_then(args, |pid| {
+        std::thread::sleep(after);
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    })
 }
 
-/// Runs ljprobe with `args`, and calls `attached` as soon as it says it is
-/// tracing: what a test does to the target from then on is seen, however long
+/// Runs ljprobe with `args`, and calls `attached` with its PID as soon as it
+/// says it is tracing: what a test does from then on is seen, however long
 /// ljprobe took to start (seconds, on a VM whose host is busy).
-pub fn ljprobe_then(args: &[&str], attached: impl FnOnce()) -> Output {
+pub fn ljprobe_then(args: &[&str], attached: impl FnOnce(u32)) -> Output {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(ljprobe_bin())
         .args(args)
@@ -62,7 +58,7 @@ pub fn ljprobe_then(args: &[&str], attached: impl FnOnce()) -> Output {
         text
     });
     if rx.recv_timeout(std::time::Duration::from_secs(60)).is_ok() {
-        attached();
+        attached(child.id());
     }
     let mut out = child.wait_with_output().expect("ljprobe exits");
     out.stderr = reader.join().unwrap().into_bytes();

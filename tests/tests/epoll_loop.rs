@@ -85,8 +85,7 @@ fn blocking_route_fills_the_16_32ms_bucket_and_is_named() {
     let top = &s["culprits"][0];
     assert_eq!(top["frame"], label.as_str(), "{s}");
     assert!(top["share"].as_f64().unwrap() >= 0.9, "{top}");
-    let t = &s["long_iteration_time"];
-    let (total, blocked) = (t["total_ms"].as_f64().unwrap(), t["blocked_ms"].as_f64().unwrap());
+    let (total, blocked) = long_time(&s, "blocked_ms");
     assert!(blocked >= 0.8 * total, "only {blocked} of {total} ms blocked: {s}");
     assert!(text.contains("16384 |@"), "the terminal histogram lacks the bucket:\n{text}");
     assert!(text.contains(&label), "the terminal does not name the culprit:\n{text}");
@@ -121,10 +120,15 @@ fn assert_mostly_short(s: &Value) {
     assert!(long <= allowed, "{long} of {total} iterations of 10 ms or more, steal {steal:.1}%: {s}");
 }
 
+/// The long iterations' total time and one part of it (`on_cpu_ms`, ...), in ms.
+fn long_time(s: &Value, part: &str) -> (f64, f64) {
+    let t = &s["long_iteration_time"];
+    (t["total_ms"].as_f64().unwrap(), t[part].as_f64().unwrap())
+}
+
 /// Whatever long iterations there were, the worker did not sleep in them.
 fn assert_no_blocking(s: &Value) {
-    let t = &s["long_iteration_time"];
-    let (total, blocked) = (t["total_ms"].as_f64().unwrap(), t["blocked_ms"].as_f64().unwrap());
+    let (total, blocked) = long_time(s, "blocked_ms");
     assert!(blocked <= 0.1 * total, "{blocked} of {total} ms of long iterations blocked: {s}");
 }
 
@@ -180,8 +184,7 @@ fn a_worker_whose_cpu_is_taken_is_charged_to_waiting_for_a_cpu() {
     });
     let long = s["long_iterations"].as_u64().unwrap();
     assert!(long >= 50, "only {long} iterations of 2 ms or more with the CPU shared: {s}");
-    let t = &s["long_iteration_time"];
-    let (total, runnable) = (t["total_ms"].as_f64().unwrap(), t["runnable_ms"].as_f64().unwrap());
+    let (total, runnable) = long_time(&s, "runnable_ms");
     assert!(runnable >= 0.5 * total, "only {runnable} of {total} ms waiting for a CPU: {s}");
     let top = &s["culprits"][0];
     assert_eq!(top["frame"], "[runnable: waiting for a CPU]", "{s}");
@@ -199,8 +202,7 @@ fn full_size_hot_jit_requests_hold_the_loop_on_cpu_and_are_named() {
     // 8-16 ms here; a slower CPU would put it one bucket up.
     let fullest = s["fullest_bucket"]["lo_us"].as_u64().unwrap();
     assert!(fullest == 8192 || fullest == 16384, "fullest bucket {fullest} us: {s}");
-    let t = &s["long_iteration_time"];
-    let (total, on_cpu) = (t["total_ms"].as_f64().unwrap(), t["on_cpu_ms"].as_f64().unwrap());
+    let (total, on_cpu) = long_time(&s, "on_cpu_ms");
     assert!(on_cpu >= 0.8 * total, "only {on_cpu} of {total} ms on CPU: {s}");
     // At least half, not all: on a VM the host's stalls (steal) make some
     // iterations long elsewhere, and once put another culprit first.

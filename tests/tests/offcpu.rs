@@ -23,11 +23,11 @@ struct Run {
 }
 
 fn offcpu(name: &str, pid: u32, duration: &str, extra: &[&str]) -> Run {
-    offcpu_then(name, pid, duration, extra, || ())
+    offcpu_then(name, pid, duration, extra, |_| ())
 }
 
 /// `offcpu`, calling `attached` once ljprobe is tracing.
-fn offcpu_then(name: &str, pid: u32, duration: &str, extra: &[&str], attached: impl FnOnce()) -> Run {
+fn offcpu_then(name: &str, pid: u32, duration: &str, extra: &[&str], attached: impl FnOnce(u32)) -> Run {
     let dir = out_dir();
     let (json, folded, svg) =
         (dir.join(format!("{name}.json")), dir.join(format!("{name}.folded")), dir.join(format!("{name}.svg")));
@@ -207,7 +207,7 @@ fn a_target_killed_while_blocked_still_gets_its_time_written() {
     let pid = child.id();
     // Timed from when ljprobe is tracing: it once took over 1.5 s to start, on
     // a VM whose host took 30% of its CPU (steal).
-    let run = offcpu_then("offcpu-killed", pid, "20s", &[], || {
+    let run = offcpu_then("offcpu-killed", pid, "20s", &[], |_| {
         thread::sleep(Duration::from_millis(1500));
         // SAFETY: killing our own child, asleep in usleep.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -246,7 +246,7 @@ fn still_blocked_at_the_end(name: &str, stack: &str) {
     let mut child = Command::new("/usr/bin/luajit").arg(&script).stdin(Stdio::piped()).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let pid = child.id();
-    let run = offcpu_then(name, pid, "3s", &["--stack", stack], || {
+    let run = offcpu_then(name, pid, "3s", &["--stack", stack], |_| {
         thread::sleep(Duration::from_secs(1));
         use std::io::Write;
         stdin.write_all(b"go\n").unwrap();

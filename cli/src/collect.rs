@@ -10,7 +10,9 @@ use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 use serde::Serialize;
 
-use crate::{steal::Steal, target::Process};
+use ljprobe_host::steal::Steal;
+
+use crate::target::Process;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

@@ -1,21 +1,11 @@
 //! `ljprobe`: profile and diagnose live LuaJIT / OpenResty processes with eBPF.
-
-mod bpf;
-mod collect;
-mod duration;
-mod kallsyms;
-mod lua;
-mod native;
-mod report;
-mod stacks;
-mod steal;
-mod system;
-mod target;
-mod tools;
+//! The binary only parses arguments and reports errors; the work is in the
+//! library (`lib.rs`).
 
 use std::process::ExitCode;
 
 use clap::{ArgAction, Parser, Subcommand};
+use ljprobe::tools;
 
 #[derive(Parser)]
 #[command(

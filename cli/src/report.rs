@@ -131,7 +131,7 @@ pub fn write(out: &Outputs, p: &Profile) -> Result<()> {
     for t in top.iter().take(5) {
         println!("  {:>5.1}%  {}", t.self_share * 100.0, t.frame);
     }
-    for note in p.notes.iter().cloned().chain(crate::steal::note(c.steal_pct)) {
+    for note in p.notes.iter().cloned().chain(ljprobe_host::steal::note(c.steal_pct)) {
         println!("  {note}");
     }
     if let Some(path) = &out.json {

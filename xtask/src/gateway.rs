@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use ljprobe_host::proc;
 use serde::{Deserialize, Serialize};
 
 use crate::{cmd, paths};
@@ -102,7 +103,7 @@ impl Config {
 
     fn master_pid(&self) -> Option<u32> {
         let pid: u32 = fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()?;
-        alive(pid).then_some(pid)
+        proc::alive(pid).then_some(pid)
     }
 
     pub fn up(&self) -> Result<Status> {
@@ -161,7 +162,7 @@ impl Config {
 
     pub fn status(&self) -> Result<Status> {
         let master = self.master_pid();
-        let workers = master.map(worker_pids).unwrap_or_default();
+        let workers = master.map(proc::nginx_workers).unwrap_or_default();
         let libluajit = workers.iter().filter_map(|&w| mapped_luajit(w)).collect();
         Ok(Status {
             running: master.is_some(),
@@ -182,7 +183,7 @@ impl Config {
         // SIGTERM is nginx's fast shutdown; workers go with the master.
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while alive(pid) || !worker_pids(pid).is_empty() {
+        while proc::alive(pid) || !proc::nginx_workers(pid).is_empty() {
             if Instant::now() > deadline {
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
                 break;
@@ -222,34 +223,12 @@ impl Drop for Running {
     }
 }
 
-fn alive(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, t)| !t.trim_start().starts_with('Z')))
-}
-
-fn worker_pids(master: u32) -> Vec<u32> {
-    let Ok(dir) = fs::read_dir("/proc") else { return vec![] };
-    let mut pids: Vec<u32> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|&pid: &u32| {
-            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let ppid = stat.rsplit_once(')').and_then(|(_, t)| t.split_whitespace().nth(1)?.parse::<u32>().ok());
-            ppid == Some(master) && alive(pid)
-        })
-        .filter(|pid| {
-            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"nginx: worker process"))
-        })
-        .collect();
-    pids.sort_unstable();
-    pids
-}
-
+/// The libluajit a process mapped, as /proc/PID/maps shows it.
 fn mapped_luajit(pid: u32) -> Option<String> {
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    maps.lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
+    let maps = proc::maps(pid).ok()?;
+    maps.into_iter()
+        .filter_map(|m| m.file().map(str::to_string))
         .find(|p| p.rsplit('/').next().is_some_and(|f| f.starts_with("libluajit")))
-        .map(str::to_string)
 }
 
 /// A minimal HTTP/1.1 GET on loopback: enough to probe readiness and routes

@@ -14,6 +14,9 @@ use xtask::{
     paths, setup,
 };
 
+/// `10s`, `500ms`, `2m`: the same syntax as ljprobe's own options.
+pub(crate) use ljprobe_host::duration::parse as parse_duration;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "ljprobe project automation")]
 struct Cli {
@@ -76,21 +79,6 @@ enum GatewayAction {
         #[arg(long)]
         json: bool,
     },
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, mult) = match s.strip_suffix("ms") {
-        Some(n) => (n, 0.001),
-        None => match s.strip_suffix('s') {
-            Some(n) => (n, 1.0),
-            None => match s.strip_suffix('m') {
-                Some(n) => (n, 60.0),
-                None => (s, 1.0),
-            },
-        },
-    };
-    let v: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration such as 10s or 500ms"))?;
-    Ok(Duration::from_secs_f64(v * mult))
 }
 
 fn main() {

@@ -27,7 +27,7 @@ pub struct Args {
     #[arg(long)]
     pid: Option<u32>,
     /// How long to wait for the target to run Lua code before saying it ran none.
-    #[arg(long, default_value = "2s", value_parser = crate::duration::parse)]
+    #[arg(long, default_value = "2s", value_parser = ljprobe_host::duration::parse)]
     wait: Duration,
     /// Also write the report as JSON to FILE ("-" for standard output).
     #[arg(long, value_name = "FILE")]

@@ -26,7 +26,7 @@ pub struct Args {
     #[command(flatten)]
     run: RunArgs,
     /// Blocks shorter than this are counted in the summary but not drawn (0 keeps all).
-    #[arg(long, default_value = "1ms", value_parser = crate::duration::parse_or_zero)]
+    #[arg(long, default_value = "1ms", value_parser = ljprobe_host::duration::parse_or_zero)]
     min_block: Duration,
     /// Keep the idle wait of an event loop in epoll_wait (left out by default, so
     /// that real blocking stands out).

@@ -13,7 +13,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub pid: u32,
     /// How long to run; Ctrl-C stops early and still writes everything.
-    #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
+    #[arg(long, default_value = "10s", value_parser = ljprobe_host::duration::parse)]
     pub duration: Duration,
 }
 

@@ -16,6 +16,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
+use ljprobe_host::proc;
 use xtask::{
     cmd,
     gateway::{Config, LuaJitBuild, Running},
@@ -160,14 +161,8 @@ struct Switches {
 
 impl Switches {
     fn now(worker: u32) -> Switches {
-        let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
-        let machine = stat.lines().find_map(|l| l.strip_prefix("ctxt ")?.trim().parse().ok()).unwrap_or(0);
-        let status = fs::read_to_string(format!("/proc/{worker}/status")).unwrap_or_default();
-        let worker = status
-            .lines()
-            .filter(|l| l.contains("ctxt_switches:"))
-            .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
-            .sum();
+        let machine = proc::machine_context_switches().unwrap_or(0);
+        let worker = proc::context_switches(worker).unwrap_or(0);
         Switches { at: Instant::now(), machine, worker }
     }
 

@@ -28,7 +28,7 @@ pub struct Args {
     #[command(flatten)]
     run: RunArgs,
     /// Iterations at least this long count as blocking the loop; their Lua stacks are recorded.
-    #[arg(long, default_value = "10ms", value_parser = crate::duration::parse)]
+    #[arg(long, default_value = "10ms", value_parser = ljprobe_host::duration::parse)]
     threshold: Duration,
     /// On-CPU samples per second per CPU, taken only inside iterations already running long.
     #[arg(long, default_value_t = 499, value_parser = clap::value_parser!(u64).range(1..=10_000))]

@@ -16,8 +16,9 @@ use super::{
 };
 use crate::{
     collect::{self, Collected},
-    report, steal,
+    report,
 };
+use ljprobe_host::steal;
 
 pub struct Report {
     pub title: String,

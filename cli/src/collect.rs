@@ -1,5 +1,7 @@
 //! Draining a kernel ring buffer for a sampling run: until the duration ends,
-//! Ctrl-C, or every target process has exited. Whatever arrived is kept.
+//! Ctrl-C, or every target process has exited. Whatever arrived is kept. The
+//! target set is followed meanwhile: new nginx workers join the run, processes
+//! that exit or exec leave it.
 
 use std::{
     io::{IsTerminal, Write},
@@ -7,12 +9,22 @@ use std::{
 };
 
 use anyhow::Result;
-use aya::maps::{MapData, RingBuf};
+use aya::{
+    maps::{MapData, RingBuf},
+    Ebpf,
+};
 use serde::Serialize;
 
 use ljprobe_host::steal::Steal;
 
-use crate::target::Process;
+use crate::{
+    bpf,
+    target::{
+        aim::Aim,
+        follow::{Change, Event, Follow},
+        Process,
+    },
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -20,6 +32,8 @@ pub enum StopReason {
     Duration,
     Interrupted,
     TargetExited,
+    /// Every target replaced its program (exec) or exited, at least one by exec.
+    TargetExec,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -30,21 +44,45 @@ pub struct Collected {
     pub stopped_by: StopReason,
     /// Percent of the machine's CPU time the hypervisor took meanwhile.
     pub steal_pct: Option<f64>,
+    /// Every process looked at during the run, including workers that joined.
+    pub pids_seen: Vec<u32>,
+    /// Workers that joined, processes that exited or exec'd, in order.
+    pub events: Vec<Event>,
 }
 
-/// `what` names the records on the progress line ("samples", "stacks").
+/// What a tool does with what the kernel sends, and with a process that joins.
+pub trait Sink {
+    fn record(&mut self, bytes: &[u8]);
+    /// A new nginx worker: read its symbols and VM like the first ones'.
+    fn joined(&mut self, p: &Process) -> Result<()>;
+}
+
+/// The loaded tool and what it is aimed at; the run adds and removes targets.
+pub struct Run<'a> {
+    pub ebpf: &'a mut Ebpf,
+    pub aim: &'a Aim,
+    pub duration: Duration,
+    /// Names the records on the progress line ("samples", "stacks").
+    pub what: &'static str,
+}
+
+/// How often the target set is compared with /proc, in ticks of 100 ms: a new
+/// worker is looked at within half a second of starting.
+const FOLLOW_TICKS: u64 = 5;
+
 pub async fn run(
+    run: Run<'_>,
     ring: &mut RingBuf<MapData>,
-    processes: &[Process],
-    duration: Duration,
-    what: &str,
     lost: impl Fn() -> u64,
-    mut on_record: impl FnMut(&[u8]),
+    sink: &mut impl Sink,
 ) -> Result<Collected> {
+    let Run { ebpf, aim, duration, what } = run;
+    let mut follow = Follow::new(&aim.root, &aim.processes, aim.luajit_path.as_deref());
     let start = Instant::now();
+    follow.start_clock();
     let steal = Steal::start();
     // Said once everything is attached: from here on, what happens is seen.
-    let pids: Vec<String> = processes.iter().map(|p| p.pid.to_string()).collect();
+    let pids: Vec<String> = aim.processes.iter().map(|p| p.pid.to_string()).collect();
     eprintln!(
         "ljprobe: tracing PID {} for {:.1}s, Ctrl-C to stop early",
         pids.join(", "),
@@ -64,27 +102,44 @@ pub async fn run(
             _ = tokio::time::sleep_until(deadline) => break StopReason::Duration,
             _ = &mut ctrl_c => break StopReason::Interrupted,
             _ = tick.tick() => {
-                records += drain(ring, &mut on_record);
+                records += drain(ring, &mut |b: &[u8]| sink.record(b));
                 ticks += 1;
                 if live && ticks.is_multiple_of(4) {
                     eprint!("\r  {:>6.1}s  {what} {records:<9} lost {:<6}", start.elapsed().as_secs_f64(), lost());
                     let _ = std::io::stderr().flush();
                 }
-                if processes.iter().all(|p| !p.alive()) {
-                    break StopReason::TargetExited;
+                // Exits are checked every tick so a run ends promptly; new
+                // workers less often, as listing /proc costs more.
+                if ticks.is_multiple_of(FOLLOW_TICKS) || follow.live().iter().any(|p| !p.alive()) {
+                    if live {
+                        eprint!("\r");
+                    }
+                    for change in follow.poll() {
+                        match change {
+                            Change::Joined(p) => {
+                                bpf::follow(ebpf, &p, aim)?;
+                                sink.joined(&p)?;
+                            }
+                            Change::Left(pid) => bpf::forget(ebpf, pid),
+                        }
+                    }
+                }
+                if follow.all_gone() {
+                    break if follow.any_exec() { StopReason::TargetExec } else { StopReason::TargetExited };
                 }
             }
         }
     };
-    records += drain(ring, &mut on_record);
+    records += drain(ring, &mut |b: &[u8]| sink.record(b));
     if live {
         eprintln!();
     }
     match stopped_by {
         StopReason::Interrupted => eprintln!("ljprobe: interrupted; writing what was collected"),
-        StopReason::TargetExited => eprintln!(
-            "ljprobe: the target exited after {:.1}s; writing what was collected",
-            start.elapsed().as_secs_f64()
+        StopReason::TargetExited | StopReason::TargetExec => eprintln!(
+            "ljprobe: no target is left after {:.1}s ({}); writing what was collected",
+            start.elapsed().as_secs_f64(),
+            if stopped_by == StopReason::TargetExec { "replaced its program" } else { "exited" }
         ),
         StopReason::Duration => {}
     }
@@ -94,6 +149,8 @@ pub async fn run(
         lost: lost(),
         stopped_by,
         steal_pct: steal.pct(),
+        pids_seen: follow.seen().to_vec(),
+        events: follow.events,
     })
 }
 

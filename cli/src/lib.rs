@@ -11,6 +11,7 @@ pub mod collect;
 pub mod kallsyms;
 pub mod lua;
 pub mod native;
+pub mod output;
 pub mod report;
 pub mod stacks;
 pub mod system;

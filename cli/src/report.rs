@@ -3,7 +3,6 @@
 
 use std::{
     collections::BTreeMap,
-    fs,
     path::{Path, PathBuf},
 };
 
@@ -24,6 +23,17 @@ pub struct Outputs {
     /// Summary a script can read ("-" for standard output).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+}
+
+impl Outputs {
+    /// Refuses an unsafe output path (see `output`) before the run rather than after it.
+    pub fn check(&self, default_svg: &str) -> Result<()> {
+        crate::output::check(self.svg.as_deref().unwrap_or(Path::new(default_svg)))?;
+        for path in self.folded.iter().chain(self.json.iter().filter(|p| p.as_os_str() != "-")) {
+            crate::output::check(path)?;
+        }
+        Ok(())
+    }
 }
 
 pub struct Profile {
@@ -68,6 +78,8 @@ struct Summary<'a> {
     lost_samples: u64,
     stopped_by: crate::collect::StopReason,
     steal_pct: Option<f64>,
+    /// Workers that joined, targets that exited or exec'd during the run.
+    events: &'a [crate::target::follow::Event],
     by_vm_state: &'a BTreeMap<String, u64>,
     top_frames: Vec<TopFrame>,
     svg: String,
@@ -96,11 +108,11 @@ pub fn write(out: &Outputs, p: &Profile) -> Result<()> {
     let opts = svg::SvgOptions { title: p.title.clone(), subtitle, count_name: p.unit.to_string() };
     let mut buf = Vec::new();
     svg::render(&p.folded, &opts, &mut buf).context("rendering the flame graph")?;
-    fs::write(&svg_path, buf).with_context(|| format!("cannot write {}", svg_path.display()))?;
+    crate::output::write(&svg_path, &buf)?;
     if let Some(path) = &out.folded {
         let mut buf = Vec::new();
         p.folded.write(&mut buf)?;
-        fs::write(path, buf).with_context(|| format!("cannot write {}", path.display()))?;
+        crate::output::write(path, &buf)?;
     }
 
     let total = p.folded.total().max(1) as f64;
@@ -146,6 +158,7 @@ pub fn write(out: &Outputs, p: &Profile) -> Result<()> {
             lost_samples: c.lost,
             stopped_by: c.stopped_by,
             steal_pct: c.steal_pct,
+            events: &c.events,
             by_vm_state: &p.by_vm_state,
             top_frames: top,
             svg: svg_path.display().to_string(),
@@ -166,6 +179,6 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<bool> {
         println!("{text}");
         return Ok(false);
     }
-    fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+    crate::output::write(path, (text + "\n").as_bytes())?;
     Ok(true)
 }

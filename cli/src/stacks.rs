@@ -64,6 +64,7 @@ fn within(ranges: &[(u64, u64)], addr: u64) -> bool {
 pub struct StackBuilder {
     kind: StackKind,
     per_worker: bool,
+    luajit_path: Option<String>,
     resolvers: HashMap<u32, Resolver<ProcMem>>,
     /// Names native frames and the C functions Lua calls.
     symbolizers: HashMap<u32, Symbolizer>,
@@ -83,32 +84,40 @@ impl StackBuilder {
         processes: &[Process],
         luajit_path: Option<&str>,
     ) -> Result<StackBuilder> {
-        let mut resolvers = HashMap::new();
-        let mut symbolizers = HashMap::new();
-        let mut native = HashMap::new();
-        for p in processes {
-            resolvers.insert(p.pid, Resolver::new(ProcMem::open(p.pid)?));
-            symbolizers.insert(p.pid, Symbolizer::new(p.pid));
-            if kind != StackKind::Lua {
-                let maps = p.maps()?;
-                let exec = maps.iter().filter(|m| m.executable() && m.file().is_some());
-                let files: Vec<(u64, u64)> = exec.clone().map(|m| (m.start, m.end)).collect();
-                let luajit = exec.filter(|m| m.file() == luajit_path).map(|m| (m.start, m.end)).collect();
-                let view = NativeView { unwinder: Unwinder::new(p.pid)?, luajit, files };
-                native.insert(p.pid, view);
-            }
-        }
         let kernel = if kernel { Some(Kallsyms::load()?) } else { None };
-        Ok(StackBuilder {
+        let mut builder = StackBuilder {
             kind,
             per_worker,
-            resolvers,
-            symbolizers,
-            native,
+            luajit_path: luajit_path.map(str::to_string),
+            resolvers: HashMap::new(),
+            symbolizers: HashMap::new(),
+            native: HashMap::new(),
             kernel,
             folded: Folded::default(),
             by_vm_state: BTreeMap::new(),
-        })
+        };
+        for p in processes {
+            builder.add_process(p)?;
+        }
+        Ok(builder)
+    }
+
+    /// Gets ready to name the stacks of `p`: its memory for Lua frames, its
+    /// symbols and unwind tables for native ones. Also for a worker that joins
+    /// mid-run; a PID seen before (reused) starts afresh.
+    pub fn add_process(&mut self, p: &Process) -> Result<()> {
+        self.resolvers.insert(p.pid, Resolver::new(ProcMem::open(p.pid)?));
+        self.symbolizers.insert(p.pid, Symbolizer::new(p.pid));
+        if self.kind != StackKind::Lua {
+            let maps = p.maps()?;
+            let exec = maps.iter().filter(|m| m.executable() && m.file().is_some());
+            let files: Vec<(u64, u64)> = exec.clone().map(|m| (m.start, m.end)).collect();
+            let luajit =
+                exec.filter(|m| m.file() == self.luajit_path.as_deref()).map(|m| (m.start, m.end)).collect();
+            let view = NativeView { unwinder: Unwinder::new(p.pid)?, luajit, files };
+            self.native.insert(p.pid, view);
+        }
+        Ok(())
     }
 
     /// One record from the cpu program's ring buffer (`CpuSample`, or

@@ -18,6 +18,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("wrk", "load generator"),
     ("gdb", "reads LuaJIT's struct layout from DWARF in the tests"),
     ("linux-perf", "perf record for the benchmark's comparison"),
+    ("bpftool", "the kernel's lists of BPF programs and perf links, checked after ljprobe is killed"),
     ("build-essential", "compiles the debug LuaJIT"),
     ("dpkg-dev", "unpacks the luajit2 source package"),
     ("llvm-22-dev", "bpf-linker links against LLVM 22"),

@@ -12,6 +12,8 @@ use aya::{
 };
 use ljprobe_common::VmLayout;
 
+use crate::target::{aim::Aim, Process};
+
 /// Loads one tool's object and forwards its aya-log messages to our logger (`-v`).
 pub fn load(object: &[u8], tool: &str) -> Result<Ebpf> {
     load_sized(object, tool, &[])
@@ -64,22 +66,46 @@ pub fn aim(ebpf: &mut Ebpf, pids: &[u32], layout: VmLayout) -> Result<()> {
 /// taken where the dispatch register does not hold it (inside C, in a system
 /// call) have a VM from the first event. A process whose VM is not found is
 /// left to the kernel's own discovery.
-pub fn aim_seeded(ebpf: &mut Ebpf, aim: &crate::target::aim::Aim) -> Result<()> {
+pub fn aim_seeded(ebpf: &mut Ebpf, aim: &Aim) -> Result<()> {
     self::aim(ebpf, &aim.pids, aim.layout)?;
-    let Some(luajit) = aim.luajit_path.as_deref() else { return Ok(()) };
-    let mut vms: HashMap<_, u32, u64> = HashMap::try_from(ebpf.map_mut("VMS").context("VMS map missing")?)?;
     for p in &aim.processes {
-        let started = std::time::Instant::now();
-        let Ok(maps) = p.maps() else { continue };
-        let code: Vec<(u64, u64)> =
-            maps.iter().filter(|m| m.executable() && m.file() == Some(luajit)).map(|m| (m.start, m.end)).collect();
-        match crate::target::vm_scan::find_global_state(p.pid, &maps, &aim.layout, &code) {
-            Some(g) => {
-                log::debug!("pid {}: global_State {g:#x} found in {:?}", p.pid, started.elapsed());
-                vms.insert(p.pid, g, 0)?;
-            }
-            None => log::debug!("pid {}: no global_State found by scanning ({:?})", p.pid, started.elapsed()),
+        seed(ebpf, p, aim)?;
+    }
+    Ok(())
+}
+
+/// Adds a process that joined the run (a new nginx worker) to a loaded tool.
+pub fn follow(ebpf: &mut Ebpf, p: &Process, aim: &Aim) -> Result<()> {
+    let mut targets: HashMap<_, u32, u8> = HashMap::try_from(ebpf.map_mut("TARGETS").context("TARGETS map missing")?)?;
+    targets.insert(p.pid, 1, 0)?;
+    seed(ebpf, p, aim)
+}
+
+/// Stops looking at a process that exited or exec'd: a later process that
+/// reuses its PID is not a target.
+pub fn forget(ebpf: &mut Ebpf, pid: u32) {
+    if let Some(Ok(mut targets)) = ebpf.map_mut("TARGETS").map(HashMap::<_, u32, u8>::try_from) {
+        let _ = targets.remove(&pid);
+    }
+    if let Some(Ok(mut vms)) = ebpf.map_mut("VMS").map(HashMap::<_, u32, u64>::try_from) {
+        let _ = vms.remove(&pid);
+    }
+}
+
+fn seed(ebpf: &mut Ebpf, p: &Process, aim: &Aim) -> Result<()> {
+    let Some(luajit) = aim.luajit_path.as_deref() else { return Ok(()) };
+    let Some(vms) = ebpf.map_mut("VMS") else { return Ok(()) };
+    let mut vms: HashMap<_, u32, u64> = HashMap::try_from(vms)?;
+    let started = std::time::Instant::now();
+    let Ok(maps) = p.maps() else { return Ok(()) };
+    let code: Vec<(u64, u64)> =
+        maps.iter().filter(|m| m.executable() && m.file() == Some(luajit)).map(|m| (m.start, m.end)).collect();
+    match crate::target::vm_scan::find_global_state(p.pid, &maps, &aim.layout, &code) {
+        Some(g) => {
+            log::debug!("pid {}: global_State {g:#x} found in {:?}", p.pid, started.elapsed());
+            vms.insert(p.pid, g, 0)?;
         }
+        None => log::debug!("pid {}: no global_State found by scanning ({:?})", p.pid, started.elapsed()),
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 pub mod aim;
 pub mod elf;
+pub mod follow;
 pub mod layout;
 pub mod layout_dwarf;
 pub mod luajit;

@@ -13,7 +13,7 @@ use crate::{
     collect::{self, Collected},
     report::{self, Outputs},
     stacks::StackBuilder,
-    target::aim::Aim,
+    target::Process,
 };
 
 #[derive(clap::Args)]
@@ -30,35 +30,47 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<ExitCode> {
+    let default_svg = format!("ljprobe-cpu-{}.svg", args.run.pid);
+    args.outputs.check(&default_svg)?;
     let aim = args.stacks.aim(args.run.pid)?;
     let mut ebpf = bpf::load(objects::CPU, "cpu")?;
     bpf::aim_seeded(&mut ebpf, &aim)?;
-    let Aim { processes, pids, luajit_path, root, .. } = aim;
     let config = CpuConfig { native: u32::from(args.stacks.native()), kernel: u32::from(args.stacks.kernel) };
     Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?.set(0, config, 0)?;
     // Symbols and unwind tables are read before attaching: the samples counted
     // start with the run.
-    let mut builder = StackBuilder::new(args.stacks.stack, args.stacks.kernel, args.stacks.per_worker, &processes, luajit_path.as_deref())?;
+    let mut builder = StackBuilder::new(args.stacks.stack, args.stacks.kernel, args.stacks.per_worker, &aim.processes, aim.luajit_path.as_deref())?;
     attach::cpu_clock(&mut ebpf, "cpu_sample", args.freq)?;
     let mut ring = aya::maps::RingBuf::try_from(ebpf.take_map("SAMPLES").context("SAMPLES map missing")?)?;
     let lost_map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map missing")?)?;
     let lost = move || bpf::per_cpu_total(&lost_map, 0);
-    let collected: Collected = collect::run(&mut ring, &processes, args.run.duration, "samples", lost, |bytes| builder.add(bytes)).await?;
+    let run = collect::Run { ebpf: &mut ebpf, aim: &aim, duration: args.run.duration, what: "samples" };
+    let collected: Collected = collect::run(run, &mut ring, lost, &mut builder).await?;
     drop(ebpf);
 
-    let title = format!("ljprobe cpu: PID {} ({}), {}", args.run.pid, root.comm, args.stacks.stack.title());
+    let title = format!("ljprobe cpu: PID {} ({}), {}", args.run.pid, aim.root.comm, args.stacks.stack.title());
     report::write(&args.outputs, &report::Profile {
         tool: "cpu",
         title,
-        pids,
+        pids: collected.pids_seen.clone(),
         frequency: Some(args.freq),
         unit: "samples",
         folded: builder.folded,
         by_vm_state: builder.by_vm_state,
         collected,
-        default_svg: format!("ljprobe-cpu-{}.svg", args.run.pid),
+        default_svg,
         extra: Default::default(),
         notes: vec![],
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+impl collect::Sink for StackBuilder {
+    fn record(&mut self, bytes: &[u8]) {
+        self.add(bytes);
+    }
+
+    fn joined(&mut self, p: &Process) -> Result<()> {
+        self.add_process(p)
+    }
 }

@@ -18,7 +18,7 @@ use crate::{
     collect,
     report::{self, Outputs},
     stacks::{wait_frame, StackBuilder},
-    target::aim::Aim,
+    target::Process,
 };
 
 #[derive(clap::Args)]
@@ -39,6 +39,8 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<ExitCode> {
+    let default_svg = format!("ljprobe-offcpu-{}.svg", args.run.pid);
+    args.outputs.check(&default_svg)?;
     let aim = args.stacks.aim(args.run.pid)?;
     let sched = tracepoint::sched_switch_format()?;
     let native = args.stacks.native();
@@ -47,7 +49,6 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let unused = if native { "PENDING" } else { "PENDING_NATIVE" };
     let mut ebpf = bpf::load_sized(objects::OFFCPU, "offcpu", &[(unused, 1)])?;
     bpf::aim_seeded(&mut ebpf, &aim)?;
-    let Aim { processes, pids, luajit_path, root, .. } = aim;
     let config = OffcpuConfig {
         native: u32::from(native),
         kernel: u32::from(args.stacks.kernel),
@@ -68,12 +69,12 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         BpfHashMap::try_from(ebpf.take_map("PENDING_NATIVE").context("PENDING_NATIVE map missing")?)?;
     // Symbols and unwind tables are read before attaching: the time counted
     // starts with the run.
-    let builder = StackBuilder::new(args.stacks.stack, args.stacks.kernel, args.stacks.per_worker, &processes, luajit_path.as_deref())?;
+    let builder = StackBuilder::new(args.stacks.stack, args.stacks.kernel, args.stacks.per_worker, &aim.processes, aim.luajit_path.as_deref())?;
     tracepoint::attach(&mut ebpf, "offcpu_switch", "sched", "sched_switch")?;
     let mut blocks = Blocks { builder, by_key: HashMap::new(), count: 0 };
     let lost = || bpf::per_cpu_total(&lost_map, 0);
-    let mut collected =
-        collect::run(&mut ring, &processes, args.run.duration, "stacks", lost, |bytes| blocks.record(bytes)).await?;
+    let run = collect::Run { ebpf: &mut ebpf, aim: &aim, duration: args.run.duration, what: "stacks" };
+    let mut collected = collect::run(run, &mut ring, lost, &mut blocks).await?;
     // Detach first, so that no stack is sent after the last drain.
     drop(ebpf);
     collected.records += collect::drain(&mut ring, &mut |bytes: &[u8]| blocks.record(bytes));
@@ -112,17 +113,17 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         "still_blocked_at_end": still_blocked,
     });
 
-    let title = format!("ljprobe offcpu: PID {} ({}), {}, blocked time in microseconds", args.run.pid, root.comm, args.stacks.stack.title());
+    let title = format!("ljprobe offcpu: PID {} ({}), {}, blocked time in microseconds", args.run.pid, aim.root.comm, args.stacks.stack.title());
     report::write(&args.outputs, &report::Profile {
         tool: "offcpu",
         title,
-        pids,
+        pids: collected.pids_seen.clone(),
         frequency: None,
         unit: "us",
         folded: blocks.builder.folded,
         by_vm_state: blocks.builder.by_vm_state,
         collected,
-        default_svg: format!("ljprobe-offcpu-{}.svg", args.run.pid),
+        default_svg,
         extra: extra.as_object().cloned().unwrap_or_default(),
         notes,
     })?;
@@ -141,6 +142,16 @@ struct Blocks {
     /// Lua stacks the kernel sums by key: the stack, and the sample it came from.
     by_key: HashMap<u64, (Vec<Frame>, CpuSample)>,
     count: u64,
+}
+
+impl collect::Sink for Blocks {
+    fn record(&mut self, bytes: &[u8]) {
+        Blocks::record(self, bytes);
+    }
+
+    fn joined(&mut self, p: &Process) -> Result<()> {
+        self.builder.add_process(p)
+    }
 }
 
 impl Blocks {

@@ -46,6 +46,16 @@ pub struct Loops {
     pub unexplained: u64,
 }
 
+impl crate::collect::Sink for Loops {
+    fn record(&mut self, bytes: &[u8]) {
+        Loops::record(self, bytes);
+    }
+
+    fn joined(&mut self, p: &crate::target::Process) -> anyhow::Result<()> {
+        self.builder.add_process(p)
+    }
+}
+
 impl Loops {
     pub fn new(builder: StackBuilder, piece_ns: u64) -> Loops {
         Loops {

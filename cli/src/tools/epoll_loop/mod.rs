@@ -49,6 +49,7 @@ pub struct Args {
 const STACK_AFTER: Duration = Duration::from_millis(1);
 
 pub async fn run(args: Args) -> Result<ExitCode> {
+    report::check(&args)?;
     let aim = Aim::open(args.run.pid, false, "", "; iteration times are measured, culprits cannot be named")?;
     let sched = tracepoint::sched_switch_format()?;
     let mut ebpf = bpf::load(objects::EPOLL_LOOP, "epoll-loop")?;
@@ -64,8 +65,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let lost_map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map missing")?)?;
     let hist_map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("HIST").context("HIST map missing")?)?;
 
-    let Aim { processes, pids, luajit_path, root, .. } = aim;
-    let builder = StackBuilder::new(StackKind::Lua, false, false, &processes, luajit_path.as_deref())?;
+    let builder = StackBuilder::new(StackKind::Lua, false, false, &aim.processes, aim.luajit_path.as_deref())?;
     // Attached once everything is read: the iterations counted start with the run.
     for call in ["epoll_wait", "epoll_pwait", "epoll_pwait2"] {
         if tracepoint::exists("syscalls", &format!("sys_enter_{call}")) {
@@ -77,8 +77,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     attach::cpu_clock(&mut ebpf, "loop_sample", args.freq)?;
     let mut loops = Loops::new(builder, config.stack_after_ns);
     let lost = || bpf::per_cpu_total(&lost_map, 0);
-    let mut collected =
-        collect::run(&mut ring, &processes, args.run.duration, "events", lost, |bytes| loops.record(bytes)).await?;
+    let run = collect::Run { ebpf: &mut ebpf, aim: &aim, duration: args.run.duration, what: "events" };
+    let mut collected = collect::run(run, &mut ring, lost, &mut loops).await?;
     drop(ebpf);
     collected.records += collect::drain(&mut ring, &mut |bytes: &[u8]| loops.record(bytes));
     collected.lost = lost();
@@ -86,7 +86,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         (0..LOOP_BUCKETS).map(|i| bpf::per_cpu_total(&hist_map, i)).collect();
     let hist = Log2Histogram::from_counts(&counts);
 
-    let title = format!("ljprobe epoll-loop: PID {} ({}), event-loop iteration times", args.run.pid, root.comm);
-    report::write(&args, &Report { title, pids, hist, loops, collected })?;
+    let title = format!("ljprobe epoll-loop: PID {} ({}), event-loop iteration times", args.run.pid, aim.root.comm);
+    report::write(&args, &Report { title, pids: collected.pids_seen.clone(), hist, loops, collected })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,7 @@
 //! The epoll-loop results: the histogram and culprits on the terminal, the
 //! histogram SVG, the JSON summary.
 
-use std::{fs, io::Write, path::PathBuf};
+use std::{io::Write, path::PathBuf};
 
 use anyhow::{Context, Result};
 use ljprobe_flamegraph::{
@@ -69,6 +69,8 @@ struct Summary<'a> {
     long_iteration_time: &'a TimeSplit,
     lost_events: u64,
     steal_pct: Option<f64>,
+    /// Workers that joined, targets that exited or exec'd during the run.
+    events: &'a [crate::target::follow::Event],
     /// Log2 buckets of iteration time, bucket i = [2^(i-1), 2^i) µs.
     histogram: Vec<Bucket>,
     fullest_bucket: Option<Bucket>,
@@ -80,8 +82,21 @@ fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
 }
 
+fn svg_path(args: &Args) -> PathBuf {
+    args.svg.clone().unwrap_or_else(|| PathBuf::from(format!("ljprobe-epoll-loop-{}.svg", args.run.pid)))
+}
+
+/// Refuses an unsafe output path (see `crate::output`) before the run rather than after it.
+pub fn check(args: &Args) -> Result<()> {
+    crate::output::check(&svg_path(args))?;
+    match &args.json {
+        Some(path) if path.as_os_str() != "-" => crate::output::check(path),
+        _ => Ok(()),
+    }
+}
+
 pub fn write(args: &Args, r: &Report) -> Result<()> {
-    let svg_path = args.svg.clone().unwrap_or_else(|| PathBuf::from(format!("ljprobe-epoll-loop-{}.svg", args.run.pid)));
+    let svg_path = svg_path(args);
     let threshold_us = args.threshold.as_micros() as u64;
     let long = r.loops.long;
     let split = TimeSplit::of(&r.loops);
@@ -113,7 +128,7 @@ pub fn write(args: &Args, r: &Report) -> Result<()> {
     let mut svg = Vec::new();
     let opts = HistogramSvgOptions { title: r.title.clone(), subtitle, mark_from_us: Some(threshold_us) };
     r.hist.write_svg(&opts, &mut svg).context("drawing the histogram")?;
-    fs::write(&svg_path, svg).with_context(|| format!("cannot write {}", svg_path.display()))?;
+    crate::output::write(&svg_path, &svg)?;
 
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", r.title)?;
@@ -166,6 +181,7 @@ pub fn write(args: &Args, r: &Report) -> Result<()> {
             long_iteration_time: &split,
             lost_events: c.lost,
             steal_pct: c.steal_pct,
+            events: &c.events,
             histogram: r.hist.buckets(),
             fullest_bucket: r.hist.fullest(),
             culprits,

@@ -2,7 +2,6 @@
 //! test on free loopback ports, and checks on what a user would read.
 
 use std::{
-    net::TcpListener,
     path::PathBuf,
     process::{Command, Output},
 };
@@ -79,10 +78,6 @@ pub fn require_root() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "the end-to-end tests need root (CI runs as root)");
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Starts the gateway with its own prefix and ports; stopped when dropped.
 pub fn gateway(name: &str, luajit: LuaJitBuild) -> Running {
     gateway_with_workers(name, luajit, 1)
@@ -90,16 +85,11 @@ pub fn gateway(name: &str, luajit: LuaJitBuild) -> Running {
 
 pub fn gateway_with_workers(name: &str, luajit: LuaJitBuild, workers: u32) -> Running {
     require_root();
-    let (port, backend_port) = loop {
-        let (a, b) = (free_port(), free_port());
-        if a != b {
-            break (a, b);
-        }
-    };
+    let port = xtask::gateway::free_port_pair(None).expect("free ports on loopback");
     let config = Config {
         prefix: paths::target().join("test-gateways").join(name),
         port,
-        backend_port,
+        backend_port: port + 1,
         workers,
         luajit,
     };

@@ -231,6 +231,22 @@ fn mapped_luajit(pid: u32) -> Option<String> {
         .find(|p| p.rsplit('/').next().is_some_and(|f| f.starts_with("libluajit")))
 }
 
+/// A port on 127.0.0.1 free together with the next one (the gateway's backend
+/// listens there): `preferred` if it is, else a pair the kernel hands out.
+pub fn free_port_pair(preferred: Option<u16>) -> Result<u16> {
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    if let Some(p) = preferred.filter(|&p| p < u16::MAX && free(p) && free(p + 1)) {
+        return Ok(p);
+    }
+    for _ in 0..50 {
+        let p = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if p < u16::MAX && free(p) && free(p + 1) {
+            return Ok(p);
+        }
+    }
+    bail!("found no two free adjacent ports on 127.0.0.1")
+}
+
 /// A minimal HTTP/1.1 GET on loopback: enough to probe readiness and routes
 /// without pulling an HTTP client into the build. Returns the raw response.
 pub fn http_get(port: u16, path: &str) -> Result<String> {

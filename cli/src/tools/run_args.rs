@@ -9,7 +9,8 @@ use crate::{stacks::StackKind, target::aim::Aim};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// An nginx master (all its workers, merged), a worker, or any LuaJIT process.
+    /// An nginx master (all its workers, merged; new ones after a reload or a crash
+    /// are followed), a worker, or any LuaJIT process.
     #[arg(long)]
     pub pid: u32,
     /// How long to run; Ctrl-C stops early and still writes everything.

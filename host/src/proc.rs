@@ -137,7 +137,7 @@ pub fn status_field(status: &str, name: &str) -> Option<u64> {
 /// Voluntary plus involuntary context switches of `pid` so far.
 pub fn context_switches(pid: u32) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    Some(status_field(&status, "voluntary_ctxt_switches")? + status_field(&status, "nonvoluntary_ctxt_switches")?)
+    status_field(&status, "voluntary_ctxt_switches")?.checked_add(status_field(&status, "nonvoluntary_ctxt_switches")?)
 }
 
 /// Resident set size now and at its peak, in KiB.

@@ -9,6 +9,11 @@ use super::{
     proto::{ProtoDebug, Var},
 };
 
+/// MOV copies followed back to the slot's source. Real code copies a function
+/// once or twice before calling it; garbage bytecode full of `MOV a, a` would
+/// otherwise repeat the varinfo scan once per instruction (quadratic).
+pub const MAX_MOV_HOPS: u32 = 64;
+
 /// The `namewhat` LuaJIT reports with a name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotKind {
@@ -65,8 +70,10 @@ pub fn slotname<M: Memory>(mem: &M, l: &ObjLayout, dbg: &ProtoDebug, pos: u32, m
         return None;
     }
     let mut ip = pos as usize;
+    let mut hops = 0;
     // Each restart continues below the MOV that caused it, so `ip` only
-    // decreases: the walk is bounded by `pos` steps.
+    // decreases: the walk is bounded by `pos` steps (the bytecode read, at
+    // most `MAX_PROTO_BYTES`), and the varinfo scans by `MAX_MOV_HOPS`.
     'restart: loop {
         if let Some(name) = varname(dbg.vars(), ip as u32, slot) {
             return Some(SlotName { kind: SlotKind::Local, name: name.to_string() });
@@ -74,7 +81,7 @@ pub fn slotname<M: Memory>(mem: &M, l: &ObjLayout, dbg: &ProtoDebug, pos: u32, m
         // bc[0] is the function header (FUNCF etc.): never looked at.
         while ip > 1 {
             ip -= 1;
-            let ins = bcs[ip];
+            let ins = *bcs.get(ip)?;
             let op = l.op(ins)?;
             let ra = bc::a(ins);
             match op.a_mode() {
@@ -83,6 +90,10 @@ pub fn slotname<M: Memory>(mem: &M, l: &ObjLayout, dbg: &ProtoDebug, pos: u32, m
                 AMode::Dst if ra == slot => {
                     return match op {
                         Op::Mov => {
+                            hops += 1;
+                            if hops > MAX_MOV_HOPS {
+                                return None;
+                            }
                             slot = bc::d(ins);
                             continue 'restart;
                         }
@@ -90,9 +101,9 @@ pub fn slotname<M: Memory>(mem: &M, l: &ObjLayout, dbg: &ProtoDebug, pos: u32, m
                         Op::Tgets => {
                             let name = kstr(mem, l, dbg, bc::c(ins));
                             // `obj:m()` copies obj above the callee slot first.
-                            let prev = bcs[ip - 1];
+                            let prev = *bcs.get(ip.checked_sub(1)?)?;
                             let is_method = l.op(prev) == Some(Op::Mov)
-                                && bc::a(prev) == ra + 1 + l.fr2
+                                && bc::a(prev) == ra.saturating_add(1).saturating_add(l.fr2)
                                 && bc::d(prev) == bc::b(ins);
                             named(if is_method { SlotKind::Method } else { SlotKind::Field }, name)
                         }

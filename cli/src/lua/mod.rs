@@ -11,6 +11,7 @@
 
 mod bc;
 mod cache;
+mod frame;
 mod funcname;
 mod gcstr;
 mod layout;
@@ -24,12 +25,14 @@ mod trace;
 #[allow(unused_imports)]
 pub use bc::Op;
 #[allow(unused_imports)]
+pub use frame::RawFrame;
+#[allow(unused_imports)]
 pub use funcname::{SlotKind, SlotName};
 #[allow(unused_imports)]
 pub use layout::{ObjLayout, TraceLayout, OPENRESTY_21_GC64, TRACE_OPENRESTY_21_GC64_X86_64};
 #[allow(unused_imports)]
 pub use mem::{Memory, ProcMem};
 #[allow(unused_imports)]
-pub use resolve::{LuaFrame, RawFrame, Resolver, UNKNOWN_FILE};
+pub use resolve::{LuaFrame, Resolver, UNKNOWN_FILE};
 #[allow(unused_imports)]
 pub use trace::{Inlined, MAX_INLINED};

@@ -10,7 +10,15 @@ use super::{
 pub const MAX_SIZEBC: u32 = 1 << 24;
 
 /// Largest proto allocation read for naming: bytecode, constants and debug info.
-const MAX_PROTO_BYTES: u64 = 16 << 20;
+pub const MAX_PROTO_BYTES: u64 = 16 << 20;
+
+/// GC constants per proto: `BCMAX_D + 1`, as operands index them with 16 bits
+/// (`fs_fixup_k` refuses more). A larger `sizekgc` is garbage.
+pub const MAX_KGC: u32 = 1 << 16;
+
+/// varinfo entries decoded per proto: the parser's variable stack holds at most
+/// `LJ_MAX_VSTACK` (65536 - LJ_MAX_UPVAL) of them, so more means garbage.
+pub const MAX_VARS: usize = 1 << 16;
 
 /// Names of LuaJIT's internal variables, by `VARNAME_*` code (lj_debug.h); 0 ends the list.
 const INTERNAL_VARNAMES: [&str; 6] =
@@ -132,14 +140,16 @@ impl ProtoDebug {
 
 /// GC constants sit below `k`, the last one (`~(sizekgc-1)`) lowest.
 fn read_kgc(img: &[u8], l: &ObjLayout, k_off: u64, sizekgc: u32) -> Option<Vec<u64>> {
-    if u64::from(sizekgc) * l.gcref_size > k_off {
+    if sizekgc > MAX_KGC || u64::from(sizekgc).checked_mul(l.gcref_size)? > k_off {
         return None;
     }
-    (0..u64::from(sizekgc)).map(|i| buf_u64(img, k_off - (i + 1) * l.gcref_size)).collect()
+    (0..u64::from(sizekgc))
+        .map(|i| buf_u64(img, k_off.checked_sub((i + 1).checked_mul(l.gcref_size)?)?))
+        .collect()
 }
 
 fn parse_uvnames(img: &[u8], off: u64, sizeuv: u8) -> Vec<String> {
-    let mut p = off as usize;
+    let Ok(mut p) = usize::try_from(off) else { return Vec::new() };
     let mut names = Vec::new();
     for _ in 0..sizeuv {
         let Some((name, next)) = cstr(img, p) else { break };
@@ -152,11 +162,12 @@ fn parse_uvnames(img: &[u8], off: u64, sizeuv: u8) -> Vec<String> {
 /// Decodes varinfo as `debug_varname` walks it: entries in order of start pc,
 /// each a name (or an internal code), then ULEB128 start delta and length.
 fn parse_vars(img: &[u8], off: u64) -> Vec<Var> {
-    let mut p = off as usize;
+    let Ok(mut p) = usize::try_from(off) else { return Vec::new() };
     let mut vars = Vec::new();
     let mut lastpc = 0u32;
-    // Each entry takes at least three bytes, so the image length bounds the loop.
-    while let Some(&vn) = img.get(p) {
+    // Each entry takes at least three bytes, so the image length bounds the
+    // loop; MAX_VARS bounds what a garbage image full of 3-byte entries costs.
+    while let Some(&vn) = img.get(p).filter(|_| vars.len() < MAX_VARS) {
         let name = if (vn as usize) <= INTERNAL_VARNAMES.len() {
             if vn == 0 {
                 break;
@@ -180,7 +191,7 @@ fn parse_vars(img: &[u8], off: u64) -> Vec<Var> {
 fn cstr(img: &[u8], p: usize) -> Option<(String, usize)> {
     let rest = img.get(p..)?;
     let len = rest.iter().position(|&b| b == 0)?;
-    Some((String::from_utf8_lossy(&rest[..len]).into_owned(), p + len + 1))
+    Some((String::from_utf8_lossy(&rest[..len]).into_owned(), p.checked_add(len)?.checked_add(1)?))
 }
 
 /// `lj_buf_ruleb128`: at most five bytes make a u32.
@@ -188,7 +199,7 @@ fn uleb128(img: &[u8], p: &mut usize) -> Option<u32> {
     let mut v = 0u32;
     for shift in (0..35).step_by(7) {
         let b = *img.get(*p)?;
-        *p += 1;
+        *p = p.checked_add(1)?;
         v |= u32::from(b & 0x7f) << shift;
         if b < 0x80 {
             return Some(v);

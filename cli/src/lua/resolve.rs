@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use super::{
     cache::Cache,
+    frame::{RawFrame, FRAME_LUA, FRAME_TYPE, FRAME_TYPEP, FRAME_VARG},
     funcname::{self, SlotName},
     gcstr::chunk_label,
     layout::{ObjLayout, OPENRESTY_21_GC64},
@@ -11,11 +12,6 @@ use super::{
     proto::{ProtoDebug, ProtoHeader},
     trace::{self, Inlined},
 };
-
-/// One frame as the kernel records it, innermost first: `func` is the GCfunc
-/// address, `link` the raw frame link word (`ftsz`). The kernel's own record,
-/// so samples are resolved in place.
-pub use ljprobe_common::LuaFrameRaw as RawFrame;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LuaFrame {
@@ -26,12 +22,6 @@ pub enum LuaFrame {
     /// A fast function (`ffid` > 1), e.g. `pairs` or `string.gsub`.
     Builtin { ffid: u8, name: Option<String> },
 }
-
-/// Frame-type bits of a link word (lj_frame.h).
-const FRAME_TYPE: u64 = 3;
-const FRAME_TYPEP: u64 = 7;
-const FRAME_LUA: u64 = 0;
-const FRAME_VARG: u64 = 3;
 
 /// The file of a Lua frame whose proto or chunkname cannot be read, and of a
 /// frame whose GCfunc cannot be read (freed since the sample, or a bad walk).

@@ -23,9 +23,9 @@
 //! frames rather than guessed ones.
 
 use super::{
+    frame::RawFrame,
     layout::{ObjLayout, TraceLayout},
     mem::{buf_u32, buf_u64, buf_u8, Memory},
-    resolve::RawFrame,
 };
 
 /// Most frames returned. A trace has at most `LJ_MAX_JSLOTS` (250) slots and
@@ -39,6 +39,10 @@ pub const MAX_SNAPS: u64 = 1 << 14;
 
 /// Traces per VM we accept: trace numbers are 16-bit (`TraceNo1`).
 const MAX_TRACES: u32 = 1 << 16;
+
+/// IR instructions and constants per trace we accept: IR refs are 16-bit
+/// (`IRRef1`), so a saved trace never spans more.
+const MAX_IR: u32 = 1 << 16;
 
 /// Slot 0 is the root function and slot 1 its frame link: the root frame
 /// itself, which is on the stack at `jit_base`. A frame entry for slot 1 only
@@ -127,14 +131,14 @@ fn read_trace<M: Memory>(mem: &M, l: &ObjLayout, g: u64, traceno: u32) -> Option
         szmcode: u64::from(buf_u32(&buf, t.trace_szmcode)?),
     };
     // Constants lie below REF_BIAS and instructions from it up; refs are 16-bit.
-    if trace.nk >= t.ref_bias || trace.nins <= t.ref_bias || trace.nins - trace.nk > 1 << 16 {
+    if trace.nk >= t.ref_bias || trace.nins <= t.ref_bias || trace.nins - trace.nk > MAX_IR {
         return None;
     }
     // One allocation, in this order (trace_save): a stale or foreign object
     // will not line up.
     let ir_start = addr.checked_add(t.trace_size)?;
     let ir_end = ir_start.checked_add(u64::from(trace.nins - trace.nk) * t.irins_size)?;
-    let snap_end = ir_end.checked_add(trace.nsnap * t.snap_size)?;
+    let snap_end = ir_end.checked_add(trace.nsnap.checked_mul(t.snap_size)?)?;
     if trace.ir.wrapping_add(u64::from(trace.nk) * t.irins_size) != ir_start
         || trace.snap != ir_end
         || trace.snapmap != snap_end
@@ -173,6 +177,7 @@ fn snapshot_frames<M: Memory>(mem: &M, t: &TraceLayout, trace: &Trace, snapno: u
     let nent = mem.read_u8(snap.checked_add(t.snap_nent)?)?;
     // The entries are followed by the 64-bit PC-and-base word (LJ_FR2).
     let words_after = 8 / t.snapentry_size;
+    // The map read below is at most 255 entries: nent is a u8.
     if u64::from(mapofs) + u64::from(nent) + words_after > u64::from(trace.nsnapmap) {
         return None;
     }

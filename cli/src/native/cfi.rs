@@ -108,7 +108,7 @@ impl ObjectCfi {
             .and_then(|s| s.data().ok().map(<[u8]>::to_vec))
             .unwrap_or_default();
         let debug_frame = sect(".debug_frame")
-            .and_then(|s| s.uncompressed_data().ok().map(|d| d.into_owned()))
+            .and_then(|s| crate::target::elf::section_bytes(&s).ok().map(|d| d.into_owned()))
             .unwrap_or_default();
         let mut bases = BaseAddresses::default();
         if let Some(s) = sect(".eh_frame") {
@@ -140,6 +140,8 @@ impl ObjectCfi {
         Ok(cfi)
     }
 
+    /// At most one entry per FDE, and an FDE takes at least 8 bytes of the
+    /// section: the sections' sizes bound the index.
     fn build_index(&mut self) {
         let mut eh = Vec::new();
         index_section(
@@ -171,7 +173,7 @@ impl ObjectCfi {
         self.segments
             .iter()
             .find(|(o, sz, _)| off >= *o && off - o < *sz)
-            .map(|(o, _, va)| off - o + va)
+            .and_then(|(o, _, va)| (off - o).checked_add(*va))
     }
 
     pub fn rule_for(&mut self, svma: u64) -> Option<Rule> {

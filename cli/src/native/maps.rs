@@ -39,8 +39,10 @@ impl Mapping {
         p.rsplit('/').next().unwrap_or(p)
     }
 
+    /// Garbage (never a panic) for an `addr` outside the mapping, or an
+    /// offset field near 2^64 (/proc text is parsed, not trusted).
     pub fn file_offset(&self, addr: u64) -> u64 {
-        addr - self.start + self.offset
+        addr.wrapping_sub(self.start).wrapping_add(self.offset)
     }
 }
 

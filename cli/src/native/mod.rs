@@ -11,17 +11,9 @@ mod symbolize;
 mod unwind;
 
 #[cfg(test)]
+mod prop_tests;
+#[cfg(test)]
 mod tests;
 
 pub use symbolize::Symbolizer;
-pub use unwind::Unwinder;
-
-/// One sample's user registers and the bytes at `[rsp, rsp + stack.len())`.
-#[derive(Clone, Copy, Debug)]
-pub struct StackCopy<'a> {
-    pub rip: u64,
-    pub rsp: u64,
-    /// 0 when not captured; only frames whose CFA is rbp-based need it.
-    pub rbp: u64,
-    pub stack: &'a [u8],
-}
+pub use unwind::{StackCopy, Unwinder};

@@ -7,7 +7,16 @@ use anyhow::Result;
 
 use super::cfi::{ObjectCfi, Rule, Saved, CALLEE_SAVED, RA, RSP};
 use super::maps::{self, Mapping};
-use super::StackCopy;
+
+/// One sample's user registers and the bytes at `[rsp, rsp + stack.len())`.
+#[derive(Clone, Copy, Debug)]
+pub struct StackCopy<'a> {
+    pub rip: u64,
+    pub rsp: u64,
+    /// 0 when not captured; only frames whose CFA is rbp-based need it.
+    pub rbp: u64,
+    pub stack: &'a [u8],
+}
 
 /// DWARF register numbers 0..=16 (rax..r15, then the return address).
 #[derive(Clone, Copy, Debug, Default)]
@@ -66,6 +75,10 @@ pub fn step(rule: &Rule, regs: &mut Regs, s: &StackCopy) -> Option<u64> {
     Some(ra)
 }
 
+/// Largest vDSO mapping read: the x86-64 vDSO is two pages; a larger
+/// "[vdso]" line is not the kernel's.
+const MAX_VDSO_BYTES: u64 = 1 << 20;
+
 type ObjKey = (String, u64, String);
 
 pub struct Unwinder {
@@ -96,6 +109,8 @@ impl Unwinder {
         Ok(())
     }
 
+    /// At most `max_frames` addresses: each step must also move the CFA up
+    /// the stack copy, so a cyclic or garbage stack ends early, never loops.
     pub fn unwind(&mut self, s: &StackCopy, max_frames: usize) -> Vec<u64> {
         let mut out = Vec::new();
         if max_frames == 0 {
@@ -148,14 +163,15 @@ fn key(m: &Mapping) -> ObjKey {
 fn load(pid: u32, m: &Mapping) -> Option<ObjectCfi> {
     let data = if m.path == "[vdso]" {
         // The vDSO has no file; its mapping is a complete ELF image.
+        let len = m.end.checked_sub(m.start).filter(|&n| n <= MAX_VDSO_BYTES)?;
         let f = std::fs::File::open(format!("/proc/{pid}/mem")).ok()?;
-        let mut buf = vec![0u8; usize::try_from(m.end - m.start).ok()?];
+        let mut buf = vec![0u8; usize::try_from(len).ok()?];
         f.read_exact_at(&mut buf, m.start).ok()?;
         buf
     } else {
         m.candidates(pid)
             .iter()
-            .find_map(|p| std::fs::read(p).ok())?
+            .find_map(|p| crate::target::elf::read_file(p).ok())?
     };
     match ObjectCfi::parse(&data) {
         Ok(c) => Some(c),

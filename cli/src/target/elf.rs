@@ -1,10 +1,48 @@
 //! What an ELF file on disk can tell a profiler: symbols, debug info, unwind info,
 //! and where its separate debug file would be.
 
-use std::{collections::BTreeSet, fs, path::Path};
+use std::{borrow::Cow, collections::BTreeSet, fs::File, io::Read, path::Path};
 
-use anyhow::{Context, Result};
-use object::{Object, ObjectSection, ObjectSymbol};
+use anyhow::{bail, Context, Result};
+use object::{CompressionFormat, Object, ObjectSection, ObjectSymbol};
+
+/// Largest object file read whole. nginx, LuaJIT and their debug files are a
+/// few MB to a few hundred; anything bigger is not worth holding in memory.
+pub const MAX_ELF_BYTES: u64 = 1 << 30;
+
+/// Largest section decompressed: a compressed section states its own size,
+/// which a hostile file sets to anything.
+pub const MAX_SECTION_BYTES: u64 = 256 << 20;
+
+/// The whole file, refused past `MAX_ELF_BYTES`. Reads through a bound rather
+/// than trusting the file's size: /proc files (map_files) may report none.
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut data = Vec::new();
+    file.take(MAX_ELF_BYTES + 1)
+        .read_to_end(&mut data)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if data.len() as u64 > MAX_ELF_BYTES {
+        bail!("{} is larger than {MAX_ELF_BYTES} bytes: not read", path.display());
+    }
+    Ok(data)
+}
+
+/// A section's bytes, decompressed if needed, within `MAX_SECTION_BYTES`.
+/// zlib output stops at the stated size, so checking it suffices; object's zstd
+/// decoder reads to the end whatever the header says, so zstd is refused.
+pub fn section_bytes<'d>(section: &impl ObjectSection<'d>) -> Result<Cow<'d, [u8]>> {
+    let compressed = section.compressed_data()?;
+    match compressed.format {
+        CompressionFormat::None => {}
+        CompressionFormat::Zlib if compressed.uncompressed_size <= MAX_SECTION_BYTES => {}
+        CompressionFormat::Zlib => {
+            bail!("compressed section of {} bytes: over the bound", compressed.uncompressed_size)
+        }
+        _ => bail!("section compressed with {:?}: its decompression cannot be bounded", compressed.format),
+    }
+    Ok(compressed.decompress()?)
+}
 
 #[derive(Debug, Default, Clone)]
 pub struct ElfSummary {
@@ -21,9 +59,13 @@ pub struct ElfSummary {
 }
 
 pub fn summarize(path: &Path) -> Result<ElfSummary> {
-    let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let file = object::File::parse(&*data)
-        .with_context(|| format!("{} is not an ELF file ljprobe can read", path.display()))?;
+    let data = read_file(path)?;
+    summarize_bytes(&data).with_context(|| format!("{} is not an ELF file ljprobe can read", path.display()))
+}
+
+/// `summarize` of a file already read: any bytes give a summary or an error.
+pub fn summarize_bytes(data: &[u8]) -> Result<ElfSummary> {
+    let file = object::File::parse(data)?;
     let mut s = ElfSummary {
         build_id: file.build_id().ok().flatten().map(hex),
         debuglink: file
@@ -97,6 +139,67 @@ mod tests {
         let s = ElfSummary { build_id: Some("0a6563c5".into()), ..Default::default() };
         let c = debug_file_candidates(Path::new("/usr/lib/libx.so"), &s);
         assert_eq!(c[0], Path::new("/usr/lib/debug/.build-id/0a/6563c5.debug"));
+    }
+
+    use proptest::{collection::vec, prelude::*, sample::Index, test_runner::TestRunner};
+
+    fn config(cases: u32) -> ProptestConfig {
+        ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+    }
+
+    /// A small real ELF, with bytes or whole words (lengths, offsets, counts
+    /// at the edges of u64) overwritten anywhere and sometimes cut short,
+    /// gives a summary or an error, and never a longer banner than kept.
+    #[test]
+    fn mutated_elf_gives_a_summary_or_an_error() {
+        let original = std::fs::read("/bin/true").expect("a small ELF");
+        let want = summarize_bytes(&original).expect("unmutated");
+        assert!(want.has_eh_frame && want.build_id.is_some());
+        let value = prop_oneof![any::<u64>(), Just(0u64), Just(u64::MAX), (0u64..4096).prop_map(|d| u64::MAX - d)];
+        // Half the writes in the first KB: the ELF, program and (for /bin/true) nearby headers.
+        let write = (any::<bool>(), any::<Index>(), value, 1usize..=8);
+        let mut runner = TestRunner::new(config(256));
+        runner
+            .run(&(vec(write, 1..16), any::<Option<Index>>()), |(writes, cut)| {
+                let mut data = original.clone();
+                for (head, at, value, n) in writes {
+                    let i = at.index(if head { 1024 } else { data.len() });
+                    let end = (i + n).min(data.len());
+                    data[i..end].copy_from_slice(&value.to_le_bytes()[..end - i]);
+                }
+                if let Some(cut) = cut {
+                    data.truncate(cut.index(data.len()));
+                }
+                if let Ok(s) = summarize_bytes(&data) {
+                    prop_assert!(s.luajit_banner.is_none_or(|b| b.len() <= 64 * 3));
+                }
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        #[test]
+        fn banner_is_found_and_bounded_in_any_bytes(
+            before in vec(any::<u8>(), 0..256),
+            version in "[0-9a-z.-]{0,100}",
+            after in vec(any::<u8>(), 0..256),
+        ) {
+            let mut rodata = before.clone();
+            rodata.extend_from_slice(b"LuaJIT 2.");
+            rodata.extend_from_slice(version.as_bytes());
+            rodata.push(0);
+            rodata.extend_from_slice(&after);
+            let banner = find_banner(&rodata).expect("a banner");
+            // Lossy decoding may triple a byte; at most 64 bytes are kept.
+            prop_assert!(banner.len() <= 64 * 3);
+            let first = before.windows(9).all(|w| w != b"LuaJIT 2.");
+            if first && !version.contains(" --") && 9 + version.len() <= 64 {
+                prop_assert_eq!(banner, format!("LuaJIT 2.{version}").trim().to_string());
+            }
+        }
     }
 
     #[test]

@@ -31,6 +31,10 @@ type Unit<'a> = gimli::Unit<Reader<'a>>;
 
 const STRUCTS: [&str; 4] = ["GG_State", "global_State", "lua_State", "GCRef"];
 
+/// Typedefs followed to a struct: covers `typedef T1 T2;` chains, and a
+/// typedef cycle in bad DWARF ends here instead of looping.
+const MAX_TYPEDEF_HOPS: usize = 8;
+
 /// A complete struct definition: its size and its direct members' byte offsets.
 struct Struct {
     name: &'static str,
@@ -47,8 +51,14 @@ impl Struct {
 /// `Ok(None)` when `path` has no DWARF (a stripped file); an error when it has DWARF
 /// that lacks one of the structs or members ljprobe needs.
 pub fn read_layout(path: &Path) -> Result<Option<LuaJitLayout>> {
-    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let file = object::File::parse(&*data)
+    let data = super::elf::read_file(path)?;
+    layout_from_bytes(&data, path)
+}
+
+/// `read_layout` of a file already read (`path` only names it in errors): any
+/// bytes give a layout, None or an error.
+pub fn layout_from_bytes(data: &[u8], path: &Path) -> Result<Option<LuaJitLayout>> {
+    let file = object::File::parse(data)
         .with_context(|| format!("{} is not an object file ljprobe can parse", path.display()))?;
     // `data()` is the raw (possibly compressed) bytes: enough to tell "present" from
     // "absent or NOBITS" without decompressing anything.
@@ -58,8 +68,7 @@ pub fn read_layout(path: &Path) -> Result<Option<LuaJitLayout>> {
     }
     let sections = gimli::DwarfSections::load(|id| -> Result<Cow<[u8]>> {
         match file.section_by_name(id.name()) {
-            Some(section) => section
-                .uncompressed_data()
+            Some(section) => super::elf::section_bytes(&section)
                 .with_context(|| format!("cannot decompress {} in {}", id.name(), path.display())),
             None => Ok(Cow::Borrowed(&[])),
         }
@@ -107,7 +116,8 @@ pub fn read_layout(path: &Path) -> Result<Option<LuaJitLayout>> {
 
 /// Scans the top level of every unit (C types live there) and stops as soon as all
 /// of `STRUCTS` have a complete definition: nearly every LuaJIT unit includes
-/// lj_obj.h, so this usually ends in the first few units.
+/// lj_obj.h, so this usually ends in the first few units. Every unit and entry
+/// consumes bytes of .debug_info, so its size bounds the walk.
 fn find_structs(dwarf: &gimli::Dwarf<Reader>) -> Result<[Option<Struct>; 4]> {
     let mut found: [Option<Struct>; 4] = Default::default();
     let mut units = dwarf.units();
@@ -143,8 +153,7 @@ fn read_struct(
     mut offset: UnitOffset,
     name: &'static str,
 ) -> Result<Option<Struct>> {
-    // A few hops cover `typedef T1 T2;` chains and cannot loop on bad input.
-    for _ in 0..8 {
+    for _ in 0..MAX_TYPEDEF_HOPS {
         let entry = unit.entry(offset)?;
         match entry.tag() {
             gimli::DW_TAG_typedef => {
@@ -273,6 +282,63 @@ mod tests {
         assert_eq!(member_offset(expr(&[0x23, 0x90, 0x01]), enc).unwrap(), 144); // DW_OP_plus_uconst 144
         assert!(member_offset(expr(&[0x23, 0x10, 0x06]), enc).is_err()); // ... DW_OP_deref
         assert!(member_offset(expr(&[0x23]), enc).is_err()); // truncated
+    }
+
+    use proptest::{collection::vec, prelude::*, sample::Index, test_runner::TestRunner};
+
+    fn config(cases: u32) -> ProptestConfig {
+        ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+    }
+
+    /// Where in the debug build's file a section lies, and how much of it
+    /// the struct search reads before it has found everything.
+    fn file_range(data: &[u8], name: &str, head: usize) -> (usize, usize) {
+        let file = object::File::parse(data).expect("debug build parses");
+        let (off, size) = file.section_by_name(name).and_then(|s| s.file_range()).expect(name);
+        (off as usize, (size as usize).min(head))
+    }
+
+    /// Corrupted DWARF gives a layout, None or an error: never a panic or a
+    /// hang. Writes go to the start of .debug_info (the units read before all
+    /// structs are found), .debug_abbrev and .debug_str; some are whole words
+    /// at the edges of u64 (lengths, offsets, sizes).
+    #[test]
+    fn mutated_dwarf_gives_a_layout_or_an_error() {
+        let original = std::fs::read(debug_lib()).expect("debug build");
+        let sections = [
+            file_range(&original, ".debug_info", 64 << 10),
+            file_range(&original, ".debug_abbrev", 8 << 10),
+            file_range(&original, ".debug_str", 64 << 10),
+        ];
+        let value = prop_oneof![any::<u64>(), Just(0u64), Just(u64::MAX), Just(u64::from(u32::MAX))];
+        let write = (0..sections.len(), any::<Index>(), value, 1usize..=8);
+        let mut runner = TestRunner::new(config(128));
+        runner
+            .run(&(vec(write, 1..8), any::<Option<Index>>()), |(writes, cut)| {
+                let mut data = original.clone();
+                for (s, at, value, n) in writes {
+                    let (off, len) = sections[s];
+                    let i = off + at.index(len);
+                    data[i..i + n].copy_from_slice(&value.to_le_bytes()[..n]);
+                }
+                if let Some(cut) = cut {
+                    data.truncate(cut.index(data.len()));
+                }
+                let _ = layout_from_bytes(&data, Path::new("mutated"));
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Unmutated, the same bytes give the debug build's layout.
+        assert!(matches!(layout_from_bytes(&original, Path::new("original")), Ok(Some(_))));
+    }
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        #[test]
+        fn any_bytes_give_a_layout_or_an_error(data in vec(any::<u8>(), 0..4096)) {
+            let _ = layout_from_bytes(&data, Path::new("random"));
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::lua::{
 pub const L: ObjLayout = OPENRESTY_21_GC64;
 
 /// Mapped regions; a read must fall inside one.
-#[derive(Default, Clone)]
+#[derive(Default, Clone, Debug)]
 pub struct FakeMem {
     regions: BTreeMap<u64, Vec<u8>>,
 }

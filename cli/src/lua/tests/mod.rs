@@ -8,8 +8,10 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
+mod bounds;
 mod image;
 mod live;
+mod prop;
 mod trace;
 mod unit;
 

@@ -79,10 +79,10 @@ fn trace_layout_matches_the_debug_build() {
 
 // ---- Synthetic traces ----
 
-const G: u64 = 0x7e00_0000_0000;
-const MCODE: u64 = 0x7e10_0000_0000;
+pub(super) const G: u64 = 0x7e00_0000_0000;
+pub(super) const MCODE: u64 = 0x7e10_0000_0000;
 const SZMCODE: u32 = 0x200;
-const SNAP1_AT: u16 = 0x80;
+pub(super) const SNAP1_AT: u16 = 0x80;
 const REF_BIAS: u32 = T.ref_bias;
 const KNUM: u8 = T.ir_knum;
 const KGC: u8 = T.ir_kgc;
@@ -96,10 +96,10 @@ fn entry(slot: u32, flags: u32, r: u32) -> u32 {
 /// A trace in an `Image`: `consts` are 64-bit constants (op, type, value) at
 /// refs `REF_BIAS - 2*(i+1)`; snapshot 0 starts at mcode offset 0 with no
 /// entries, snapshot 1 at `SNAP1_AT` with `entries`.
-struct Built {
-    img: Image,
-    trace: u64,
-    traceno: u32,
+pub(super) struct Built {
+    pub(super) img: Image,
+    pub(super) trace: u64,
+    pub(super) traceno: u32,
 }
 
 fn kref(i: usize) -> u32 {
@@ -166,7 +166,7 @@ const LINK_INNER: u64 = 0x7f00_dddd_0020;
 
 /// Root slots 0-1, a local in slot 2 (an instruction), then two inlined
 /// frames: outer at slots 3-4, inner at 6-7; slot 1 marks a tail call.
-fn two_frames() -> Built {
+pub(super) fn two_frames() -> Built {
     let consts =
         [(KGC, IRT_FUNC, F_OUTER), (KNUM, IRT_NUM, LINK_OUTER), (KGC, IRT_FUNC, F_INNER), (KNUM, IRT_NUM, LINK_INNER)];
     let f = T.snap_frame;

@@ -60,6 +60,7 @@ pub fn create(path: &Path) -> Result<File> {
 pub fn check(path: &Path) -> Result<()> {
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_symlink() => Err(symlink_refusal(path)),
+        Ok(meta) if meta.is_dir() => bail!("cannot write {}: it is a directory; give a file name", path.display()),
         Ok(meta) => shared_dir_check(path, &meta, invoking_user()),
         Err(e) if e.kind() == ErrorKind::NotFound => {
             let dir = parent(path);
@@ -324,6 +325,8 @@ mod tests {
         let err = format!("{:#}", write(Path::new("/nonexistent-dir/x.svg"), b"").unwrap_err());
         assert_eq!(err, "cannot write /nonexistent-dir/x.svg: directory /nonexistent-dir does not exist");
         assert_eq!(format!("{:#}", check(Path::new("/nonexistent-dir/x.svg")).unwrap_err()), err);
+        let err = format!("{:#}", check(Path::new("/tmp")).unwrap_err());
+        assert_eq!(err, "cannot write /tmp: it is a directory; give a file name");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `cargo xtask bench cpu|offcpu`: what profiling costs the gateway's throughput.
+//! `cargo xtask bench cpu|offcpu`: what profiling costs the gateway's throughput;
+//! `bench soak`: ljprobe's own CPU and memory over a long run (soak.rs).
 //!
 //! Absolute requests/sec depend on the machine and on whatever else runs on it, so
 //! the result is a set of RATIOS: each profiled run against the unprofiled runs
@@ -7,7 +8,6 @@
 
 use std::{
     fs,
-    net::TcpListener,
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicBool, Ordering},
     thread,
@@ -19,13 +19,14 @@ use clap::Subcommand;
 use ljprobe_host::proc;
 use xtask::{
     cmd,
-    gateway::{Config, LuaJitBuild, Running},
+    gateway::{self, Config, LuaJitBuild, Running},
     load::{requests_per_sec, Load},
     paths, setup,
 };
 
 mod cpu;
 mod offcpu;
+mod soak;
 mod tools;
 
 #[derive(Subcommand)]
@@ -48,12 +49,24 @@ pub enum What {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
         rounds: u32,
     },
+    /// `ljprobe cpu --stack mixed` and `ljprobe offcpu` on the worker, together,
+    /// for a long run under sustained mixed load: ljprobe's own CPU share, peak
+    /// RSS and RSS growth, records per second and lost records.
+    Soak {
+        /// How long each tool traces.
+        #[arg(long, default_value = "10m", value_parser = crate::parse_duration)]
+        duration: Duration,
+        /// How often ljprobe's CPU time and RSS are read from /proc.
+        #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
+        every: Duration,
+    },
 }
 
 pub fn run(what: What) -> Result<()> {
     match what {
         What::Cpu { duration, rounds } => cpu::run(duration, rounds),
         What::Offcpu { duration, rounds } => offcpu::run(duration, rounds),
+        What::Soak { duration, every } => soak::run(duration, every),
     }
 }
 
@@ -103,23 +116,7 @@ fn check_interrupted() -> Result<()> {
 /// Runs `suite`: B T1 B T2 ... per round and one closing B, so every profiled run
 /// has a baseline on each side; then the own-cost run.
 pub fn measure(suite: &Suite, duration: Duration, rounds: u32) -> Result<Measured> {
-    unsafe { libc::signal(libc::SIGINT, on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t) };
-    setup::run()?;
-    // Release: the overhead of a debug build of ljprobe's user space is not the product's.
-    cmd::run(Command::new("cargo").args(["build", "--release", "--package", "ljprobe"]).current_dir(paths::root()))?;
-    let bench = Bench { ljprobe: paths::target().join("release/ljprobe"), out: paths::target().join("bench") };
-    fs::create_dir_all(&bench.out)?;
-
-    let port = free_port()?;
-    let config = Config {
-        // Own prefix: never picks up (or stops) a gateway someone started by hand.
-        prefix: bench.out.join("gateway"),
-        port,
-        backend_port: port + 1,
-        workers: 1,
-        luajit: LuaJitBuild::Debug,
-    };
-    let gw = Running::start(config)?;
+    let (bench, gw) = prepare()?;
     let load = |d: Duration| Load {
         url: gw.config.url(),
         route: suite.route.into(),
@@ -150,6 +147,28 @@ pub fn measure(suite: &Suite, duration: Duration, rounds: u32) -> Result<Measure
 
     let own = bench.own_cost(&gw, &load(Duration::from_secs(30)), &suite.own_cost)?;
     Ok(Measured { baselines, ratios, own, switches })
+}
+
+/// Ctrl-C handling, setup, a release build of ljprobe, and the gateway (1 worker,
+/// debug LuaJIT) in its own prefix under target/bench.
+fn prepare() -> Result<(Bench, Running)> {
+    unsafe { libc::signal(libc::SIGINT, on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+    setup::run()?;
+    // Release: the overhead of a debug build of ljprobe's user space is not the product's.
+    cmd::run(Command::new("cargo").args(["build", "--release", "--package", "ljprobe"]).current_dir(paths::root()))?;
+    let bench = Bench { ljprobe: paths::target().join("release/ljprobe"), out: paths::target().join("bench") };
+    fs::create_dir_all(&bench.out)?;
+
+    let port = gateway::free_port_pair(Some(18090))?;
+    let config = Config {
+        // Own prefix: never picks up (or stops) a gateway someone started by hand.
+        prefix: bench.out.join("gateway"),
+        port,
+        backend_port: port + 1,
+        workers: 1,
+        luajit: LuaJitBuild::Debug,
+    };
+    Ok((bench, Running::start(config)?))
 }
 
 /// Context switch counters: the machine's (`ctxt` in /proc/stat) and a process's.
@@ -328,21 +347,6 @@ impl Drop for Kid {
         }
         let _ = child.wait();
     }
-}
-
-/// 18090 (and 18091 for the backend) if free, else a free pair from the kernel.
-fn free_port() -> Result<u16> {
-    let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
-    if free(18090) && free(18091) {
-        return Ok(18090);
-    }
-    for _ in 0..20 {
-        let p = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        if p < u16::MAX && free(p) && free(p + 1) {
-            return Ok(p);
-        }
-    }
-    bail!("found no two free adjacent ports on 127.0.0.1")
 }
 
 fn median(v: &[f64]) -> f64 {

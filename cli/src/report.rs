@@ -82,6 +82,9 @@ struct Summary<'a> {
     events: &'a [crate::target::follow::Event],
     by_vm_state: &'a BTreeMap<String, u64>,
     top_frames: Vec<TopFrame>,
+    /// With `--lines`: the innermost Lua frames by the line they ran.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    top_lines: Vec<TopFrame>,
     svg: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     folded: Option<String>,
@@ -116,17 +119,11 @@ pub fn write(out: &Outputs, p: &Profile) -> Result<()> {
     }
 
     let total = p.folded.total().max(1) as f64;
-    let inclusive: BTreeMap<&Frame, u64> = p.folded.inclusive().into_iter().collect();
-    let top: Vec<TopFrame> = p
-        .folded
-        .by_innermost(is_function)
-        .into_iter()
-        .take(20)
-        .map(|(f, w)| {
-            let t = inclusive.get(f).copied().unwrap_or(w);
-            TopFrame { frame: f.label(), self_weight: w, self_share: w as f64 / total, total: t, total_share: t as f64 / total }
-        })
-        .collect();
+    // Functions add up over the lines they ran (`--lines` keeps them in the
+    // frames); the by-line view is apart.
+    let functions = p.folded.map(Frame::function);
+    let top = top_frames(&functions, is_function, total);
+    let top_lines = top_frames(&p.folded, |f| matches!(f, Frame::Lua { at: Some(_), .. }), total);
 
     println!("{}", p.title);
     println!(
@@ -142,6 +139,12 @@ pub fn write(out: &Outputs, p: &Profile) -> Result<()> {
     }
     for t in top.iter().take(5) {
         println!("  {:>5.1}%  {}", t.self_share * 100.0, t.frame);
+    }
+    if !top_lines.is_empty() {
+        println!("  by line:");
+        for t in top_lines.iter().take(5) {
+            println!("  {:>5.1}%  {}", t.self_share * 100.0, t.frame);
+        }
     }
     for note in p.notes.iter().cloned().chain(ljprobe_host::steal::note(c.steal_pct)) {
         println!("  {note}");
@@ -161,6 +164,7 @@ pub fn write(out: &Outputs, p: &Profile) -> Result<()> {
             events: &c.events,
             by_vm_state: &p.by_vm_state,
             top_frames: top,
+            top_lines,
             svg: svg_path.display().to_string(),
             folded: out.folded.as_ref().map(|f| f.display().to_string()),
             extra: &p.extra,
@@ -170,6 +174,21 @@ pub fn write(out: &Outputs, p: &Profile) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The 20 heaviest innermost frames that satisfy `pred`, with the weight of
+/// the stacks that hold them anywhere.
+fn top_frames(folded: &Folded, pred: impl Fn(&Frame) -> bool, total: f64) -> Vec<TopFrame> {
+    let inclusive: BTreeMap<&Frame, u64> = folded.inclusive().into_iter().collect();
+    folded
+        .by_innermost(pred)
+        .into_iter()
+        .take(20)
+        .map(|(f, w)| {
+            let t = inclusive.get(f).copied().unwrap_or(w);
+            TopFrame { frame: f.label(), self_weight: w, self_share: w as f64 / total, total: t, total_share: t as f64 / total }
+        })
+        .collect()
 }
 
 /// Pretty JSON to `path`, or to standard output for "-"; true if a file was written.

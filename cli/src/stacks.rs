@@ -13,7 +13,7 @@ use ljprobe_flamegraph::{Folded, Frame, VmState};
 
 use crate::{
     kallsyms::Kallsyms,
-    lua::{LuaFrame, ProcMem, Resolver},
+    lua::{Found, LuaFrame, Pc, ProcMem, Resolver},
     native::{StackCopy, Symbolizer, Unwinder},
     target::Process,
 };
@@ -36,6 +36,27 @@ impl StackKind {
             StackKind::Mixed => "mixed Lua and C",
         }
     }
+}
+
+/// Where a sample inside a trace stands: see `StackBuilder::placed_in_trace`.
+struct Placed {
+    /// Inlined frames, innermost first.
+    frames: Vec<LuaFrameRaw>,
+    pc: Option<Pc>,
+    /// The C function the trace called, when the sample is inside one.
+    callee: Option<u64>,
+}
+
+/// Which Lua frames carry the line they were executing (`--lines`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lines {
+    /// Functions only, as without `--lines`.
+    #[default]
+    None,
+    /// The innermost Lua frame: where the time is spent.
+    Innermost,
+    /// Every Lua frame: each caller at its call.
+    All,
 }
 
 /// Native frames unwound per sample at most; deeper stacks get a marker.
@@ -64,6 +85,8 @@ fn within(ranges: &[(u64, u64)], addr: u64) -> bool {
 pub struct StackBuilder {
     kind: StackKind,
     per_worker: bool,
+    /// Which frames keep their line; set with `with_lines`.
+    lines: Lines,
     luajit_path: Option<String>,
     resolvers: HashMap<u32, Resolver<ProcMem>>,
     /// Names native frames and the C functions Lua calls.
@@ -72,6 +95,11 @@ pub struct StackBuilder {
     kernel: Option<Kallsyms>,
     pub folded: Folded,
     pub by_vm_state: BTreeMap<String, u64>,
+    /// Stacks taken inside a trace, and those of them whose inlined frames
+    /// stayed ambiguous (see `Inlined::ambiguous`): charged to the frames
+    /// that are certain.
+    pub in_traces: u64,
+    pub inlined_ambiguous: u64,
 }
 
 impl StackBuilder {
@@ -88,6 +116,7 @@ impl StackBuilder {
         let mut builder = StackBuilder {
             kind,
             per_worker,
+            lines: Lines::None,
             luajit_path: luajit_path.map(str::to_string),
             resolvers: HashMap::new(),
             symbolizers: HashMap::new(),
@@ -95,11 +124,25 @@ impl StackBuilder {
             kernel,
             folded: Folded::default(),
             by_vm_state: BTreeMap::new(),
+            in_traces: 0,
+            inlined_ambiguous: 0,
         };
         for p in processes {
             builder.add_process(p)?;
         }
         Ok(builder)
+    }
+
+    /// For the JSON summary: how many stacks were taken inside traces, and in
+    /// how many of them the inlined frames stayed ambiguous.
+    pub fn inlined_summary(&self) -> serde_json::Value {
+        serde_json::json!({ "stacks_in_traces": self.in_traces, "ambiguous": self.inlined_ambiguous })
+    }
+
+    /// Lua frames carry the line they were executing, as `lines` says.
+    pub fn with_lines(mut self, lines: Lines) -> StackBuilder {
+        self.lines = lines;
+        self
     }
 
     /// Gets ready to name the stacks of `p`: its memory for Lua frames, its
@@ -228,22 +271,60 @@ impl StackBuilder {
     fn lua_stack(&mut self, s: &CpuSample) -> Vec<Frame> {
         let n = (s.nframes as usize).min(s.frames.len());
         let walked = &s.frames[..n];
-        let addrs = &s.trace_addrs[..(s.ntrace_addrs as usize).min(s.trace_addrs.len())];
-        let inlined = match (u32::try_from(s.vmstate), self.resolvers.get_mut(&s.tgid)) {
-            (Ok(traceno), Some(r)) if s.g != 0 && !addrs.is_empty() && s.flags & STACK_BROKEN == 0 => {
-                r.inlined_frames(s.g, traceno, addrs)
-            }
-            _ => Vec::new(),
+        let placed = self.placed_in_trace(s, walked);
+        let (inlined, innermost, callee) = match placed {
+            Some(p) => (p.frames, p.pc, p.callee),
+            // Where the innermost frame stands in the interpreter: its PC register.
+            None => (Vec::new(), (s.pc != 0 && s.vmstate == !0).then_some(Pc::Past(s.pc)), None),
         };
-        if inlined.is_empty() {
-            return self.stack(s.tgid, s.vmstate, s.flags, walked);
-        }
         let raw: Vec<LuaFrameRaw> = inlined.into_iter().chain(walked.iter().copied()).collect();
-        self.stack(s.tgid, s.vmstate, s.flags, &raw)
+        let mut stack = self.stack_at(s.tgid, s.vmstate, s.flags, &raw, innermost);
+        if self.kind == StackKind::Lua {
+            stack.extend(callee.and_then(|target| self.callee_frame(s.tgid, target)));
+        }
+        stack
     }
 
-    /// Root first, as folded stacks read.
-    pub fn stack(&mut self, tgid: u32, vmstate: i32, flags: u32, raw: &[LuaFrameRaw]) -> Vec<Frame> {
+    /// Inside a trace: the Lua frames it inlined at the sampled place, where
+    /// the innermost of them stands, and the C function it called when the
+    /// sample is in one. An FFI call is placed by the walk between snapshots
+    /// (`trace_call.rs`); anything else by the snapshots around the address.
+    fn placed_in_trace(&mut self, s: &CpuSample, walked: &[LuaFrameRaw]) -> Option<Placed> {
+        let traceno = u32::try_from(s.vmstate).ok()?;
+        let addrs = &s.trace_addrs[..(s.ntrace_addrs as usize).min(s.trace_addrs.len())];
+        if s.g == 0 || addrs.is_empty() || s.flags & (STACK_BROKEN | STACK_NO_VM | STACK_NOT_IN_LUA) != 0 {
+            return None;
+        }
+        self.in_traces += 1;
+        let r = self.resolvers.get_mut(&s.tgid)?;
+        // `trace_pc` is the instruction pointer itself when the trace's own
+        // code ran, else a return address into it: the sample is in a callee.
+        let in_callee = s.trace_pc != 0 && s.trace_pc != addrs[0];
+        let mut callee = None;
+        if let (true, Some(root)) = (in_callee, walked.first()) {
+            match r.ffi_call(s.g, traceno, s.trace_pc, root.func) {
+                Found::Call(c) => {
+                    return Some(Placed { frames: c.frames, pc: c.pc.map(Pc::At), callee: c.target });
+                }
+                Found::Ambiguous(target) => callee = target,
+                Found::NotFfi => callee = crate::lua::call_target(r.memory(), s.trace_pc),
+            }
+        }
+        let inlined = r.inlined_at(s.g, traceno, addrs)?;
+        self.inlined_ambiguous += u64::from(inlined.ambiguous);
+        Some(Placed { frames: inlined.frames, pc: inlined.pc.map(Pc::At), callee })
+    }
+
+    /// The C function at `target` as a frame, when it has a name (a function
+    /// of LuaJIT's own without a symbol is the VM at work: no frame).
+    fn callee_frame(&mut self, tgid: u32, target: u64) -> Option<Frame> {
+        let name = self.symbolizers.get_mut(&tgid)?.names(&[target], true).pop()?;
+        (!name.contains("+0x") && !name.starts_with('[')).then_some(Frame::Native(name))
+    }
+
+    /// Root first, as folded stacks read; `innermost` is where the innermost
+    /// frame stands, for `--lines`.
+    fn stack_at(&mut self, tgid: u32, vmstate: i32, flags: u32, raw: &[LuaFrameRaw], innermost: Option<Pc>) -> Vec<Frame> {
         if flags & STACK_NO_VM != 0 {
             return vec![Frame::Vm("[no Lua VM found yet]".into())];
         }
@@ -251,6 +332,7 @@ impl StackBuilder {
             return vec![Frame::Vm("[C: no Lua running]".into())];
         }
         let resolved = match self.resolvers.get_mut(&tgid) {
+            Some(r) if self.lines != Lines::None => r.resolve_at(raw, innermost),
             Some(r) => r.resolve(raw),
             None => Vec::new(),
         };
@@ -262,6 +344,21 @@ impl StackBuilder {
             stack.push(Frame::Vm("[unreadable frames below]".into()));
         }
         let mut to_frame = |f| to_frame(f, symbolizer.as_deref_mut());
+        let innermost_lua = resolved.iter().position(|f| matches!(f, LuaFrame::Lua { .. }));
+        let lines = self.lines;
+        let keep_line = |i: usize| match lines {
+            Lines::None => false,
+            Lines::Innermost => Some(i) == innermost_lua,
+            Lines::All => true,
+        };
+        let resolved: Vec<LuaFrame> = resolved
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| match f {
+                LuaFrame::Lua { name, file, line, at } => LuaFrame::Lua { name, file, line, at: at.filter(|_| keep_line(i)) },
+                other => other,
+            })
+            .collect();
         stack.extend(resolved.into_iter().rev().map(&mut to_frame));
         let state = VmState::from_raw(vmstate);
         match state {
@@ -281,7 +378,7 @@ impl StackBuilder {
 
 fn to_frame(f: LuaFrame, symbolizer: Option<&mut Symbolizer>) -> Frame {
     match f {
-        LuaFrame::Lua { name, file, line } => Frame::Lua { name, file, line },
+        LuaFrame::Lua { name, file, line, at } => Frame::Lua { name, file, line, at },
         // The symbol says which C function it is; the call-site name only how Lua
         // reached it. The symbolizer's fallbacks look like `object+0x1f` or `[...]`.
         LuaFrame::C { addr, name } => {
@@ -364,7 +461,7 @@ mod tests {
             n("ngx_http_lua_ngx_say", false),
             n("write", false),
         ];
-        let lua = vec![Frame::Lua { name: Some("handler".into()), file: "a.lua".into(), line: 3 }];
+        let lua = vec![Frame::Lua { name: Some("handler".into()), file: "a.lua".into(), line: 3, at: None }];
         let got: Vec<String> = splice(native, lua).iter().map(Frame::label).collect();
         assert_eq!(got, ["main", "ngx_http_lua_run_thread", "handler a.lua:3", "ngx_http_lua_ngx_say", "write"]);
     }

@@ -114,6 +114,12 @@ pub struct CpuSample {
     /// Valid entries of `trace_addrs`: non-zero only inside a JIT trace.
     pub ntrace_addrs: u32,
     pub _pad: u32,
+    /// In the interpreter: its PC register (rbx on x64), which points just
+    /// past the bytecode instruction being executed, so user space can say
+    /// which line of the innermost frame runs; 0 elsewhere. Inside C code the
+    /// interpreter called, the register may hold anything: user space accepts
+    /// it only inside the innermost frame's bytecode.
+    pub pc: u64,
     /// Inside a trace: the user instruction pointer, then the words at the top
     /// of the user stack. The first that lies in the trace's machine code tells
     /// user space which snapshot applies, and so which inlined Lua functions

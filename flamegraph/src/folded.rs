@@ -36,6 +36,17 @@ impl Folded {
         v
     }
 
+    /// The same stacks with every frame replaced by `f(frame)`; stacks that
+    /// become equal merge (e.g. `Frame::function` folds lines into functions).
+    pub fn map(&self, f: impl Fn(&Frame) -> Frame) -> Folded {
+        let mut out = Folded::default();
+        for (stack, &w) in &self.stacks {
+            let mapped: Vec<Frame> = stack.iter().map(&f).collect();
+            out.add(&mapped, w);
+        }
+        out
+    }
+
     /// Weight per frame counted once per stack (inclusive), heaviest first.
     pub fn inclusive(&self) -> Vec<(&Frame, u64)> {
         let mut m: HashMap<&Frame, u64> = HashMap::new();
@@ -82,7 +93,7 @@ mod tests {
     use super::*;
 
     fn lua(name: &str, line: u32) -> Frame {
-        Frame::Lua { name: Some(name.into()), file: "a.lua".into(), line }
+        Frame::Lua { name: Some(name.into()), file: "a.lua".into(), line, at: None }
     }
 
     #[test]

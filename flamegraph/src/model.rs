@@ -69,8 +69,9 @@ impl fmt::Display for VmState {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Frame {
     /// A Lua function: its name where debug info derives one, its chunk and the
-    /// line where it is defined.
-    Lua { name: Option<String>, file: String, line: u32 },
+    /// line where it is defined; with `at`, the line it was executing
+    /// (`--lines`), shown as `name file:line @at`.
+    Lua { name: Option<String>, file: String, line: u32, at: Option<u32> },
     /// A native function in user space.
     Native(String),
     Kernel(String),
@@ -83,11 +84,23 @@ pub enum Frame {
 }
 
 impl Frame {
+    /// The same frame without the line it was executing: what a per-function
+    /// view adds up.
+    pub fn function(&self) -> Frame {
+        match self {
+            Frame::Lua { name, file, line, .. } => Frame::Lua { name: name.clone(), file: file.clone(), line: *line, at: None },
+            other => other.clone(),
+        }
+    }
+
     pub fn label(&self) -> String {
         match self {
             // flamegraph.pl's format splits on ';' and the last ' ': keep both out.
-            Frame::Lua { name: Some(n), file, line } => clean(&format!("{n} {file}:{line}")),
-            Frame::Lua { name: None, file, line } => clean(&format!("{file}:{line}")),
+            Frame::Lua { name, file, line, at } => {
+                let name = name.as_deref().map(|n| format!("{n} ")).unwrap_or_default();
+                let at = at.map(|a| format!(" @{a}")).unwrap_or_default();
+                clean(&format!("{name}{file}:{line}{at}"))
+            }
             Frame::Native(s) | Frame::Vm(s) | Frame::Wait(s) => clean(s),
             Frame::Kernel(s) => clean(&format!("{s}_[k]")),
             Frame::Trace(n) => format!("trace#{n}"),
@@ -115,8 +128,10 @@ mod tests {
 
     #[test]
     fn labels_keep_separators_out() {
-        let f = Frame::Lua { name: Some("work".into()), file: "app/a;b.lua".into(), line: 12 };
+        let f = Frame::Lua { name: Some("work".into()), file: "app/a;b.lua".into(), line: 12, at: None };
         assert_eq!(f.label(), "work app/a:b.lua:12");
+        let f = Frame::Lua { name: None, file: "b.lua".into(), line: 3, at: Some(5) };
+        assert_eq!(f.label(), "b.lua:3 @5");
         assert_eq!(Frame::Kernel("schedule".into()).label(), "schedule_[k]");
     }
 }

@@ -68,7 +68,7 @@ mod tests {
     #[test]
     fn renders_labels_and_colours() {
         let mut f = Folded::default();
-        let lua = Frame::Lua { name: Some("hot".into()), file: "app/hot.lua".into(), line: 7 };
+        let lua = Frame::Lua { name: Some("hot".into()), file: "app/hot.lua".into(), line: 7, at: None };
         f.add(&[lua.clone(), Frame::Trace(3)], 9);
         f.add(&[Frame::Vm("[GC]".into())], 1);
         let mut svg = Vec::new();

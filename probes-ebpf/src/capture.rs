@@ -32,6 +32,7 @@ pub fn lua(
     sample.g = 0;
     sample.trace_pc = 0;
     sample.ntrace_addrs = 0;
+    sample.pc = 0;
 
     let from_register = regs.r14.checked_sub(layout.g2disp as u64).and_then(|g| vm::check_g(layout, g));
     let (vm, in_lua) = match from_register {
@@ -64,6 +65,9 @@ pub fn lua(
     };
     sample.nframes = n;
     sample.flags = flags;
+    if in_lua && vm.vmstate == !0 {
+        sample.pc = regs.rbx;
+    }
     if vm.vmstate >= 0 {
         trace_addrs(sample, regs);
         sample.trace_pc = trace_pc(sample, layout, vm.g, vm.vmstate as u64);

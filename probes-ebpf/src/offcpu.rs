@@ -211,6 +211,7 @@ fn stack_key(s: &OffcpuSample) -> u64 {
     // Inside a trace, the walked frames stop at its root: where in the trace
     // it stopped tells which inlined functions user space will find.
     mix(l.trace_pc);
+    mix(l.pc);
     let n = l.nframes as usize;
     for i in 0..MAX_LUA_FRAMES {
         if i >= n {

@@ -47,6 +47,31 @@ pub struct ObjLayout {
     /// The characters follow the GCstr header.
     pub str_data: u64,
 
+    /// What the walk between snapshots (`trace_call`) reads to find the
+    /// function a call instruction calls: `GCfuncL.uvptr[]`, `GCupval`'s
+    /// `immutable` flag and value pointer, `GCtab`'s metatable and hash part
+    /// (`node`, `hmask`; a `Node` is a value then a key), `GCudata.udtype` and
+    /// its payload (a clib's `{handle, cache}`), the function pointer of a
+    /// `GCcdata`, and `GCproto.numparams`.
+    pub func_uvptr: u64,
+    pub uv_immutable: u64,
+    pub uv_v: u64,
+    pub tab_meta: u64,
+    pub tab_node: u64,
+    pub tab_hmask: u64,
+    pub node_size: u64,
+    pub node_val: u64,
+    pub node_key: u64,
+    pub udata_udtype: u64,
+    pub udata_payload: u64,
+    /// `UDTYPE_FFI_CLIB`: the userdata behind `ffi.C` and `ffi.load`.
+    pub udtype_clib: u8,
+    pub cdata_ptr: u64,
+    pub proto_numparams: u64,
+    /// `FF_pcall`, `FF_xpcall`: fast functions that make a frame of their own.
+    pub ffid_pcall: u8,
+    pub ffid_xpcall: u8,
+
     /// `sizeof(GCRef)`: GC constants are an array of these below `proto->k`.
     pub gcref_size: u64,
     /// `sizeof(BCIns)`.
@@ -99,6 +124,8 @@ pub struct TraceLayout {
     /// `MCode` units from `T->mcode`), `nent` (u8).
     pub snap_size: u64,
     pub snap_mapofs: u64,
+    /// u16: the first IR instruction the snapshot applies to.
+    pub snap_ref: u64,
     pub snap_mcofs: u64,
     pub snap_nent: u64,
     /// `sizeof(SnapEntry)`: slot << 24 | flags | ref.
@@ -116,6 +143,21 @@ pub struct TraceLayout {
     /// GC64: the value is the whole `IRIns` after the one at `ref`.
     pub ir_kgc: u8,
     pub ir_knum: u8,
+    /// More `IRDEF` numbers: the guard and loop markers, the other 64-bit
+    /// and pointer constants, upvalue references, and the FFI call and its
+    /// argument chain.
+    pub ir_eq: u8,
+    pub ir_loop: u8,
+    pub ir_kint: u8,
+    pub ir_kptr: u8,
+    pub ir_kkptr: u8,
+    pub ir_kint64: u8,
+    pub ir_urefo: u8,
+    pub ir_urefc: u8,
+    pub ir_callxs: u8,
+    pub ir_carg: u8,
+    /// `GCtrace.startpc`: the bytecode the trace starts at (a looping trace returns there).
+    pub trace_startpc: u64,
     /// `IRT_TYPE` mask and `IRT_FUNC`: a `KGC` holding a function.
     pub irt_mask: u8,
     pub irt_func: u8,
@@ -149,6 +191,7 @@ pub const TRACE_OPENRESTY_21_GC64_X86_64: TraceLayout = TraceLayout {
 
     snap_size: 12,
     snap_mapofs: 0,
+    snap_ref: 4,
     snap_mcofs: 6,
     snap_nent: 10,
     snapentry_size: 4,
@@ -160,6 +203,17 @@ pub const TRACE_OPENRESTY_21_GC64_X86_64: TraceLayout = TraceLayout {
     ir_o: 5,
     ir_kgc: 24,
     ir_knum: 28,
+    ir_eq: 8,
+    ir_loop: 17,
+    ir_kint: 23,
+    ir_kptr: 25,
+    ir_kkptr: 26,
+    ir_kint64: 29,
+    ir_urefo: 60,
+    ir_urefc: 61,
+    ir_callxs: 99,
+    ir_carg: 100,
+    trace_startpc: 72,
     irt_mask: 0x1f,
     irt_func: 8,
     ref_bias: 0x8000,
@@ -199,6 +253,23 @@ pub const OPENRESTY_21_GC64: ObjLayout = ObjLayout {
 
     str_len: 20,
     str_data: 24,
+
+    func_uvptr: 40,
+    uv_immutable: 11,
+    uv_v: 32,
+    tab_meta: 32,
+    tab_node: 40,
+    tab_hmask: 52,
+    node_size: 24,
+    node_val: 0,
+    node_key: 8,
+    udata_udtype: 10,
+    udata_payload: 48,
+    udtype_clib: 2,
+    cdata_ptr: 16,
+    proto_numparams: 10,
+    ffid_pcall: 20,
+    ffid_xpcall: 21,
 
     gcref_size: 8,
     bcins_size: 4,

@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 mod bc;
+mod callsite;
 mod cache;
 mod frame;
 mod funcname;
@@ -21,9 +22,11 @@ mod resolve;
 #[cfg(test)]
 mod tests;
 mod trace;
+mod trace_call;
 
 #[allow(unused_imports)]
 pub use bc::Op;
+pub use callsite::call_target;
 #[allow(unused_imports)]
 pub use frame::RawFrame;
 #[allow(unused_imports)]
@@ -33,6 +36,7 @@ pub use layout::{ObjLayout, TraceLayout, OPENRESTY_21_GC64, TRACE_OPENRESTY_21_G
 #[allow(unused_imports)]
 pub use mem::{Memory, ProcMem};
 #[allow(unused_imports)]
-pub use resolve::{LuaFrame, Resolver, UNKNOWN_FILE};
+pub use resolve::{LuaFrame, Pc, Resolver, UNKNOWN_FILE};
 #[allow(unused_imports)]
 pub use trace::{Inlined, MAX_INLINED};
+pub use trace_call::{FfiCall, Found, TraceImage};

@@ -35,6 +35,8 @@ pub struct ProtoHeader {
     pub sizeuv: u8,
     pub chunkname: u64,
     pub firstline: i32,
+    pub numline: i32,
+    pub lineinfo: u64,
     pub uvinfo: u64,
     pub varinfo: u64,
 }
@@ -58,6 +60,8 @@ impl ProtoHeader {
             sizeuv: buf_u8(&hdr, l.proto_sizeuv)?,
             chunkname: buf_u64(&hdr, l.proto_chunkname)?,
             firstline: buf_i32(&hdr, l.proto_firstline)?,
+            numline: buf_i32(&hdr, l.proto_numline)?,
+            lineinfo: buf_u64(&hdr, l.proto_lineinfo)?,
             uvinfo: buf_u64(&hdr, l.proto_uvinfo)?,
             varinfo: buf_u64(&hdr, l.proto_varinfo)?,
         })
@@ -69,6 +73,8 @@ impl ProtoHeader {
 
     /// Index of the instruction just before return address `ret_pc`: the call
     /// that made the frame. None unless `ret_pc` lies inside this bytecode.
+    /// The interpreter's PC register points past the instruction it executes
+    /// in the same way, so this finds that instruction too.
     pub fn call_pos(&self, l: &ObjLayout, ret_pc: u64) -> Option<u32> {
         let off = ret_pc.checked_sub(self.bc_start(l))?;
         if off == 0 || off % l.bcins_size != 0 || off > u64::from(self.sizebc) * l.bcins_size {
@@ -92,6 +98,9 @@ pub struct ProtoDebug {
     pub bc: Vec<u32>,
     /// `kgc[i]` is the GCRef of constant `~i` (`proto_kgc(pt, ~i)`).
     kgc: Vec<u64>,
+    /// Source line of each instruction (`bc[i]` is on `lines[i]`), from
+    /// lineinfo as `lj_debug_line` reads it; empty without debug info.
+    lines: Vec<u32>,
     /// Empty when the proto has no debug info (stripped bytecode).
     uvnames: Vec<String>,
     vars: Vec<Var>,
@@ -111,6 +120,7 @@ impl ProtoDebug {
         Some(Self {
             bc,
             kgc: inside(h.k).and_then(|k| read_kgc(&img, l, k, h.sizekgc)).unwrap_or_default(),
+            lines: inside(h.lineinfo).and_then(|p| parse_lines(&img, p, h)).unwrap_or_default(),
             uvnames: inside(h.uvinfo).map(|p| parse_uvnames(&img, p, h.sizeuv)).unwrap_or_default(),
             vars: inside(h.varinfo).map(|p| parse_vars(&img, p)).unwrap_or_default(),
         })
@@ -118,6 +128,12 @@ impl ProtoDebug {
 
     pub fn kgc(&self, idx: u32) -> Option<u64> {
         self.kgc.get(idx as usize).copied()
+    }
+
+    /// The source line of instruction `pos` (0 is the function header, on
+    /// its first line); None without line info or past the end.
+    pub fn line(&self, pos: u32) -> Option<u32> {
+        self.lines.get(pos as usize).copied()
     }
 
     /// `lj_debug_uvname`, except that a missing name is None rather than "".
@@ -132,6 +148,7 @@ impl ProtoDebug {
     /// Approximate heap bytes, for the cache budget.
     pub fn weight(&self) -> usize {
         self.bc.len() * 4
+            + self.lines.len() * 4
             + self.kgc.len() * 8
             + self.uvnames.iter().map(|n| n.len() + 24).sum::<usize>()
             + self.vars.iter().map(|v| v.name.len() + 32).sum::<usize>()
@@ -146,6 +163,32 @@ fn read_kgc(img: &[u8], l: &ObjLayout, k_off: u64, sizekgc: u32) -> Option<Vec<u
     (0..u64::from(sizekgc))
         .map(|i| buf_u64(img, k_off.checked_sub((i + 1).checked_mul(l.gcref_size)?)?))
         .collect()
+}
+
+/// lineinfo holds, for instructions 1.., the line minus `firstline` in 1, 2
+/// or 4 bytes as `numline` needs; instruction 0 (the header) is on `firstline`.
+fn parse_lines(img: &[u8], off: u64, h: &ProtoHeader) -> Option<Vec<u32>> {
+    let first = u32::try_from(h.firstline).ok()?;
+    let width = match h.numline {
+        n if n < 0 => return None,
+        n if n < 256 => 1,
+        n if n < 65536 => 2,
+        _ => 4,
+    };
+    let start = usize::try_from(off).ok()?;
+    let n = usize::try_from(h.sizebc).ok()?.checked_sub(1)?;
+    let bytes = img.get(start..start.checked_add(n.checked_mul(width)?)?)?;
+    let mut lines = Vec::with_capacity(n + 1);
+    lines.push(first);
+    for c in bytes.chunks_exact(width) {
+        let delta = match width {
+            1 => u32::from(c[0]),
+            2 => u32::from(u16::from_ne_bytes([c[0], c[1]])),
+            _ => u32::from_ne_bytes([c[0], c[1], c[2], c[3]]),
+        };
+        lines.push(first.checked_add(delta)?);
+    }
+    Some(lines)
 }
 
 fn parse_uvnames(img: &[u8], off: u64, sizeuv: u8) -> Vec<String> {

@@ -11,12 +11,14 @@ use super::{
     mem::{buf_u64, buf_u8, Memory},
     proto::{ProtoDebug, ProtoHeader},
     trace::{self, Inlined},
+    trace_call::{self, Found, TraceImage},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LuaFrame {
-    /// `line` is where the function is defined (`linedefined`).
-    Lua { name: Option<String>, file: String, line: u32 },
+    /// `line` is where the function is defined (`linedefined`); `at` the line
+    /// it is executing, where known (see `resolve_at`).
+    Lua { name: Option<String>, file: String, line: u32, at: Option<u32> },
     /// `addr` is the C entry point (`GCfuncC.f`).
     C { addr: u64, name: Option<String> },
     /// A fast function (`ffid` > 1), e.g. `pairs` or `string.gsub`.
@@ -26,6 +28,14 @@ pub enum LuaFrame {
 /// The file of a Lua frame whose proto or chunkname cannot be read, and of a
 /// frame whose GCfunc cannot be read (freed since the sample, or a bad walk).
 pub const UNKNOWN_FILE: &str = "?";
+
+/// A bytecode address and what it means: `Past` an instruction (a return
+/// address, the interpreter's PC register) or `At` one (a snapshot's PC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pc {
+    Past(u64),
+    At(u64),
+}
 
 const DEFAULT_MAX_PROTOS: usize = 8192;
 const DEFAULT_MAX_BYTES: usize = 64 << 20;
@@ -53,7 +63,16 @@ pub struct Resolver<M: Memory> {
     mem: M,
     layout: ObjLayout,
     protos: Cache<ProtoEntry>,
+    /// Per (G, trace number): the trace object it was read from and its image.
+    traces: HashMap<(u64, u32), (u64, Option<TraceImage>)>,
+    /// Per (G, trace object, return address): where its FFI call was made.
+    calls: HashMap<(u64, u64, u64), Found>,
 }
+
+/// Traces and call sites remembered per process before the caches start over:
+/// a long run that compiles new traces keeps its memory bounded.
+const MAX_TRACES: usize = 4096;
+const MAX_CALLS: usize = 1 << 16;
 
 impl<M: Memory> Resolver<M> {
     /// A resolver for OpenResty's LuaJIT 2.1 GC64, the build ljprobe targets.
@@ -67,7 +86,7 @@ impl<M: Memory> Resolver<M> {
 
     /// Limits are per cache generation (see `Cache`): up to twice as much is held.
     pub fn with_cache_limits(mem: M, layout: ObjLayout, max_protos: usize, max_bytes: usize) -> Self {
-        Self { mem, layout, protos: Cache::new(max_protos, max_bytes) }
+        Self { mem, layout, protos: Cache::new(max_protos, max_bytes), traces: HashMap::new(), calls: HashMap::new() }
     }
 
     pub fn memory(&self) -> &M {
@@ -85,10 +104,28 @@ impl<M: Memory> Resolver<M> {
     /// One label per frame, in input order, except that a vararg pseudo-frame
     /// followed by its function's real frame yields one label, as in LuaJIT.
     pub fn resolve(&mut self, frames: &[RawFrame]) -> Vec<LuaFrame> {
+        self.resolve_frames(frames, None, false)
+    }
+
+    /// `resolve`, with the line each Lua frame is executing: for a frame that
+    /// called another, the line of that call (the callee's link is the return
+    /// PC); for the innermost, the line of `innermost` (the interpreter's PC
+    /// register, or a snapshot's PC inside a trace) when it lies in its bytecode.
+    pub fn resolve_at(&mut self, frames: &[RawFrame], innermost: Option<Pc>) -> Vec<LuaFrame> {
+        self.resolve_frames(frames, innermost, true)
+    }
+
+    fn resolve_frames(&mut self, frames: &[RawFrame], innermost: Option<Pc>, lines: bool) -> Vec<LuaFrame> {
         let mut out = Vec::with_capacity(frames.len());
+        // Where the frame being labelled stands: the return PC its callee left,
+        // and how to read it (past the call, or at the instruction itself).
+        let mut here = innermost;
         for (i, frame) in frames.iter().enumerate() {
             let outer = frames.get(i + 1);
+            let next = (frame.link & FRAME_TYPE == FRAME_LUA).then_some(Pc::Past(frame.link));
             if frame.link & FRAME_TYPEP == FRAME_VARG && outer.is_some_and(|o| o.func == frame.func) {
+                // The real frame of the same function comes next: it stands
+                // where this pseudo-frame does.
                 continue;
             }
             // Only a Lua caller leaves a call instruction to name us by; the
@@ -97,9 +134,23 @@ impl<M: Memory> Resolver<M> {
                 Some(o) if frame.link & FRAME_TYPE == FRAME_LUA => self.caller_name(o.func, frame.link),
                 _ => None,
             };
-            out.push(self.label(frame.func, name.map(|n| n.name)));
+            let at = here.filter(|_| lines).and_then(|pc| self.line_at(frame.func, pc));
+            out.push(self.label(frame.func, name.map(|n| n.name), at));
+            here = next;
         }
         out
+    }
+
+    /// The line of `pc` in the Lua function `func`, if it lies in its bytecode.
+    fn line_at(&mut self, func: u64, pc: Pc) -> Option<u32> {
+        let proto = self.func_proto(func)?;
+        let layout = self.layout;
+        let entry = self.entry(proto)?;
+        let pos = match pc {
+            Pc::Past(pc) => entry.header.call_pos(&layout, pc)?,
+            Pc::At(pc) => entry.header.call_pos(&layout, pc.checked_add(layout.bcins_size)?)?,
+        };
+        entry.debug.as_ref()?.line(pos)
     }
 
     /// The Lua frames trace `traceno` has inlined above its root frame at the first of `addrs`
@@ -118,6 +169,42 @@ impl<M: Memory> Resolver<M> {
     /// `inlined_frames` with where they were found: the address used and its snapshot.
     pub fn inlined_at(&mut self, g: u64, traceno: u32, addrs: &[u64]) -> Option<Inlined> {
         trace::inlined_frames(&self.mem, &self.layout, g, traceno, addrs)
+    }
+
+    /// Which Lua frames were live where trace `traceno` called a C function
+    /// that returns to `ret` (the trace's root frame runs `root`): see
+    /// `trace_call.rs`. Cached per call site, so a hot one costs two reads.
+    pub fn ffi_call(&mut self, g: u64, traceno: u32, ret: u64, root: u64) -> Found {
+        let Some(trace) = self.trace_object(g, traceno) else { return Found::NotFfi };
+        if let Some(found) = self.calls.get(&(g, trace, ret)) {
+            return found.clone();
+        }
+        let stale = self.traces.get(&(g, traceno)).is_none_or(|(t, _)| *t != trace);
+        if stale {
+            if self.traces.len() >= MAX_TRACES {
+                self.traces.clear();
+            }
+            let image = TraceImage::read(&self.mem, &self.layout, g, traceno);
+            self.traces.insert((g, traceno), (trace, image));
+        }
+        let found = match self.traces.get(&(g, traceno)) {
+            Some((_, Some(image))) => trace_call::frames_at(&self.mem, &self.layout, image, root, ret),
+            _ => Found::NotFfi,
+        };
+        if self.calls.len() >= MAX_CALLS {
+            self.calls.clear();
+        }
+        self.calls.insert((g, trace, ret), found.clone());
+        found
+    }
+
+    /// The GCtrace object trace `traceno` is now: a flushed and recompiled
+    /// trace number is another object.
+    fn trace_object(&self, g: u64, traceno: u32) -> Option<u64> {
+        let t = &self.layout.trace;
+        let traces = self.mem.read_u64(g.checked_add(t.g2j)?.checked_add(t.j_trace)?)?;
+        let slot = traces.checked_add(u64::from(traceno).checked_mul(self.layout.gcref_size)?)?;
+        self.mem.read_u64(slot).filter(|&a| a != 0)
     }
 
     /// The GCproto of a Lua function.
@@ -162,14 +249,14 @@ impl<M: Memory> Resolver<M> {
         self.call_name(proto, pos)
     }
 
-    fn label(&mut self, func: u64, name: Option<String>) -> LuaFrame {
-        let unknown = |name| LuaFrame::Lua { name, file: UNKNOWN_FILE.to_string(), line: 0 };
+    fn label(&mut self, func: u64, name: Option<String>, at: Option<u32>) -> LuaFrame {
+        let unknown = |name| LuaFrame::Lua { name, file: UNKNOWN_FILE.to_string(), line: 0, at: None };
         match self.read_func(func) {
             None => unknown(name),
             Some(Func::C { addr }) => LuaFrame::C { addr, name },
             Some(Func::Builtin { ffid }) => LuaFrame::Builtin { ffid, name },
             Some(Func::Lua { proto }) => match self.entry(proto) {
-                Some(e) => LuaFrame::Lua { name, file: e.file.clone(), line: e.line },
+                Some(e) => LuaFrame::Lua { name, file: e.file.clone(), line: e.line, at },
                 None => unknown(name),
             },
         }

@@ -59,19 +59,29 @@ pub struct Inlined {
     /// Innermost first, those the snapshots before and after the address
     /// agree on; frames whose function is not a constant are left out.
     pub frames: Vec<RawFrame>,
+    /// The bytecode instruction the snapshot resumes at, in the innermost of
+    /// `frames` (or the trace's root frame when `frames` is empty); None when
+    /// the snapshots disagreed about inner frames, so the instruction is in a
+    /// frame not returned.
+    pub pc: Option<u64>,
+    /// The snapshot before the address listed inner frames the one after did
+    /// not, and nothing else told whether they were still live there: they
+    /// were left out, and the code is charged to the frames both agree on.
+    pub ambiguous: bool,
 }
 
 /// The header fields of a saved trace we use, already checked.
-struct Trace {
-    nk: u32,
-    nins: u32,
-    ir: u64,
-    nsnap: u64,
-    nsnapmap: u32,
-    snap: u64,
-    snapmap: u64,
-    mcode: u64,
-    szmcode: u64,
+pub(super) struct Trace {
+    pub addr: u64,
+    pub nk: u32,
+    pub nins: u32,
+    pub ir: u64,
+    pub nsnap: u64,
+    pub nsnapmap: u32,
+    pub snap: u64,
+    pub snapmap: u64,
+    pub mcode: u64,
+    pub szmcode: u64,
 }
 
 /// See `Resolver::inlined_frames`; None when nothing is found or anything
@@ -87,20 +97,26 @@ pub fn inlined_frames<M: Memory>(mem: &M, l: &ObjLayout, g: u64, traceno: u32, a
         (ofs < trace.szmcode).then_some((a, ofs.checked_div(t.mcode_unit)?))
     })?;
     let snapno = snapshot_at(mem, t, &trace, ofs)?;
-    let mut frames = snapshot_frames(mem, t, &trace, snapno)?;
+    let (mut frames, pc) = snapshot_frames(mem, t, &trace, snapno)?;
+    let mut pc = Some(pc);
+    let mut ambiguous = false;
     // The last snapshot's code runs to the trace's end or loop: nothing after
     // it to agree with, and the interpreter would resume from it.
     if snapno + 1 < trace.nsnap {
-        let after = snapshot_frames(mem, t, &trace, snapno + 1)?;
+        let (after, _) = snapshot_frames(mem, t, &trace, snapno + 1)?;
         let common = frames.iter().rev().zip(after.iter().rev()).take_while(|(a, b)| a == b).count();
+        if common < frames.len() {
+            pc = None;
+            ambiguous = true;
+        }
         frames.drain(..frames.len() - common);
     }
-    Some(Inlined { addr, snapno: u32::try_from(snapno).ok()?, frames })
+    Some(Inlined { addr, snapno: u32::try_from(snapno).ok()?, frames, pc, ambiguous })
 }
 
 /// Trace `traceno` of the VM at `g`, checked against how `trace_save` lays a
 /// trace out: header, IR from constant `nk` up, snapshots, snapshot map.
-fn read_trace<M: Memory>(mem: &M, l: &ObjLayout, g: u64, traceno: u32) -> Option<Trace> {
+pub(super) fn read_trace<M: Memory>(mem: &M, l: &ObjLayout, g: u64, traceno: u32) -> Option<Trace> {
     let t = &l.trace;
     let j = g.checked_add(t.g2j)?;
     let traces = mem.read_u64(j.checked_add(t.j_trace)?)?;
@@ -120,6 +136,7 @@ fn read_trace<M: Memory>(mem: &M, l: &ObjLayout, g: u64, traceno: u32) -> Option
         return None;
     }
     let trace = Trace {
+        addr,
         nk: buf_u32(&buf, t.trace_nk)?,
         nins: buf_u32(&buf, t.trace_nins)?,
         ir: buf_u64(&buf, t.trace_ir)?,
@@ -170,8 +187,9 @@ fn snapshot_at<M: Memory>(mem: &M, t: &TraceLayout, trace: &Trace, ofs: u64) -> 
     lo.checked_sub(1)
 }
 
-/// The inlined frames of snapshot `snapno`, innermost first.
-fn snapshot_frames<M: Memory>(mem: &M, t: &TraceLayout, trace: &Trace, snapno: u64) -> Option<Vec<RawFrame>> {
+/// The inlined frames of snapshot `snapno`, innermost first, and the bytecode
+/// instruction it resumes at (the one being recorded when it was taken).
+fn snapshot_frames<M: Memory>(mem: &M, t: &TraceLayout, trace: &Trace, snapno: u64) -> Option<(Vec<RawFrame>, u64)> {
     let snap = trace.snap.checked_add(snapno.checked_mul(t.snap_size)?)?;
     let mapofs = mem.read_u32(snap.checked_add(t.snap_mapofs)?)?;
     let nent = mem.read_u8(snap.checked_add(t.snap_nent)?)?;
@@ -183,6 +201,8 @@ fn snapshot_frames<M: Memory>(mem: &M, t: &TraceLayout, trace: &Trace, snapno: u
     }
     let map_at = trace.snapmap.checked_add(u64::from(mapofs) * t.snapentry_size)?;
     let map = mem.read_bytes(map_at, usize::from(nent) * usize::try_from(t.snapentry_size).ok()?)?;
+    // LJ_FR2: `(pc << 8) | (baseslot - 2)` (snapshot_framelinks).
+    let pc = mem.read_u64(map_at.checked_add(u64::from(nent) * t.snapentry_size)?)? >> 8;
     let entries: Vec<u32> = (0..u64::from(nent)).map(|i| buf_u32(&map, i * t.snapentry_size)).collect::<Option<_>>()?;
     let slot = |sn: u32| sn >> 24;
     let sref = |sn: u32| sn & 0xffff;
@@ -222,7 +242,7 @@ fn snapshot_frames<M: Memory>(mem: &M, t: &TraceLayout, trace: &Trace, snapno: u
             }
         }
     }
-    Some(frames)
+    Some((frames, pc))
 }
 
 enum Const {
@@ -250,7 +270,7 @@ fn constant<M: Memory>(mem: &M, t: &TraceLayout, trace: &Trace, r: u32) -> Optio
     })
 }
 
-fn buf_u16(buf: &[u8], off: u64) -> Option<u16> {
+pub(super) fn buf_u16(buf: &[u8], off: u64) -> Option<u16> {
     let start = usize::try_from(off).ok()?;
     Some(u16::from_ne_bytes(buf.get(start..start.checked_add(2)?)?.try_into().ok()?))
 }

@@ -39,7 +39,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?.set(0, config, 0)?;
     // Symbols and unwind tables are read before attaching: the samples counted
     // start with the run.
-    let mut builder = StackBuilder::new(args.stacks.stack, args.stacks.kernel, args.stacks.per_worker, &aim.processes, aim.luajit_path.as_deref())?;
+    let mut builder = StackBuilder::new(args.stacks.stack, args.stacks.kernel, args.stacks.per_worker, &aim.processes, aim.luajit_path.as_deref())?
+        .with_lines(args.stacks.lines);
     attach::cpu_clock(&mut ebpf, "cpu_sample", args.freq)?;
     let mut ring = aya::maps::RingBuf::try_from(ebpf.take_map("SAMPLES").context("SAMPLES map missing")?)?;
     let lost_map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map missing")?)?;
@@ -48,6 +49,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let collected: Collected = collect::run(run, &mut ring, lost, &mut builder).await?;
     drop(ebpf);
 
+    let inlined = builder.inlined_summary();
     let title = format!("ljprobe cpu: PID {} ({}), {}", args.run.pid, aim.root.comm, args.stacks.stack.title());
     report::write(&args.outputs, &report::Profile {
         tool: "cpu",
@@ -59,7 +61,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         by_vm_state: builder.by_vm_state,
         collected,
         default_svg,
-        extra: Default::default(),
+        extra: [("inlined".to_string(), inlined)].into_iter().collect(),
         notes: vec![],
     })?;
     Ok(ExitCode::SUCCESS)

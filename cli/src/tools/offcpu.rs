@@ -69,7 +69,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         BpfHashMap::try_from(ebpf.take_map("PENDING_NATIVE").context("PENDING_NATIVE map missing")?)?;
     // Symbols and unwind tables are read before attaching: the time counted
     // starts with the run.
-    let builder = StackBuilder::new(args.stacks.stack, args.stacks.kernel, args.stacks.per_worker, &aim.processes, aim.luajit_path.as_deref())?;
+    let builder = StackBuilder::new(args.stacks.stack, args.stacks.kernel, args.stacks.per_worker, &aim.processes, aim.luajit_path.as_deref())?
+        .with_lines(args.stacks.lines);
     tracepoint::attach(&mut ebpf, "offcpu_switch", "sched", "sched_switch")?;
     let mut blocks = Blocks { builder, by_key: HashMap::new(), count: 0 };
     let lost = || bpf::per_cpu_total(&lost_map, 0);
@@ -111,6 +112,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         "short_blocks": { "count": short_count, "us": short_ns / 1000 },
         "idle": { "included": args.include_idle, "count": idle_count, "us": idle_ns / 1000 },
         "still_blocked_at_end": still_blocked,
+        "inlined": blocks.builder.inlined_summary(),
     });
 
     let title = format!("ljprobe offcpu: PID {} ({}), {}, blocked time in microseconds", args.run.pid, aim.root.comm, args.stacks.stack.title());

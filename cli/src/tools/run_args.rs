@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::{stacks::StackKind, target::aim::Aim};
+use crate::{
+    stacks::{Lines, StackKind},
+    target::aim::Aim,
+};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -28,6 +31,10 @@ pub struct StackArgs {
     /// With an nginx master: one tower per worker instead of merging them.
     #[arg(long)]
     pub per_worker: bool,
+    /// Lua frames carry the line they were executing, `name file:LINE @AT`:
+    /// the innermost (`--lines`) or every frame (`--lines all`).
+    #[arg(long, value_enum, num_args = 0..=1, default_value = "none", default_missing_value = "innermost", require_equals = false)]
+    pub lines: Lines,
 }
 
 impl StackArgs {

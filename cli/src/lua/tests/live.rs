@@ -89,7 +89,7 @@ fn check_live(luajit: &Path, tag: &str) {
     for (label, line) in DEFINED {
         let got = r.resolve(&[RawFrame { func: target.func(label), link: 0 }]);
         match &got[..] {
-            [LuaFrame::Lua { name: None, file, line: l }] => {
+            [LuaFrame::Lua { name: None, file, line: l, .. }] => {
                 assert!(file.ends_with(&script), "{label}: file {file:?}, want {script:?}");
                 assert_eq!(*l, line, "{label}: linedefined");
             }
@@ -111,8 +111,8 @@ fn check_live(luajit: &Path, tag: &str) {
         let line = DEFINED.iter().find(|d| d.0 == callee).map(|d| d.1).expect("callee line");
         let got = r.resolve(&frames);
         assert_eq!(got.len(), 2);
-        assert_eq!(got[0], LuaFrame::Lua { name: Some(name.to_string()), file: script.clone(), line });
-        assert_eq!(got[1], LuaFrame::Lua { name: None, file: script.clone(), line: 7 });
+        assert_eq!(got[0], LuaFrame::Lua { name: Some(name.to_string()), file: script.clone(), line, at: None });
+        assert_eq!(got[1], LuaFrame::Lua { name: None, file: script.clone(), line: 7, at: None });
     }
 
     match &r.resolve(&[RawFrame { func: target.func("cfunc"), link: 0 }])[..] {

@@ -9,7 +9,7 @@ use std::{
 };
 
 mod bounds;
-mod image;
+pub(crate) mod image;
 mod live;
 mod prop;
 mod trace;

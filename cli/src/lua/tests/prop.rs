@@ -172,7 +172,7 @@ proptest! {
         }
         let mut r = Resolver::with_layout(mem, L);
         let got = r.resolve(&[RawFrame { func, link: 0 }]);
-        prop_assert_eq!(got, vec![LuaFrame::Lua { name: None, file: path, line: firstline as u32 }]);
+        prop_assert_eq!(got, vec![LuaFrame::Lua { name: None, file: path, line: firstline as u32, at: None }]);
     }
 }
 

@@ -442,7 +442,7 @@ fn check_live(luajit: &Path, tag: &str, text: &str, want: &[(Option<&str>, u32)]
             println!("  func {:#x} link {:#x}  {label:?}", raw.func, raw.link);
         }
         let lua =
-            |name: Option<&str>, line| LuaFrame::Lua { name: name.map(str::to_string), file: script.clone(), line };
+            |name: Option<&str>, line| LuaFrame::Lua { name: name.map(str::to_string), file: script.clone(), line, at: None };
         let want: Vec<LuaFrame> = want.iter().map(|&(name, line)| lua(name, line)).collect();
         assert_eq!(labels, want, "frames {frames:x?}");
         return;

@@ -13,7 +13,7 @@ const C_LINK: u64 = (2 << 3) | 1;
 const VARG_LINK: u64 = (3 << 3) | 3;
 
 fn lua(name: Option<&str>, file: &str, line: u32) -> LuaFrame {
-    LuaFrame::Lua { name: name.map(str::to_string), file: file.to_string(), line }
+    LuaFrame::Lua { name: name.map(str::to_string), file: file.to_string(), line, at: None }
 }
 
 fn slot(kind: SlotKind, name: &str) -> Option<SlotName> {

@@ -57,6 +57,10 @@ impl crate::collect::Sink for Loops {
 }
 
 impl Loops {
+    pub fn inlined_summary(&self) -> serde_json::Value {
+        self.builder.inlined_summary()
+    }
+
     pub fn new(builder: StackBuilder, piece_ns: u64) -> Loops {
         Loops {
             builder,

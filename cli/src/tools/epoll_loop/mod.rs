@@ -19,7 +19,7 @@ use super::run_args::RunArgs;
 use crate::{
     bpf::{self, attach, objects, tracepoint},
     collect,
-    stacks::{StackBuilder, StackKind},
+    stacks::{Lines, StackBuilder, StackKind},
     target::aim::Aim,
 };
 
@@ -33,6 +33,10 @@ pub struct Args {
     /// On-CPU samples per second per CPU, taken only inside iterations already running long.
     #[arg(long, default_value_t = 499, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     freq: u64,
+    /// Culprits carry the line they were executing (`--lines`), or every Lua
+    /// frame of their stacks does (`--lines all`).
+    #[arg(long, value_enum, num_args = 0..=1, default_value = "none", default_missing_value = "innermost")]
+    lines: Lines,
     /// How many culprits to list.
     #[arg(long, default_value_t = 5)]
     top: usize,
@@ -65,7 +69,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let lost_map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map missing")?)?;
     let hist_map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("HIST").context("HIST map missing")?)?;
 
-    let builder = StackBuilder::new(StackKind::Lua, false, false, &aim.processes, aim.luajit_path.as_deref())?;
+    let builder =
+        StackBuilder::new(StackKind::Lua, false, false, &aim.processes, aim.luajit_path.as_deref())?.with_lines(args.lines);
     // Attached once everything is read: the iterations counted start with the run.
     for call in ["epoll_wait", "epoll_pwait", "epoll_pwait2"] {
         if tracepoint::exists("syscalls", &format!("sys_enter_{call}")) {

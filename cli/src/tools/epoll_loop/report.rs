@@ -75,6 +75,8 @@ struct Summary<'a> {
     histogram: Vec<Bucket>,
     fullest_bucket: Option<Bucket>,
     culprits: Vec<CulpritJson>,
+    /// Culprit stacks taken inside traces, and those whose inlined frames stayed ambiguous.
+    inlined: serde_json::Value,
     svg: String,
 }
 
@@ -185,6 +187,7 @@ pub fn write(args: &Args, r: &Report) -> Result<()> {
             histogram: r.hist.buckets(),
             fullest_bucket: r.hist.fullest(),
             culprits,
+            inlined: r.loops.inlined_summary(),
             svg: svg_path.display().to_string(),
         };
         if report::write_json(path, &summary)? {

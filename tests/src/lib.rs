@@ -1,6 +1,8 @@
 //! Harness for the end-to-end tests: the real `ljprobe` binary, a real gateway per
 //! test on free loopback ports, and checks on what a user would read.
 
+pub mod jp;
+
 use std::{
     path::PathBuf,
     process::{Command, Output},

@@ -6,15 +6,16 @@ use std::{
     fs,
     process::{Command, Stdio},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use ljprobe_tests::{
-    assert_one_sentence, gateway, gateway_with_workers, host_share, ljprobe, out_dir, read_folded, require_root, stderr, stdout,
-    weight,
+    jp::{self, Luajit},
+    assert_one_sentence, cpu_time, gateway, gateway_with_workers, ljprobe, ljprobe_then, load_until_stopped, out_dir, read_folded,
+    require_root, stderr, stdout, weight,
 };
 use serde_json::Value;
-use xtask::{gateway::LuaJitBuild, load::Load, paths, planted};
+use xtask::{gateway::LuaJitBuild, load::Load, planted};
 
 /// Three functions of known, different cost in one steady loop.
 const WORKLOAD: &str = r#"
@@ -44,16 +45,6 @@ end
 print(sink > 0)
 "#;
 
-/// `NN%  name` lines of `-jp=f`.
-fn parse_jp(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter_map(|l| {
-            let (pct, name) = l.trim().split_once('%')?;
-            Some((name.trim().to_string(), pct.trim().parse::<f64>().ok()?))
-        })
-        .collect()
-}
-
 /// Self share (percent) per Lua function name from our JSON summary, summed
 /// over its labels: `-jp=f` names functions only, and a rare sample may place
 /// one without its source ("heavy ?:0" beside "heavy fidelity.lua:2").
@@ -66,36 +57,67 @@ fn parse_ours(summary: &Value) -> HashMap<String, f64> {
     shares
 }
 
+/// The share of one CPU a process got from `start` on, from its CPU time.
+struct CpuShare {
+    pid: u32,
+    cpu: Duration,
+    at: Instant,
+}
+
+impl CpuShare {
+    fn start(pid: u32) -> CpuShare {
+        CpuShare { pid, cpu: cpu_time(pid).expect("the target runs"), at: Instant::now() }
+    }
+
+    /// The CPU time it got since.
+    fn cpu(&self) -> Duration {
+        cpu_time(self.pid).expect("the target is not reaped yet").saturating_sub(self.cpu)
+    }
+
+    fn share(&self) -> f64 {
+        self.cpu().as_secs_f64() / self.at.elapsed().as_secs_f64()
+    }
+}
+
+/// At least half the samples that sampling at `freq` for the run's duration
+/// gives a target that had `share` of a CPU (a spinning target: its share
+/// holds steady through the run).
+fn assert_samples(summary: &Value, freq: f64, share: f64) {
+    let expected = freq * summary["duration_secs"].as_f64().unwrap() * share;
+    let samples = summary["samples"].as_u64().unwrap();
+    assert!(samples as f64 >= 0.5 * expected, "{samples} samples, {expected:.0} expected at {freq} Hz with {share:.2} of a CPU: {summary}");
+}
+
 /// `root_c`: the C function the interpreter entered Lua from, when symbols say.
-fn fidelity(name: &str, luajit: &str, lua_path: Option<String>, root_c: Option<&str>) {
+fn fidelity(lj: Luajit, root_c: Option<&str>) {
     require_root();
+    let name = lj.name;
     let dir = out_dir();
     let script = dir.join("fidelity.lua");
     fs::write(&script, WORKLOAD).unwrap();
-    let mut cmd = Command::new(luajit);
     // `i1`: a sample every 1 ms instead of 10, ~5000 in all. At 10 ms its ~500
     // samples alone spread a 35% share by ±2 points (one sigma), and the two
     // profilers differed by 5.1 points in one CI run.
-    cmd.arg("-jp=fi1").arg(&script).arg("5").stdout(Stdio::piped()).stderr(Stdio::piped());
-    if let Some(p) = lua_path {
-        cmd.env("LUA_PATH", p);
-    }
-    let child = cmd.spawn().unwrap();
+    let child = lj.spawn_profiled("fi1", &script, &["5"]);
     let pid = child.id().to_string();
     thread::sleep(Duration::from_millis(500));
     let json = dir.join(format!("cpu-{name}.json"));
     let svg = dir.join(format!("cpu-{name}.svg"));
-    let out = ljprobe(&[
-        "cpu", "--pid", &pid, "--duration", "3s", "--freq", "499",
-        "--json", json.to_str().unwrap(), "--svg", svg.to_str().unwrap(),
-    ]);
+    let mut from = None;
+    let out = ljprobe_then(
+        &["cpu", "--pid", &pid, "--duration", "3s", "--freq", "499", "--json", json.to_str().unwrap(), "--svg", svg.to_str().unwrap()],
+        |_| from = Some(CpuShare::start(child.id())),
+    );
+    // Read before the target is reaped (a zombie still has its CPU time).
+    let share = from.expect("ljprobe started tracing").share();
     let jp = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     let summary: Value = serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
-    // 3 s at 499 Hz: ~1500, fewer when the host takes CPU time (steal).
-    let least = (500.0 * host_share(&summary)) as u64;
-    assert!(summary["samples"].as_u64().unwrap() > least, "too few samples: {summary}");
-    let theirs = parse_jp(&String::from_utf8_lossy(&jp.stdout));
+    // 499 a second of the CPU time the target got: 3 s of it if it had a CPU
+    // to itself, less when it shares one (with other processes, under a CPU
+    // quota) or the host takes it (steal).
+    assert_samples(&summary, 499.0, share);
+    let theirs = jp::shares(&String::from_utf8_lossy(&jp.stdout));
     let ours = parse_ours(&summary);
     for f in ["heavy", "medium", "light"] {
         let (t, o) = (theirs.get(f).copied().unwrap_or(0.0), ours.get(f).copied().unwrap_or(0.0));
@@ -114,15 +136,13 @@ fn fidelity(name: &str, luajit: &str, lua_path: Option<String>, root_c: Option<&
 
 #[test]
 fn lua_shares_agree_with_luajits_own_profiler_on_the_debug_build() {
-    let prefix = paths::luajit_debug();
-    let lua_path = format!("{}/share/luajit-2.1.0-beta3/?.lua;;", prefix.display());
     // luajit.c's pmain is a C function called through lua_cpcall: its symbol, not an address.
-    fidelity("debug", prefix.join("bin/luajit").to_str().unwrap(), Some(lua_path), Some("pmain"));
+    fidelity(jp::debug_build(), Some("pmain"));
 }
 
 #[test]
 fn lua_shares_agree_with_luajits_own_profiler_on_the_stock_build() {
-    fidelity("stock", "/usr/bin/luajit", None, None);
+    fidelity(jp::stock_build(), None);
 }
 
 #[test]
@@ -131,16 +151,26 @@ fn a_target_that_exits_mid_run_still_gets_its_samples_written() {
     let dir = out_dir();
     let script = dir.join("short.lua");
     fs::write(&script, WORKLOAD).unwrap();
+    // 1.5 s of CPU time (os.clock), however long that takes here.
     let mut child = Command::new("/usr/bin/luajit").arg(&script).arg("1.5").stdout(Stdio::null()).spawn().unwrap();
     thread::sleep(Duration::from_millis(300));
     let json = dir.join("cpu-short.json");
-    let out = ljprobe(&["cpu", "--pid", &child.id().to_string(), "--duration", "20s", "--json", json.to_str().unwrap(), "--svg", dir.join("cpu-short.svg").to_str().unwrap()]);
+    let mut from = None;
+    let out = ljprobe_then(
+        &["cpu", "--pid", &child.id().to_string(), "--duration", "20s", "--json", json.to_str().unwrap(), "--svg", dir.join("cpu-short.svg").to_str().unwrap()],
+        |_| from = Some(CpuShare::start(child.id())),
+    );
+    // The target has exited; unreaped, it still has its CPU time.
+    let cpu = from.expect("ljprobe started tracing").cpu();
     child.wait().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("exited"), "exit not reported: {}", stderr(&out));
     let summary: Value = serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(summary["stopped_by"], "target-exited");
-    assert!(summary["samples"].as_u64().unwrap() > 20, "{summary}");
+    // The default 99 Hz for the CPU time it had left once ljprobe traced it.
+    let expected = 99.0 * cpu.as_secs_f64();
+    let samples = summary["samples"].as_u64().unwrap();
+    assert!(samples as f64 >= 0.5 * expected && expected >= 20.0, "{samples} samples for {cpu:?} of CPU at 99 Hz: {summary}");
     assert!(summary["duration_secs"].as_f64().unwrap() < 10.0);
 }
 
@@ -162,8 +192,8 @@ fn profile_gateway_route(name: &str, route: &str) -> (Value, Vec<(String, u64)>)
 
 fn profile_gateway_route_with(name: &str, route: &str, extra: &[&str]) -> (Value, Vec<(String, u64)>) {
     let gw = gateway(name, LuaJitBuild::Debug);
-    let load = Load { url: gw.config.url(), route: route.into(), duration: Duration::from_secs(6), connections: 4, rate: None };
-    let mut wrk = load.spawn().unwrap();
+    // Until stopped: however long ljprobe takes to start, the load outlasts it.
+    let wrk = load_until_stopped(Load { url: gw.config.url(), route: route.into(), duration: Duration::ZERO, connections: 4, rate: None });
     thread::sleep(Duration::from_secs(1));
     let dir = out_dir();
     let (json, folded) = (dir.join(format!("{name}.json")), dir.join(format!("{name}.folded")));
@@ -175,8 +205,7 @@ fn profile_gateway_route_with(name: &str, route: &str, extra: &[&str]) -> (Value
     ];
     args.extend_from_slice(extra);
     let out = ljprobe(&args);
-    let _ = wrk.kill();
-    let _ = wrk.wait();
+    drop(wrk);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     let summary: Value = serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
     (summary, read_folded(&folded))
@@ -287,8 +316,8 @@ fn c_level_graph_of_a_process_without_lua_notes_it() {
 fn per_worker_roots_each_stack_in_its_worker() {
     let gw = gateway_with_workers("cpu-per-worker", LuaJitBuild::Debug, 2);
     assert_eq!(gw.status.worker_pids.len(), 2);
-    let load = Load { url: gw.config.url(), route: "/hot/jit".into(), duration: Duration::from_secs(5), connections: 8, rate: None };
-    let mut wrk = load.spawn().unwrap();
+    let load = Load { url: gw.config.url(), route: "/hot/jit".into(), duration: Duration::ZERO, connections: 8, rate: None };
+    let wrk = load_until_stopped(load);
     thread::sleep(Duration::from_secs(1));
     let dir = out_dir();
     let folded = dir.join("cpu-per-worker.folded");
@@ -296,8 +325,7 @@ fn per_worker_roots_each_stack_in_its_worker() {
         "cpu", "--pid", &gw.master().to_string(), "--duration", "2s", "--per-worker",
         "--folded", folded.to_str().unwrap(), "--svg", dir.join("cpu-per-worker.svg").to_str().unwrap(),
     ]);
-    let _ = wrk.kill();
-    let _ = wrk.wait();
+    drop(wrk);
     assert!(out.status.success(), "{}", stderr(&out));
     let roots: Vec<String> = fs::read_to_string(&folded).unwrap().lines().map(|l| l.split(';').next().unwrap().to_string()).collect();
     assert!(!roots.is_empty());
@@ -318,17 +346,25 @@ fn ctrl_c_stops_early_and_still_writes_everything() {
     let (json, svg) = (dir.join("cpu-ctrlc.json"), dir.join("cpu-ctrlc.svg"));
     let _ = fs::remove_file(&svg);
     let pid = target.id().to_string();
-    let out = ljprobe_tests::ljprobe_interrupted(
+    let mut from = None;
+    let out = ljprobe_then(
         &["cpu", "--pid", &pid, "--duration", "60s", "--json", json.to_str().unwrap(), "--svg", svg.to_str().unwrap()],
-        Duration::from_secs(2),
+        |ljprobe| {
+            from = Some(CpuShare::start(target.id()));
+            thread::sleep(Duration::from_secs(2));
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(ljprobe as i32, libc::SIGINT) };
+        },
     );
+    let share = from.expect("ljprobe started tracing").share();
     let _ = target.kill();
     let _ = target.wait();
     assert!(out.status.success(), "{}", stderr(&out));
     let summary: Value = serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(summary["stopped_by"], "interrupted");
     assert!(summary["duration_secs"].as_f64().unwrap() < 10.0);
-    assert!(summary["samples"].as_u64().unwrap() > 50, "{summary}");
+    // The default 99 Hz, for about 2 s of whatever CPU the target got.
+    assert_samples(&summary, 99.0, share);
     assert!(fs::read_to_string(&svg).unwrap().contains("heavy"), "the SVG lacks what was collected");
 }
 

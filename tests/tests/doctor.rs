@@ -71,7 +71,8 @@ fn gateway_under_load(name: &str, build: LuaJitBuild) -> (Output, Value, u32) {
     let load = Load {
         url: gw.config.url(),
         route: "/hot/jit".into(),
-        duration: Duration::from_secs(4),
+        // Killed once doctor is done: however long that takes here.
+        duration: ljprobe_tests::UNTIL_STOPPED,
         connections: 2,
         rate: None,
     };

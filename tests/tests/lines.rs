@@ -8,7 +8,7 @@ use std::{fs, thread, time::Duration};
 use ljprobe_tests::{
     gateway,
     jp::{self, Luajit},
-    ljprobe, ljprobe_then, out_dir, read_folded, require_root, stderr, stdout, weight,
+    ljprobe, ljprobe_then, load_until_stopped, out_dir, read_folded, require_root, stderr, stdout, weight,
 };
 use serde_json::Value;
 use xtask::{gateway::LuaJitBuild, load::Load, planted};
@@ -169,8 +169,9 @@ fn gateway_block_ffi(build: LuaJitBuild) {
     let gw = gateway(&format!("lines-block-ffi-{build:?}"), build);
     let p = planted::for_route("/block/ffi").unwrap();
     let label = format!("{} {}", p.function, p.location());
-    let load = Load { url: gw.config.url(), route: "/block/ffi?ms=5".into(), duration: Duration::from_secs(12), connections: 1, rate: None };
-    let mut wrk = load.spawn().unwrap();
+    // Until stopped: however long ljprobe takes to start here, the load outlasts it.
+    let load = Load { url: gw.config.url(), route: "/block/ffi?ms=5".into(), duration: Duration::ZERO, connections: 1, rate: None };
+    let wrk = load_until_stopped(load);
     // Warm-up: a few hundred requests, so the handler runs compiled.
     thread::sleep(Duration::from_secs(4));
     let name = format!("lines-block-ffi-{build:?}");
@@ -180,8 +181,7 @@ fn gateway_block_ffi(build: LuaJitBuild) {
         "offcpu", "--pid", &gw.master().to_string(), "--duration", "3s", "--folded", folded.to_str().unwrap(),
         "--svg", dir.join(format!("{name}.svg")).to_str().unwrap(),
     ]);
-    let _ = wrk.kill();
-    let _ = wrk.wait();
+    drop(wrk);
     assert!(out.status.success(), "{}", stderr(&out));
     let stacks = read_folded(&folded);
     let total = weight(&stacks, |_| true);

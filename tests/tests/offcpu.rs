@@ -11,7 +11,8 @@ use std::{
 };
 
 use ljprobe_tests::{
-    assert_one_sentence, gateway, host_share, ljprobe, ljprobe_then, out_dir, read_folded, require_root, stderr, stdout, weight,
+    assert_one_sentence, gateway, host_share, ljprobe, ljprobe_then, load_until_stopped, out_dir, read_folded, require_root, stderr,
+    stdout, weight, Background,
 };
 use serde_json::Value;
 use xtask::{gateway::LuaJitBuild, load::Load, planted};
@@ -51,7 +52,9 @@ fn offcpu_then(name: &str, pid: u32, duration: &str, extra: &[&str], attached: i
 /// Light load: one connection, 20 requests a second, each blocking 20 ms;
 /// after a burst of 1 ms requests that gets the route JIT-compiled, so that
 /// the stacks must hold through traces that inline the planted function.
-fn block_sleep_load(gw: &xtask::gateway::Running, secs: u64) -> Child {
+/// It runs until dropped: however long ljprobe takes to start here, the load
+/// outlasts its run.
+fn block_sleep_load(gw: &xtask::gateway::Running) -> Background {
     let warm = Load {
         url: gw.config.url(),
         route: "/block/sleep?ms=1".into(),
@@ -60,14 +63,8 @@ fn block_sleep_load(gw: &xtask::gateway::Running, secs: u64) -> Child {
         rate: None,
     };
     warm.run().unwrap();
-    let load = Load {
-        url: gw.config.url(),
-        route: "/block/sleep".into(),
-        duration: Duration::from_secs(secs),
-        connections: 1,
-        rate: Some(20),
-    };
-    let wrk = load.spawn().unwrap();
+    let load = Load { url: gw.config.url(), route: "/block/sleep".into(), duration: Duration::ZERO, connections: 1, rate: Some(20) };
+    let wrk = load_until_stopped(load);
     thread::sleep(Duration::from_secs(1));
     wrk
 }
@@ -83,10 +80,9 @@ fn block_sleep_sits_under_its_planted_function(name: &str, luajit: LuaJitBuild, 
     let mut attempt = 1;
     let run = loop {
         let gw = gateway(name, luajit);
-        let mut wrk = block_sleep_load(&gw, 8);
+        let wrk = block_sleep_load(&gw);
         let run = offcpu(name, gw.master(), "4s", &["--stack", stack]);
-        let _ = wrk.kill();
-        let _ = wrk.wait();
+        drop(wrk);
         if attempt == 3 || run.stacks.iter().any(|(s, _)| s.contains(";trace#")) {
             break run;
         }
@@ -132,10 +128,9 @@ fn mixed_off_cpu_stacks_run_from_nginx_through_lua_into_libc() {
     let p = planted::for_route("/block/sleep").unwrap();
     let label = format!("{} {}", p.function, p.location());
     let gw = gateway("offcpu-block-mixed", LuaJitBuild::Debug);
-    let mut wrk = block_sleep_load(&gw, 7);
+    let wrk = block_sleep_load(&gw);
     let run = offcpu("offcpu-block-mixed", gw.master(), "3s", &["--stack", "mixed"]);
-    let _ = wrk.kill();
-    let _ = wrk.wait();
+    drop(wrk);
     let total = weight(&run.stacks, |_| true);
     let full = weight(&run.stacks, |s| {
         // How far below ngx_process_events_and_timers the 8 KiB copy reaches
@@ -148,13 +143,12 @@ fn mixed_off_cpu_stacks_run_from_nginx_through_lua_into_libc() {
 #[test]
 fn idle_epoll_waits_stay_out_unless_asked_for() {
     let gw = gateway("offcpu-idle", LuaJitBuild::Debug);
-    let load = Load { url: gw.config.url(), route: "/health".into(), duration: Duration::from_secs(8), connections: 1, rate: Some(20) };
-    let mut wrk = load.spawn().unwrap();
+    let load = Load { url: gw.config.url(), route: "/health".into(), duration: Duration::ZERO, connections: 1, rate: Some(20) };
+    let wrk = load_until_stopped(load);
     thread::sleep(Duration::from_secs(1));
     let default = offcpu("offcpu-idle", gw.master(), "2s", &[]);
     let with_idle = offcpu("offcpu-with-idle", gw.master(), "2s", &["--include-idle"]);
-    let _ = wrk.kill();
-    let _ = wrk.wait();
+    drop(wrk);
     assert_eq!(weight(&default.stacks, |s| s.contains("epoll_wait")), 0);
     // Over half of the 2 s idle; of the time the host left the machine, when
     // it took some (steal: 64% in one CI run, the worker "running" meanwhile).
@@ -169,12 +163,11 @@ fn idle_epoll_waits_stay_out_unless_asked_for() {
 fn a_non_blocking_upstream_wait_is_not_blocked_time() {
     let p = planted::for_route("/slow/upstream").unwrap();
     let gw = gateway("offcpu-slow", LuaJitBuild::Debug);
-    let load = Load { url: gw.config.url(), route: "/slow/upstream".into(), duration: Duration::from_secs(6), connections: 4, rate: None };
-    let mut wrk = load.spawn().unwrap();
+    let load = Load { url: gw.config.url(), route: "/slow/upstream".into(), duration: Duration::ZERO, connections: 4, rate: None };
+    let wrk = load_until_stopped(load);
     thread::sleep(Duration::from_secs(1));
     let run = offcpu("offcpu-slow", gw.master(), "3s", &[]);
-    let _ = wrk.kill();
-    let _ = wrk.wait();
+    drop(wrk);
     let under = weight(&run.stacks, |s| s.contains(&p.function));
     // Requests wait 50 ms each, 4 at a time: 12 s of latency in 3 s, none of it blocking.
     assert!(under < 50_000, "{under} us blocked under {}:\n{:#?}", p.function, run.stacks);

@@ -1,7 +1,7 @@
 //! Harness for the end-to-end tests: the real `ljprobe` binary, a real gateway per
 //! test on free loopback ports, and checks on what a user would read.
 
-pub mod jp;
+pub mod luajit;
 
 use std::{
     path::PathBuf,

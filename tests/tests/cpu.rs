@@ -10,7 +10,7 @@ use std::{
 };
 
 use ljprobe_tests::{
-    jp::{self, Luajit},
+    luajit::{self as jp, Luajit},
     assert_one_sentence, cpu_time, gateway, gateway_with_workers, ljprobe, ljprobe_then, load_until_stopped, out_dir, read_folded,
     require_root, stderr, stdout, weight,
 };

@@ -5,13 +5,13 @@
 
 use std::{
     fs,
-    process::{Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use ljprobe_host::proc;
-use ljprobe_tests::{gateway, gateway_with_workers, ljprobe_then, out_dir, read_folded, require_root, stderr, stdout, weight};
+use ljprobe_tests::{cpu_time, gateway, gateway_with_workers, luajit, ljprobe_then, out_dir, read_folded, require_root, stderr, stdout, weight};
 use serde_json::Value;
 use xtask::{
     gateway::{http_get, LuaJitBuild, Running},
@@ -148,6 +148,10 @@ fn a_master_is_followed_through_reload_and_a_worker_crash() {
         unsafe { libc::kill(crashed as i32, libc::SIGKILL) };
         respawned = wait_for_workers(master, |w| w.len() == 2 && !w.contains(&crashed));
     });
+    // What the surviving new workers ran, all of it inside the run: nginx
+    // hands connections to whichever worker accepts first, so one may get
+    // little of the load.
+    let ran: Vec<(u32, Duration)> = respawned.iter().map(|&w| (w, cpu_time(w).unwrap_or_default())).collect();
     let _ = wrk.kill();
     let _ = wrk.wait();
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
@@ -167,14 +171,18 @@ fn a_master_is_followed_through_reload_and_a_worker_crash() {
     assert!(has(crashed, "exited"), "the crash of {crashed} is not reported: {s}");
     assert!(first.iter().all(|&pid| has(pid, "exited")), "the retired workers' exit is not reported: {s}");
 
-    // Really sampled, not only listed: the planted function under each new
-    // worker's root (`--per-worker`), named from its own memory.
+    // Really sampled, not only listed: each new worker that ran gets the
+    // samples its CPU time calls for (99 Hz), under its own root
+    // (`--per-worker`), and the planted function is named from their memory.
     let stacks = read_folded(&out_dir().join(format!("{name}.folded")));
     let label = format!("{} {}", p.function, p.location());
-    for pid in reloaded.iter().chain([&new_one]) {
-        let under = weight(&stacks, |st| st.starts_with(&format!("[pid {pid}];")) && st.contains(&label));
-        assert!(under > 0, "no sample of {label} in worker {pid}: {:#?}", stacks);
+    for (pid, cpu) in &ran {
+        let expected = cpu.as_secs_f64() * 99.0;
+        let got = weight(&stacks, |st| st.starts_with(&format!("[pid {pid}];")));
+        assert!(got as f64 >= 0.4 * expected - 2.0, "worker {pid} ran {cpu:?} but has {got} samples: {stacks:#?}");
     }
+    let planted = weight(&stacks, |st| respawned.iter().any(|pid| st.starts_with(&format!("[pid {pid}];"))) && st.contains(&label));
+    assert!(planted > 0, "no sample of {label} in the workers that started during the run: {stacks:#?}");
 }
 
 #[test]
@@ -236,9 +244,7 @@ ffi.C.execv("/bin/sleep", argv)
 #[test]
 fn a_target_that_execs_mid_run_is_reported_and_its_samples_written() {
     require_root();
-    let script = out_dir().join("execs.lua");
-    fs::write(&script, EXECS).unwrap();
-    let mut child = Command::new("/usr/bin/luajit").arg(&script).arg("2").stdout(Stdio::null()).spawn().unwrap();
+    let mut child = luajit::stock_build().script("execs", EXECS).1.arg("2").spawn().unwrap();
     thread::sleep(Duration::from_millis(300));
     let pid = child.id();
     let name = "fault-exec";

@@ -7,7 +7,7 @@ use std::{fs, thread, time::Duration};
 
 use ljprobe_tests::{
     gateway,
-    jp::{self, Luajit},
+    luajit::{self as jp, Luajit},
     ljprobe, ljprobe_then, load_until_stopped, out_dir, read_folded, require_root, stderr, stdout, weight,
 };
 use serde_json::Value;
@@ -124,9 +124,8 @@ print(sink)
 fn wrapper_is_named(lj: Luajit) {
     require_root();
     let dir = out_dir();
-    let script = dir.join("ffi-wrapper.lua");
-    fs::write(&script, WRAPPER).unwrap();
-    let mut child = std::process::Command::new(&lj.bin).arg(&script).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let (script, mut cmd) = lj.script("ffi-wrapper", WRAPPER);
+    let mut child = cmd.spawn().unwrap();
     // Warm: the loop compiles after a few dozen 2 ms naps.
     thread::sleep(Duration::from_millis(800));
     let name = format!("ffi-wrapper-{}", lj.name);

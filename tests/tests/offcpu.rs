@@ -11,7 +11,7 @@ use std::{
 };
 
 use ljprobe_tests::{
-    assert_one_sentence, gateway, host_share, ljprobe, ljprobe_then, load_until_stopped, out_dir, read_folded, require_root, stderr,
+    assert_one_sentence, gateway, luajit, host_share, ljprobe, ljprobe_then, load_until_stopped, out_dir, read_folded, require_root, stderr,
     stdout, weight, Background,
 };
 use serde_json::Value;
@@ -186,9 +186,7 @@ end
 "#;
 
 fn napper(name: &str, us: u32) -> Child {
-    let script = out_dir().join(format!("{name}.lua"));
-    fs::write(&script, NAPPER).unwrap();
-    let child = Command::new("/usr/bin/luajit").arg(&script).arg(us.to_string()).stdout(Stdio::null()).spawn().unwrap();
+    let child = luajit::stock_build().script(name, NAPPER).1.arg(us.to_string()).spawn().unwrap();
     thread::sleep(Duration::from_millis(300));
     child
 }
@@ -332,9 +330,7 @@ end
 #[test]
 fn blocks_in_different_inlined_functions_of_one_trace_stay_apart() {
     require_root();
-    let script = out_dir().join("offcpu-two.lua");
-    fs::write(&script, TWO_NAPPERS).unwrap();
-    let mut child = Command::new("/usr/bin/luajit").arg(&script).stdout(Stdio::null()).spawn().unwrap();
+    let mut child = luajit::stock_build().script("offcpu-two", TWO_NAPPERS).1.spawn().unwrap();
     thread::sleep(Duration::from_millis(500));
     let run = offcpu("offcpu-two", child.id(), "2s", &[]);
     let _ = child.kill();

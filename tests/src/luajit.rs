@@ -1,5 +1,6 @@
-//! LuaJIT's own sampling profiler (`-jp`) as ground truth: the same script
-//! runs under it while ljprobe samples the process.
+//! LuaJIT builds to run test scripts with, and LuaJIT's own sampling profiler
+//! (`-jp`) as ground truth: the same script runs under it while ljprobe
+//! samples the process.
 
 use std::{
     collections::HashMap,
@@ -32,6 +33,19 @@ pub fn stock_build() -> Luajit {
 }
 
 impl Luajit {
+    /// Writes `text` to `target/test-out/NAME.lua` and returns it with a
+    /// command that runs it (output discarded; add arguments as needed).
+    pub fn script(&self, name: &str, text: &str) -> (std::path::PathBuf, Command) {
+        let path = crate::out_dir().join(format!("{name}.lua"));
+        std::fs::write(&path, text).expect("the script is written");
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg(&path).stdout(Stdio::null());
+        if let Some(p) = &self.lua_path {
+            cmd.env("LUA_PATH", p);
+        }
+        (path, cmd)
+    }
+
     /// Starts `script` with `args` under `-jp=<mode>` (its report on stdout at exit).
     pub fn spawn_profiled(&self, mode: &str, script: &Path, args: &[&str]) -> Child {
         let mut cmd = Command::new(&self.bin);

@@ -10,6 +10,7 @@ use std::{
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    version(&manifest_dir);
     let probes = manifest_dir.join("../probes-ebpf");
     let common = manifest_dir.join("../common");
     for p in ["src", "Cargo.toml", "Cargo.lock"] {
@@ -52,6 +53,40 @@ fn main() {
         fs::copy(&from, out_dir.join(&name))
             .unwrap_or_else(|e| fail(&format!("{} was not built: {e}", from.display())));
     }
+}
+
+/// `LJPROBE_VERSION` for `ljprobe --version`: the crate version, the commit it
+/// was built from and the target triple, e.g. `0.1.0 (commit 1a2b3c4d5e6f,
+/// x86_64-unknown-linux-musl)`. The commit comes from `git` when the source is a
+/// clone, else from `LJPROBE_COMMIT` (set it when building from a tarball), else
+/// it says `unknown`.
+fn version(manifest_dir: &Path) {
+    println!("cargo:rerun-if-env-changed=LJPROBE_COMMIT");
+    let git = |args: &[&str]| -> Option<String> {
+        // safe.directory: a checkout owned by another user (a container's mounted source) still says its commit.
+        let out =
+            Command::new("git").args(["-c", "safe.directory=*"]).args(args).current_dir(manifest_dir).output().ok()?;
+        let text = String::from_utf8(out.stdout).ok()?.trim().to_string();
+        (out.status.success() && !text.is_empty()).then_some(text)
+    };
+    let commit = env::var("LJPROBE_COMMIT").ok().filter(|c| !c.is_empty()).or_else(|| {
+        let commit = git(&["rev-parse", "--short=12", "HEAD"])?;
+        // Build again when HEAD moves: HEAD itself, the branch it names, packed refs.
+        let mut watch = vec!["HEAD".to_string(), "packed-refs".to_string()];
+        watch.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+        for f in watch {
+            // Only files that exist: cargo reruns a script on every build for a missing one.
+            match git(&["rev-parse", "--path-format=absolute", "--git-path", &f]) {
+                Some(path) if Path::new(&path).exists() => println!("cargo:rerun-if-changed={path}"),
+                _ => {}
+            }
+        }
+        Some(commit)
+    });
+    let target = env::var("TARGET").unwrap_or_else(|_| "unknown target".into());
+    let version = env::var("CARGO_PKG_VERSION").unwrap_or_default();
+    let commit = commit.unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=LJPROBE_VERSION={version} (commit {commit}, {target})");
 }
 
 /// The `[[bin]]` names of probes-ebpf: one per tool.

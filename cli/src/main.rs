@@ -2,18 +2,28 @@
 //! The binary only parses arguments and reports errors; the work is in the
 //! library (`lib.rs`).
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
-use clap::{ArgAction, Parser, Subcommand};
+use clap::{ArgAction, CommandFactory, Parser, Subcommand};
 use ljprobe::tools;
+
+/// musl's allocator (one lock for every thread) is slow for ljprobe's many
+/// small allocations (decoding stacks, symbol and unwind tables): the static
+/// build uses jemalloc, which brings it back to the glibc build's CPU time
+/// (docs/bench.md#static-build).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
 #[command(
     name = "ljprobe",
-    version,
+    // Version, commit and target triple, from build.rs.
+    version = env!("LJPROBE_VERSION"),
     about = "Profile and diagnose live LuaJIT / OpenResty processes with eBPF",
     long_about = "Profile and diagnose live LuaJIT / OpenResty processes with eBPF: no restart, \
-                  no code change, no kernel module, no kernel debuginfo. Run as root against a PID."
+                  no code change, no kernel module, no kernel debuginfo. Run as root against a PID, or \
+                  installed with file capabilities against your own processes."
 )]
 struct Cli {
     /// More output: -v shows messages from the kernel programs, -vv debug detail.
@@ -33,6 +43,13 @@ enum Command {
     Offcpu(tools::offcpu::Args),
     /// Event-loop iteration times as a log2 histogram, and the Lua functions that block the loop.
     EpollLoop(tools::epoll_loop::Args),
+    /// Write the man pages and the bash, zsh and fish completions into DIR
+    /// (`cargo xtask dist` ships them beside the binary).
+    #[command(hide = true)]
+    Generate {
+        /// Directory to write into: DIR/man/*.1 and DIR/completions/*.
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -40,11 +57,20 @@ fn main() -> ExitCode {
     // print; die quietly like any Unix filter instead (files are written first).
     // SAFETY: setting a signal disposition before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    // Installed with capabilities: read files with the user's own rights (docs/install.md).
+    ljprobe::system::lower_file_privileges();
     let cli = Cli::parse();
+    if let Command::Generate { dir } = &cli.command {
+        return match generate(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        };
+    }
     let level = match cli.verbose {
         0 => log::LevelFilter::Warn,
         1 => log::LevelFilter::Info,
-        _ => log::LevelFilter::Debug,
+        2 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
     };
     env_logger::Builder::new()
         .filter_level(log::LevelFilter::Warn)
@@ -71,12 +97,41 @@ fn main() -> ExitCode {
             Command::Cpu(args) => tools::cpu::run(args).await,
             Command::Offcpu(args) => tools::offcpu::run(args).await,
             Command::EpollLoop(args) => tools::epoll_loop::run(args).await,
+            Command::Generate { .. } => unreachable!("handled before the runtime starts"),
         }
     });
     match result {
         Ok(code) => code,
         Err(e) => fail(&e),
     }
+}
+
+/// Man pages (one for ljprobe, one per command) and completions, from the very
+/// argument definitions this binary parses with, so they cannot drift from it.
+fn generate(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use clap_complete::Shell;
+    let man = dir.join("man");
+    let completions = dir.join("completions");
+    for d in [&man, &completions] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    // The commands users run: clap has no way to drop a subcommand, so the
+    // hidden ones are left out by building the command again without them.
+    let full = Cli::command();
+    let mut cmd = clap::Command::new("ljprobe")
+        .version(env!("LJPROBE_VERSION"))
+        .about(full.get_about().cloned().unwrap_or_default())
+        .long_about(full.get_long_about().cloned().unwrap_or_default())
+        .subcommand_required(true)
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
+    clap_mangen::generate_to(cmd.clone(), &man).with_context(|| format!("cannot write man pages into {}", man.display()))?;
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut cmd, "ljprobe", &completions)
+            .with_context(|| format!("cannot write {shell} completions into {}", completions.display()))?;
+    }
+    Ok(())
 }
 
 fn fail(err: &anyhow::Error) -> ExitCode {

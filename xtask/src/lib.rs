@@ -2,6 +2,7 @@
 //! start the gateway and drive load with the very code the README's commands use.
 
 pub mod cmd;
+pub mod dist;
 pub mod gateway;
 pub mod load;
 pub mod paths;

@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: set-up, the bundled gateway, load, demo and tests.
 
 mod bench;
+mod cgroup;
 mod demo;
 
 use std::{path::PathBuf, process::Command, time::Duration};
@@ -8,7 +9,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use xtask::{
-    cmd,
+    cmd, dist,
     gateway::{Config, LuaJitBuild},
     load::Load,
     paths, setup,
@@ -32,6 +33,13 @@ enum Task {
     Demo,
     /// Set up, build, and run every test (unit and end-to-end, as root).
     Test {
+        /// Hold the test run (tests, gateways, ljprobe, wrk) to this percentage
+        /// of one CPU with a cgroup quota, e.g. 50: no test may depend on how fast the CPU is.
+        #[arg(long, value_name = "PERCENT")]
+        cpu_cap: Option<u32>,
+        /// The quota's period: the capped run gets PERCENT of it in every period.
+        #[arg(long, default_value = "100ms", value_parser = parse_duration, requires = "cpu_cap")]
+        cpu_cap_period: Duration,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
@@ -55,6 +63,22 @@ enum Task {
         rate: Option<u32>,
         #[arg(long, default_value_t = 18080)]
         port: u16,
+    },
+    /// Build the file to copy to servers: static, stripped ljprobe with its
+    /// checksum, man pages and shell completions in target/dist/.
+    Dist {
+        /// Then compare ljprobe's own CPU time and peak RSS, glibc build against
+        /// the static one, on a busy gateway (docs/bench.md#static-build).
+        #[arg(long)]
+        measure: bool,
+        /// Length of each measured `ljprobe cpu --stack mixed` run.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        rounds: u32,
+        /// Sampling frequency of the measured runs.
+        #[arg(long, default_value_t = 99)]
+        freq: u32,
     },
     /// Measure what profiling costs the gateway (docs/bench.md).
     Bench {
@@ -92,7 +116,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Task::Setup => setup::run(),
         Task::Demo => demo::run(),
-        Task::Test { args } => test(&args),
+        Task::Test { cpu_cap, cpu_cap_period, args } => test(&args, cpu_cap.map(|p| (p, cpu_cap_period))),
         Task::Gateway { action } => gateway(action),
         Task::Load { route, duration, connections, rate, port } => {
             let load = Load { url: format!("http://127.0.0.1:{port}"), route, duration, connections, rate };
@@ -100,6 +124,15 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Task::Bench { what } => bench::run(what),
+        Task::Dist { measure, duration, rounds, freq } => {
+            if measure {
+                setup::run()?;
+                return dist::measure(duration, rounds, freq);
+            }
+            let built = dist::build()?;
+            dist::print(&built);
+            Ok(())
+        }
     }
 }
 
@@ -130,14 +163,18 @@ fn gateway(action: GatewayAction) -> Result<()> {
     }
 }
 
-/// The README's test command, and all `.ci/run` runs.
-fn test(extra: &[String]) -> Result<()> {
+/// The README's test command, and all `.ci/run` runs. With `cap` (percent of
+/// one CPU, period), the tests run in a cgroup with that CPU quota.
+fn test(extra: &[String], cap: Option<(u32, Duration)>) -> Result<()> {
     setup::run()?;
     cmd::run(Command::new("cargo").args(["build", "--package", "ljprobe"]).current_dir(paths::root()))?;
     let bin: PathBuf = paths::ljprobe_bin();
     if !bin.exists() {
         bail!("{} was not built", bin.display());
     }
+    // The static build for tests/tests/dist.rs, at full speed before any CPU cap;
+    // a filtered run builds it only if the dist tests run (they call dist::binary_built).
+    let dist_bin = if extra.is_empty() { Some(dist::build()?.binary) } else { None };
     // End-to-end tests each start their own nginx; one at a time keeps ports and
     // CPU (2 cores) free for the thing being measured. No doc tests: there are none.
     let mut cargo = Command::new("cargo");
@@ -147,7 +184,23 @@ fn test(extra: &[String]) -> Result<()> {
         .args(["--", "--test-threads=1"])
         .env("LJPROBE_BIN", &bin)
         .current_dir(paths::root());
-    let (status, totals) = cmd::run_counting_tests(&mut cargo)?;
+    if let Some(d) = &dist_bin {
+        cargo.env("LJPROBE_DIST", d);
+    }
+    let (status, totals) = match cap {
+        None => cmd::run_counting_tests(&mut cargo)?,
+        Some((percent, period)) => {
+            // Compiled at full speed first: the cap is for the tests, not rustc.
+            let mut build = Command::new("cargo");
+            build.args(["test", "--workspace", "--no-run", "--lib", "--bins", "--tests"]).args(extra).current_dir(paths::root());
+            cmd::run(&mut build)?;
+            let cap = cgroup::CpuCap::enter(percent, period)?;
+            let run = cmd::run_counting_tests(&mut cargo);
+            println!("{}", cap.summary());
+            drop(cap);
+            run?
+        }
+    };
     // One closing line for the whole run, whatever cargo printed per binary.
     println!("tests: {} passed, {} failed", totals.passed, totals.failed);
     if !status.success() || totals.failed > 0 {

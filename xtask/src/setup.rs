@@ -25,6 +25,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("libpolly-22-dev", "bpf-linker links against LLVM 22"),
     ("libzstd-dev", "bpf-linker"),
     ("zlib1g-dev", "bpf-linker"),
+    ("libcap2-bin", "setcap/getcap: the capability-installed ljprobe (docs/install.md) and its test"),
+    ("musl-tools", "musl-gcc: compiles jemalloc, the allocator of the static build (cargo xtask dist)"),
 ];
 
 pub fn run() -> Result<()> {
@@ -33,6 +35,7 @@ pub fn run() -> Result<()> {
     }
     apt_packages()?;
     rust_src()?;
+    musl_target()?;
     bpf_linker()?;
     tracefs()?;
     luajit_debug()?;
@@ -75,6 +78,20 @@ fn rust_src() -> Result<()> {
     }
     eprintln!("setup: adding rust-src to nightly (build-std for the BPF target)");
     cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// `cargo xtask dist` builds ljprobe static for x86_64-unknown-linux-musl: the
+/// standard library for that target (rustup's own musl crt and libc; musl-gcc,
+/// from `musl-tools`, compiles only the jemalloc allocator's C).
+fn musl_target() -> Result<()> {
+    let target = crate::dist::TARGET;
+    let have = cmd::output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    if have.lines().any(|l| l.trim() == target) {
+        eprintln!("setup: Rust target {target} present");
+        return Ok(());
+    }
+    eprintln!("setup: adding the Rust target {target} (the static build of `cargo xtask dist`)");
+    cmd::run(Command::new("rustup").args(["target", "add", target]))
 }
 
 fn bpf_linker() -> Result<()> {

@@ -20,8 +20,9 @@ pub fn attach(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Res
     if prog.fd().is_err() {
         prog.load().map_err(|e| program_error(&format!("loading {program}"), e))?;
     }
-    prog.attach(category, name).map_err(|e| {
-        if crate::system::tracefs_root().is_none() {
+    // aya reads the tracepoint's id from tracefs.
+    crate::system::with_tracefs(|| prog.attach(category, name)).map_err(|e| {
+        if crate::system::with_tracefs(crate::system::tracefs_root).is_none() {
             return anyhow!("cannot attach to the {category}:{name} tracepoint: tracefs is not mounted; {MOUNT_TRACEFS}");
         }
         program_error(&format!("attaching to the {category}:{name} tracepoint"), e)
@@ -31,15 +32,17 @@ pub fn attach(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Res
 
 /// Whether this kernel has the tracepoint (e.g. `epoll_pwait2` is 5.11+).
 pub fn exists(category: &str, name: &str) -> bool {
-    crate::system::tracefs_root().is_some_and(|t| t.join("events").join(category).join(name).is_dir())
+    crate::system::with_tracefs(|| {
+        crate::system::tracefs_root().is_some_and(|t| t.join("events").join(category).join(name).is_dir())
+    })
 }
 
 /// Byte offsets of the named fields of `category:name`, in the order asked.
 pub fn field_offsets<const N: usize>(category: &str, name: &str, fields: [&str; N]) -> Result<[u32; N]> {
-    let root = crate::system::tracefs_root()
+    let root = crate::system::with_tracefs(crate::system::tracefs_root)
         .ok_or_else(|| anyhow!("tracefs is not mounted, so {category}:{name} cannot be read; {MOUNT_TRACEFS}"))?;
     let path = root.join("events").join(category).join(name).join("format");
-    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = crate::system::with_tracefs(|| fs::read_to_string(&path)).with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = [0u32; N];
     for (slot, field) in out.iter_mut().zip(fields) {
         *slot = offset_of(&text, field)

@@ -121,7 +121,8 @@ impl Follow {
                 if self.refused.contains(&(pid, p.starttime)) {
                     continue;
                 }
-                if self.maps_our_luajit(&p) {
+                // A worker this user may not trace is skipped, unread.
+                if super::traceable(&p).is_ok() && self.maps_our_luajit(&p) {
                     self.event(at_secs, pid, EventKind::Joined, None);
                     if !self.seen.contains(&pid) {
                         self.seen.push(pid);

@@ -41,12 +41,16 @@ pub struct Target {
 
 impl Target {
     pub fn open(pid: u32) -> Result<Target> {
+        // Before a byte of the target is read: may this user trace it at all?
+        crate::system::may_trace(pid)?;
         let root = Process::open(pid)?;
+        traceable(&root)?;
         let mut processes = Vec::new();
         if root.is_nginx_master() {
             for child in process::children(pid) {
                 if let Ok(p) = Process::open(child) {
                     if p.is_nginx_worker() {
+                        traceable(&p)?;
                         processes.push(inspect(p, Role::NginxWorker)?);
                     }
                 }
@@ -68,6 +72,16 @@ impl Target {
             .filter(|p| p.luajit.is_some() && !(has_workers && p.role == Role::NginxMaster))
             .collect()
     }
+}
+
+/// `system::may_trace` for a process already opened, then proof that its PID
+/// still names it (same start time): a PID reused since is not let through.
+pub fn traceable(p: &Process) -> Result<()> {
+    crate::system::may_trace(p.pid)?;
+    if !p.alive() {
+        anyhow::bail!("process {} exited while ljprobe opened it ({})", p.pid, p.comm);
+    }
+    Ok(())
 }
 
 fn inspect(process: Process, role: Role) -> Result<TargetProcess> {

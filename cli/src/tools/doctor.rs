@@ -41,9 +41,20 @@ const API_HOOKS: &[&str] = &["lua_resume", "lua_pcall", "lua_call", "lua_gettop"
 #[derive(Serialize)]
 struct Report {
     kernel: Vec<Check>,
+    /// What each tool can do on this kernel (docs/install.md).
+    tools: Vec<ToolReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     target: Option<Target>,
     vms: Vec<VmReport>,
+}
+
+#[derive(Serialize)]
+struct ToolReport {
+    tool: &'static str,
+    ok: bool,
+    /// What the kernel (or our privileges) lacks for it, in words.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    missing: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -65,12 +76,14 @@ struct VmReport {
 pub async fn run(args: Args) -> Result<ExitCode> {
     // A wrong PID is the likeliest mistake: say so before anything else.
     let target = args.pid.map(Target::open).transpose()?;
-    let kernel = system::checks();
+    let probe = system::Kernel::probe();
+    let kernel = probe.checks();
     println!("Kernel");
     for c in &kernel {
         print_check(c);
     }
-    let kernel_ok = kernel.iter().all(|c| c.ok);
+    let tools = tool_reports(&probe);
+    let kernel_ok = kernel.iter().all(|c| c.ok) && tools.iter().all(|t| t.ok);
     let Some(target) = target else {
         if !system::privileged() {
             bail!("{}", system::NEED_PRIVILEGES);
@@ -89,9 +102,11 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             },
             fix: None,
         });
-        write_json(&args.json, &Report { kernel, target: None, vms: vec![] })?;
+        print_tools(&tools);
+        write_json(&args.json, &Report { kernel, tools, target: None, vms: vec![] })?;
         return Ok(if kernel_ok && loaded.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     };
+    print_tools(&tools);
     if !system::privileged() {
         bail!("{}", system::NEED_PRIVILEGES);
     }
@@ -133,7 +148,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         None
     };
     drop(lua);
-    write_json(&args.json, &Report { kernel, target: Some(target), vms })?;
+    write_json(&args.json, &Report { kernel, tools, target: Some(target), vms })?;
     if let Some(failure) = failure {
         bail!("{failure}");
     }
@@ -199,9 +214,97 @@ fn vm_report(p: &TargetProcess, found: Option<&VmFound>) -> VmReport {
     }
 }
 
+/// Per tool: what the kernel checks say it lacks, and whether the kernel's
+/// verifier accepts its programs (loaded, never attached, when we may load).
+fn tool_reports(kernel: &system::Kernel) -> Vec<ToolReport> {
+    system::TOOLS
+        .iter()
+        .map(|&tool| {
+            let mut missing = kernel.missing_for(tool);
+            if kernel.privileged {
+                if let Err(e) = load_tool(tool) {
+                    missing.push(e);
+                }
+            }
+            ToolReport { tool, ok: missing.is_empty(), missing }
+        })
+        .collect()
+}
+
+/// Loads every program of `tool`'s object (its ring buffer shrunk to a page)
+/// and drops them: the verifier's answer for this kernel, helpers included.
+fn load_tool(tool: &str) -> Result<(), String> {
+    let (object, ring): (&[u8], Option<&str>) = match tool {
+        "doctor" => (objects::DOCTOR, None),
+        "cpu" => (objects::CPU, Some("SAMPLES")),
+        "offcpu" => (objects::OFFCPU, Some("SAMPLES")),
+        "epoll-loop" => (objects::EPOLL_LOOP, Some("EVENTS")),
+        _ => return Ok(()),
+    };
+    let entries: Vec<(&str, u32)> = ring.map(|r| (r, 4096)).into_iter().collect();
+    let mut ebpf = bpf::load_sized(object, tool, &entries).map_err(|e| format!("{e:#}"))?;
+    for (name, program) in ebpf.programs_mut() {
+        let loaded = match program {
+            aya::programs::Program::PerfEvent(p) => p.load(),
+            aya::programs::Program::TracePoint(p) => p.load(),
+            aya::programs::Program::UProbe(p) => p.load(),
+            _ => continue,
+        };
+        if let Err(e) = loaded {
+            return Err(verifier_refusal(name, e));
+        }
+    }
+    Ok(())
+}
+
+/// The helpers ljprobe's programs call that older kernels lack, by number.
+const HELPERS: &[(u32, &str)] = &[
+    (67, "bpf_get_stack (Linux 4.18)"),
+    (112, "bpf_probe_read_user (Linux 5.5)"),
+    (113, "bpf_probe_read_kernel (Linux 5.5)"),
+    (130, "bpf_ringbuf_output (Linux 5.8)"),
+    (131, "bpf_ringbuf_reserve (Linux 5.8)"),
+    (132, "bpf_ringbuf_submit (Linux 5.8)"),
+    (158, "bpf_get_current_task_btf (Linux 5.11)"),
+    (175, "bpf_task_pt_regs (Linux 5.15)"),
+];
+
+/// The verifier's refusal in one phrase: a helper this kernel lacks, if that is it.
+fn verifier_refusal(program: &str, e: aya::programs::ProgramError) -> String {
+    if let aya::programs::ProgramError::LoadError { verifier_log, .. } = &e {
+        let log = verifier_log.to_string();
+        log::debug!("verifier log for {program}:\n{log}");
+        // "invalid func unknown#175" (older kernels), "unknown func bpf_x#175".
+        let helper = log.lines().find_map(|l| {
+            let rest = l.split_once("unknown func ").or_else(|| l.split_once("invalid func "))?.1;
+            rest.rsplit_once('#')?.1.trim().parse::<u32>().ok()
+        });
+        if let Some(id) = helper {
+            let name = HELPERS.iter().find(|h| h.0 == id).map_or_else(|| format!("BPF helper #{id}"), |h| h.1.to_string());
+            return format!("the kernel lacks {name}, which its program {program} calls");
+        }
+    }
+    format!("the kernel's verifier refused its program {program}: {e} (-vv shows the verifier log)")
+}
+
+fn print_tools(tools: &[ToolReport]) {
+    println!("\nTools (what each needs of the kernel: docs/install.md)");
+    for t in tools {
+        let name = if t.tool == "doctor" { "doctor --pid" } else { t.tool };
+        if t.ok {
+            println!("  ok    {name:<14} everything it needs is here");
+            continue;
+        }
+        println!("  FAIL  {name:<14} will not work: needs {}", t.missing[0]);
+        for m in &t.missing[1..] {
+            println!("        {:<14} and {m}", "");
+        }
+    }
+}
+
 fn print_check(c: &Check) {
     let mark = if c.ok { "ok  " } else { "FAIL" };
-    println!("  {mark}  {:<12} {}", c.name, c.detail);
+    println!("  {mark}  {:<14} {}", c.name, c.detail);
     if let Some(fix) = &c.fix {
         println!("        -> {fix}");
     }

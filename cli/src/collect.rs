@@ -77,9 +77,8 @@ pub async fn run(
     sink: &mut impl Sink,
 ) -> Result<Collected> {
     let Run { ebpf, aim, duration, what } = run;
-    let mut follow = Follow::new(&aim.root, &aim.processes, aim.luajit_path.as_deref());
     let start = Instant::now();
-    follow.start_clock();
+    let mut follow = Follow::new(&aim.root, &aim.processes, aim.luajit_path.as_deref());
     let steal = Steal::start();
     // Said once everything is attached: from here on, what happens is seen.
     let pids: Vec<String> = aim.processes.iter().map(|p| p.pid.to_string()).collect();

@@ -318,8 +318,7 @@ impl StackBuilder {
     /// The C function at `target` as a frame, when it has a name (a function
     /// of LuaJIT's own without a symbol is the VM at work: no frame).
     fn callee_frame(&mut self, tgid: u32, target: u64) -> Option<Frame> {
-        let name = self.symbolizers.get_mut(&tgid)?.names(&[target], true).pop()?;
-        (!name.contains("+0x") && !name.starts_with('[')).then_some(Frame::Native(name))
+        symbol(self.symbolizers.get_mut(&tgid)?, target).map(Frame::Native)
     }
 
     /// Root first, as folded stacks read; `innermost` is where the innermost
@@ -376,15 +375,19 @@ impl StackBuilder {
     }
 }
 
+/// The symbol of the C function at `addr`; None for the symbolizer's
+/// fallbacks (`object+0x1f`, `[...]`), which name no function.
+fn symbol(symbolizer: &mut Symbolizer, addr: u64) -> Option<String> {
+    symbolizer.names(&[addr], true).pop().filter(|n| !n.contains("+0x") && !n.starts_with('['))
+}
+
 fn to_frame(f: LuaFrame, symbolizer: Option<&mut Symbolizer>) -> Frame {
     match f {
         LuaFrame::Lua { name, file, line, at } => Frame::Lua { name, file, line, at },
         // The symbol says which C function it is; the call-site name only how Lua
-        // reached it. The symbolizer's fallbacks look like `object+0x1f` or `[...]`.
+        // reached it.
         LuaFrame::C { addr, name } => {
-            let symbol = symbolizer
-                .map(|s| s.names(&[addr], true).remove(0))
-                .filter(|n| !n.contains("+0x") && !n.starts_with('['));
+            let symbol = symbolizer.and_then(|s| symbol(s, addr));
             Frame::Native(symbol.or(name).unwrap_or_else(|| format!("C function {addr:#x}")))
         }
         LuaFrame::Builtin { ffid, name } => Frame::Native(match name {

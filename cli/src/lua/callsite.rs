@@ -32,34 +32,18 @@ fn callee_saved(reg: u8) -> bool {
 /// How the call ending just before `ret` found its callee; None when the
 /// bytes there are no call LuaJIT emits.
 pub fn call_site<M: Memory>(mem: &M, ret: u64) -> Option<CallSite> {
-    if let Some(t) = call_target(mem, ret) {
-        return Some(CallSite::To(t));
-    }
-    let start = ret.checked_sub(3)?;
-    let code = mem.read_bytes(start, 3)?;
-    let reg = match (code[0], code[1], code[2]) {
-        (0x41, 0xff, m) if m & 0xf8 == 0xd0 => 8 + (m & 7),
-        (_, 0xff, m) if m & 0xf8 == 0xd0 => m & 7,
-        _ => return None,
-    };
-    callee_saved(reg).then_some(CallSite::SavedRegister)
-}
-
-/// The address the call that ends just before `ret` jumps to, when the bytes
-/// there decode unambiguously as one of the forms that name it; None otherwise.
-pub fn call_target<M: Memory>(mem: &M, ret: u64) -> Option<u64> {
     let start = ret.checked_sub(WINDOW as u64)?;
     let code = mem.read_bytes(start, WINDOW)?;
     let at = |back: usize| WINDOW.checked_sub(back);
     // call rel32: E8 xx xx xx xx
     if let Some(i) = at(5).filter(|&i| code[i] == 0xe8) {
         let rel = i32::from_le_bytes(code[i + 1..i + 5].try_into().ok()?);
-        return ret.checked_add_signed(i64::from(rel));
+        return ret.checked_add_signed(i64::from(rel)).map(CallSite::To);
     }
     // call [rip+disp32]: FF 15 xx xx xx xx; the slot holds the target.
     if let Some(i) = at(6).filter(|&i| code[i] == 0xff && code[i + 1] == 0x15) {
         let disp = i32::from_le_bytes(code[i + 2..i + 6].try_into().ok()?);
-        return mem.read_u64(ret.checked_add_signed(i64::from(disp))?);
+        return mem.read_u64(ret.checked_add_signed(i64::from(disp))?).map(CallSite::To);
     }
     // call r64: [41] FF D0+r (ModRM mod=11, reg=/2).
     let (reg, call_len) = match (code[WINDOW - 3], code[WINDOW - 2], code[WINDOW - 1]) {
@@ -67,7 +51,19 @@ pub fn call_target<M: Memory>(mem: &M, ret: u64) -> Option<u64> {
         (_, 0xff, m) if m & 0xf8 == 0xd0 => (m & 7, 2),
         _ => return None,
     };
-    mov_imm64(&code[..WINDOW - call_len], reg)
+    match mov_imm64(&code[..WINDOW - call_len], reg) {
+        Some(target) => Some(CallSite::To(target)),
+        None => callee_saved(reg).then_some(CallSite::SavedRegister),
+    }
+}
+
+/// The address the call that ends just before `ret` jumps to, when the bytes
+/// there name it; None otherwise.
+pub fn call_target<M: Memory>(mem: &M, ret: u64) -> Option<u64> {
+    match call_site(mem, ret)? {
+        CallSite::To(target) => Some(target),
+        CallSite::SavedRegister => None,
+    }
 }
 
 /// The value of the last `mov r64, imm64` (REX.W B8+r) into `reg` in `code`,

@@ -221,9 +221,10 @@ impl TraceImage {
         self.snaps.iter().rposition(|s| s.mcofs <= ofs)
     }
 
-    /// The frames of snapshot `n`, outermost first after the root: (function, link).
-    /// None where a frame's function is no constant, or is no Lua frame.
-    fn frames(&self, l: &ObjLayout, n: usize) -> Option<Vec<(u64, u64)>> {
+    /// The frames of snapshot `n`, outermost first after the root: (slot of
+    /// the frame link, function, link). None where a frame's function is no
+    /// constant, or is no Lua frame.
+    fn frames(&self, l: &ObjLayout, n: usize) -> Option<Vec<(u32, u64, u64)>> {
         let t = &l.trace;
         let snap = self.snaps.get(n)?;
         let by_slot: HashMap<u32, u32> = snap.entries.iter().map(|&e| (e >> 24, e)).collect();
@@ -243,26 +244,19 @@ impl TraceImage {
             if f >= t.ref_bias || self.op(f)? != t.ir_kgc {
                 return None;
             }
-            frames.push((self.k64(f)?, link));
+            frames.push((e >> 24, self.k64(f)?, link));
         }
         Some(frames)
     }
 
     /// What snapshot `n` holds as constants (functions, tables, userdata,
     /// cdata: what the recorder specialised to) in each frame's slots, root
-    /// first, by register number; a frame's registers start two slots above
-    /// its link's slot.
-    fn known_slots(&self, l: &ObjLayout, n: usize) -> Vec<HashMap<u32, Val>> {
+    /// first, by register number. `bases` is each frame's first slot, root
+    /// first (one above its link's slot; the root's is 2).
+    fn known_slots(&self, l: &ObjLayout, n: usize, bases: &[u32]) -> Vec<HashMap<u32, Val>> {
         let t = &l.trace;
-        let Some(snap) = self.snaps.get(n) else { return Vec::new() };
-        let mut bases: Vec<u32> = vec![2];
-        for &e in &snap.entries {
-            let link = self.k64(e & 0xffff).unwrap_or(3);
-            if e & t.snap_frame != 0 && e >> 24 >= 2 && link & 3 == 0 {
-                bases.push((e >> 24) + 1);
-            }
-        }
         let mut frames = vec![HashMap::new(); bases.len()];
+        let Some(snap) = self.snaps.get(n) else { return frames };
         for &e in &snap.entries {
             let (slot, r) = (e >> 24, e & 0xffff);
             if e & 0x3_0000 != 0 || r >= t.ref_bias || self.op(r) != Some(t.ir_kgc) {
@@ -414,23 +408,21 @@ struct Walk<'a, M: Memory> {
 
 impl<'a, M: Memory> Walk<'a, M> {
     fn new(mem: &'a M, l: &'a ObjLayout, img: &'a TraceImage, root: u64, n: usize) -> Option<Self> {
-        let mut frames = vec![(root, 0)];
-        frames.extend(img.frames(l, n)?);
-        if frames.len() > MAX_INLINED {
+        let inlined = img.frames(l, n)?;
+        if inlined.len() >= MAX_INLINED {
             return None;
         }
+        let bases: Vec<u32> = std::iter::once(2).chain(inlined.iter().map(|f| f.0 + 1)).collect();
+        let frames: Vec<(u64, u64)> = std::iter::once((root, 0)).chain(inlined.iter().map(|f| (f.1, f.2))).collect();
         let next = match img.snaps.get(n + 1) {
             Some(s) => {
                 let mut f = vec![root];
-                f.extend(img.frames(l, n + 1)?.into_iter().map(|(func, _)| func));
+                f.extend(img.frames(l, n + 1)?.into_iter().map(|(_, func, _)| func));
                 Some((f, s.pc))
             }
             None => None,
         };
-        let mut saved = img.known_slots(l, n);
-        if saved.len() != frames.len() {
-            return None;
-        }
+        let mut saved = img.known_slots(l, n, &bases);
         let slots = saved.pop()?;
         let start = State { frames, pc: img.snaps[n].pc, slots, saved, sites: Vec::new() };
         Some(Walk { mem, l, img, next, start })

@@ -20,6 +20,9 @@ pub struct Event {
     /// For `exec`: the program it runs now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
+    /// For `skipped`: why the worker is not followed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -58,6 +61,7 @@ pub struct Follow {
 }
 
 impl Follow {
+    /// The clock of the events starts now: make it when tracing starts.
     pub fn new(root: &Process, processes: &[Process], luajit_path: Option<&str>) -> Follow {
         Follow {
             root: root.clone(),
@@ -69,11 +73,6 @@ impl Follow {
             started: Instant::now(),
             events: Vec::new(),
         }
-    }
-
-    /// The clock of the events starts when tracing does.
-    pub fn start_clock(&mut self) {
-        self.started = Instant::now();
     }
 
     pub fn live(&self) -> &[Process] {
@@ -122,7 +121,12 @@ impl Follow {
                     continue;
                 }
                 // A worker this user may not trace is skipped, unread.
-                if super::traceable(&p).is_ok() && self.maps_our_luajit(&p) {
+                let refusal = match super::traceable(&p) {
+                    Err(_) => Some("this user may not trace it"),
+                    Ok(_) if !self.maps_our_luajit(&p) => Some("it does not map the LuaJIT the others do"),
+                    Ok(_) => None,
+                };
+                if refusal.is_none() {
                     self.event(at_secs, pid, EventKind::Joined, None);
                     if !self.seen.contains(&pid) {
                         self.seen.push(pid);
@@ -130,7 +134,7 @@ impl Follow {
                     self.live.push(p.clone());
                     changes.push(Change::Joined(p));
                 } else {
-                    self.event(at_secs, pid, EventKind::Skipped, None);
+                    self.event(at_secs, pid, EventKind::Skipped, refusal.map(str::to_string));
                     self.refused.push((pid, p.starttime));
                 }
             }
@@ -143,20 +147,22 @@ impl Follow {
         p.maps().is_ok_and(|maps| maps.iter().any(|m| m.file() == Some(path.as_str())))
     }
 
-    fn event(&mut self, at_secs: f64, pid: u32, what: EventKind, exe: Option<String>) {
-        let line = match (what, &exe) {
-            (EventKind::Joined, _) => format!("new worker {pid} (reload or respawn): following it"),
-            (EventKind::Skipped, _) => {
-                format!("new worker {pid} does not map the LuaJIT the others do: not following it")
-            }
-            (EventKind::Exited, _) => format!("process {pid} exited"),
-            (EventKind::Exec, exe) => format!(
+    /// Records a change and says it on stderr as it happens. `detail` is the
+    /// new program of an exec, or why a worker is skipped.
+    fn event(&mut self, at_secs: f64, pid: u32, what: EventKind, detail: Option<String>) {
+        let detail_or = |d: &Option<String>| d.clone().unwrap_or_else(|| "?".into());
+        let line = match what {
+            EventKind::Joined => format!("new worker {pid} (reload or respawn): following it"),
+            EventKind::Skipped => format!("new worker {pid} is not followed: {}", detail_or(&detail)),
+            EventKind::Exited => format!("process {pid} exited"),
+            EventKind::Exec => format!(
                 "process {pid} replaced its program ({}): its Lua VM is gone, no longer looking at it",
-                exe.as_deref().unwrap_or("?")
+                detail_or(&detail)
             ),
         };
         eprintln!("ljprobe: {at_secs:.1}s: {line}");
-        self.events.push(Event { at_secs, pid, what, exe });
+        let (exe, why) = if what == EventKind::Exec { (detail, None) } else { (None, detail) };
+        self.events.push(Event { at_secs, pid, what, exe, why });
     }
 }
 

@@ -1,5 +1,6 @@
-//! Draining a kernel ring buffer for a sampling run: until the duration ends,
-//! Ctrl-C, or every target process has exited. Whatever arrived is kept. The
+//! Running a tool until the duration ends, Ctrl-C, or every target process has
+//! exited: draining a kernel ring buffer (`run`), or ticking a tool that reads
+//! what it needs itself (`watch`, e.g. `gc`). Whatever arrived is kept. The
 //! target set is followed meanwhile: new nginx workers join the run, processes
 //! that exit or exec leave it.
 
@@ -57,18 +58,64 @@ pub trait Sink {
     fn joined(&mut self, p: &Process) -> Result<()>;
 }
 
+/// What a run takes in at each tick: a ring buffer's records (`run`), or
+/// readings a tool makes itself (`watch`).
+pub trait Source {
+    /// Takes in what arrived since the last tick; returns how many records.
+    fn tick(&mut self) -> Result<u64>;
+    /// The live line after the elapsed time, given the records so far.
+    fn status(&self, records: u64) -> String;
+    /// Records the kernel could not deliver, so far.
+    fn lost(&self) -> u64;
+    /// A new nginx worker, with its `global_State` if the scan found it.
+    fn joined(&mut self, p: &Process, g: Option<u64>) -> Result<()>;
+    /// A target exited or exec'd.
+    fn left(&mut self, _pid: u32) {}
+}
+
 /// The loaded tool and what it is aimed at; the run adds and removes targets.
 pub struct Run<'a> {
     pub ebpf: &'a mut Ebpf,
     pub aim: &'a Aim,
     pub duration: Duration,
-    /// Names the records on the progress line ("samples", "stacks").
+    /// Names the records on a ring-buffer tool's progress line ("samples", "stacks").
     pub what: &'static str,
 }
 
-/// How often the target set is compared with /proc, in ticks of 100 ms: a new
-/// worker is looked at within half a second of starting.
-const FOLLOW_TICKS: u64 = 5;
+/// The ring-buffer tools' tick: kernel programs submit without waking us, and
+/// their ring buffers hold seconds of samples.
+const RING_TICK: Duration = Duration::from_millis(100);
+/// How often exits are looked for (so a run ends promptly), the live line is
+/// redrawn, and the target set is compared with /proc (listing /proc costs
+/// more; a new worker is looked at within half a second of starting).
+const EXIT_EVERY: Duration = Duration::from_millis(100);
+const STATUS_EVERY: Duration = Duration::from_millis(400);
+const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+
+struct Ring<'r, L, S> {
+    ring: &'r mut RingBuf<MapData>,
+    lost: L,
+    sink: &'r mut S,
+    what: &'static str,
+}
+
+impl<L: Fn() -> u64, S: Sink> Source for Ring<'_, L, S> {
+    fn tick(&mut self) -> Result<u64> {
+        Ok(drain(self.ring, &mut |b: &[u8]| self.sink.record(b)))
+    }
+
+    fn status(&self, records: u64) -> String {
+        format!("{} {records:<9} lost {:<6}", self.what, (self.lost)())
+    }
+
+    fn lost(&self) -> u64 {
+        (self.lost)()
+    }
+
+    fn joined(&mut self, p: &Process, _g: Option<u64>) -> Result<()> {
+        self.sink.joined(p)
+    }
+}
 
 pub async fn run(
     run: Run<'_>,
@@ -76,7 +123,14 @@ pub async fn run(
     lost: impl Fn() -> u64,
     sink: &mut impl Sink,
 ) -> Result<Collected> {
-    let Run { ebpf, aim, duration, what } = run;
+    let what = run.what;
+    watch(run, RING_TICK, &mut Ring { ring, lost, sink, what }).await
+}
+
+/// Ticks `source` every `period` until the duration ends, Ctrl-C, or every
+/// target process has exited, following the target set meanwhile.
+pub async fn watch(run: Run<'_>, period: Duration, source: &mut impl Source) -> Result<Collected> {
+    let Run { ebpf, aim, duration, what: _ } = run;
     let start = Instant::now();
     let mut follow = Follow::new(&aim.root, &aim.processes, aim.luajit_path.as_deref());
     let steal = Steal::start();
@@ -89,9 +143,9 @@ pub async fn run(
     );
     let deadline = tokio::time::Instant::from_std(start + duration);
     let live = std::io::stderr().is_terminal();
-    // Kernel programs submit without waking us: drain on this tick (their ring
-    // buffers hold seconds of samples), and show progress at a quarter of it.
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let every = |d: Duration| (d.as_nanos() / period.as_nanos().max(1)).max(1) as u64;
+    let (exit_every, status_every, follow_every) = (every(EXIT_EVERY), every(STATUS_EVERY), every(FOLLOW_EVERY));
+    let mut tick = tokio::time::interval(period);
     let mut ticks = 0u64;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -101,25 +155,29 @@ pub async fn run(
             _ = tokio::time::sleep_until(deadline) => break StopReason::Duration,
             _ = &mut ctrl_c => break StopReason::Interrupted,
             _ = tick.tick() => {
-                records += drain(ring, &mut |b: &[u8]| sink.record(b));
+                records += source.tick()?;
                 ticks += 1;
-                if live && ticks.is_multiple_of(4) {
-                    eprint!("\r  {:>6.1}s  {what} {records:<9} lost {:<6}", start.elapsed().as_secs_f64(), lost());
+                if live && ticks.is_multiple_of(status_every) {
+                    eprint!("\r  {:>6.1}s  {}", start.elapsed().as_secs_f64(), source.status(records));
                     let _ = std::io::stderr().flush();
                 }
-                // Exits are checked every tick so a run ends promptly; new
-                // workers less often, as listing /proc costs more.
-                if ticks.is_multiple_of(FOLLOW_TICKS) || follow.live().iter().any(|p| !p.alive()) {
+                if !ticks.is_multiple_of(exit_every) {
+                    continue;
+                }
+                if ticks.is_multiple_of(follow_every) || follow.live().iter().any(|p| !p.alive()) {
                     if live {
                         eprint!("\r");
                     }
                     for change in follow.poll() {
                         match change {
                             Change::Joined(p) => {
-                                bpf::follow(ebpf, &p, aim)?;
-                                sink.joined(&p)?;
+                                let g = bpf::follow(ebpf, &p, aim)?;
+                                source.joined(&p, g)?;
                             }
-                            Change::Left(pid) => bpf::forget(ebpf, pid),
+                            Change::Left(pid) => {
+                                bpf::forget(ebpf, pid);
+                                source.left(pid);
+                            }
                         }
                     }
                 }
@@ -129,7 +187,7 @@ pub async fn run(
             }
         }
     };
-    records += drain(ring, &mut |b: &[u8]| sink.record(b));
+    records += source.tick()?;
     if live {
         eprintln!();
     }
@@ -145,7 +203,7 @@ pub async fn run(
     Ok(Collected {
         elapsed_secs: start.elapsed().as_secs_f64(),
         records,
-        lost: lost(),
+        lost: source.lost(),
         stopped_by,
         steal_pct: steal.pct(),
         pids_seen: follow.seen().to_vec(),

@@ -43,6 +43,10 @@ enum Command {
     Offcpu(tools::offcpu::Args),
     /// Event-loop iteration times as a log2 histogram, and the Lua functions that block the loop.
     EpollLoop(tools::epoll_loop::Args),
+    /// The Lua heap over time: size, GC threshold and cycles, allocation rate, the collector's CPU share.
+    Gc(tools::gc::Args),
+    /// Allocation flame graph: which Lua code allocates on the heap, by bytes or count, with table growth.
+    Alloc(tools::alloc::Args),
     /// Write the man pages and the bash, zsh and fish completions into DIR
     /// (`cargo xtask dist` ships them beside the binary).
     #[command(hide = true)]
@@ -80,6 +84,8 @@ fn main() -> ExitCode {
         .filter_module("cpu", level)
         .filter_module("offcpu", level)
         .filter_module("epoll_loop", level)
+        .filter_module("gc", level)
+        .filter_module("alloc", level)
         .format_timestamp(None)
         .init();
 
@@ -97,6 +103,8 @@ fn main() -> ExitCode {
             Command::Cpu(args) => tools::cpu::run(args).await,
             Command::Offcpu(args) => tools::offcpu::run(args).await,
             Command::EpollLoop(args) => tools::epoll_loop::run(args).await,
+            Command::Gc(args) => tools::gc::run(args).await,
+            Command::Alloc(args) => tools::alloc::run(args).await,
             Command::Generate { .. } => unreachable!("handled before the runtime starts"),
         }
     });

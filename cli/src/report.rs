@@ -54,15 +54,15 @@ pub struct Profile {
 }
 
 #[derive(Serialize)]
-struct TopFrame {
-    frame: String,
+pub struct TopFrame {
+    pub frame: String,
     /// Weight where this is the innermost function (Lua or C).
     #[serde(rename = "self")]
-    self_weight: u64,
-    self_share: f64,
+    pub self_weight: u64,
+    pub self_share: f64,
     /// Weight of stacks that contain it.
-    total: u64,
-    total_share: f64,
+    pub total: u64,
+    pub total_share: f64,
 }
 
 #[derive(Serialize)]
@@ -174,6 +174,18 @@ pub fn write(out: &Outputs, p: &Profile) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The 20 heaviest innermost functions (Lua or C) of `folded`, lines folded
+/// into their functions: the summary's `top_frames`.
+pub fn top_functions(folded: &Folded) -> Vec<TopFrame> {
+    top_frames(&folded.map(Frame::function), is_function, folded.total().max(1) as f64)
+}
+
+/// The 20 heaviest innermost Lua functions of `folded`: whatever C the Lua
+/// code called to allocate, the Lua function is what a user changes.
+pub fn top_lua_functions(folded: &Folded) -> Vec<TopFrame> {
+    top_frames(&folded.map(Frame::function), |f| matches!(f, Frame::Lua { .. }), folded.total().max(1) as f64)
 }
 
 /// The 20 heaviest innermost frames that satisfy `pred`, with the weight of

@@ -410,7 +410,7 @@ pub fn wait_frame(syscall: i64, runnable: bool) -> Frame {
     }
 }
 
-fn state_key(vmstate: i32, flags: u32) -> String {
+pub fn state_key(vmstate: i32, flags: u32) -> String {
     if flags & STACK_NO_VM != 0 {
         return "no-vm".into();
     }

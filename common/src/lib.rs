@@ -64,6 +64,8 @@ mod pod {
     unsafe impl aya::Pod for super::LoopConfig {}
     unsafe impl aya::Pod for super::OffcpuSample {}
     unsafe impl aya::Pod for super::OffcpuSampleNative {}
+    unsafe impl aya::Pod for super::AllocConfig {}
+    unsafe impl aya::Pod for super::AllocTotals {}
 }
 
 /// Frames the kernel walks per sample; deeper stacks are cut and flagged.
@@ -343,4 +345,85 @@ pub struct LoopStack {
     /// `LOOP_OFF_CPU`: the system call it blocked in, or -1.
     pub syscall: i64,
     pub lua: CpuSample,
+}
+
+/// `ljprobe gc`'s (and any VM-state counter's) slots: samples in compiled
+/// traces, then one per `LJ_VMST_*` (interpreter, C, GC, exit, record, opt,
+/// asm), then samples where the process ran its own code outside Lua, then
+/// samples where no VM was found.
+pub const VMSTATE_TRACE: u32 = 0;
+pub const VMSTATE_FIRST_VMST: u32 = 1;
+pub const VMSTATE_OUTSIDE_LUA: u32 = 8;
+pub const VMSTATE_NO_VM: u32 = 9;
+pub const VMSTATE_SLOTS: u32 = 10;
+
+/// `ljprobe alloc`: a weight of one event is `scale / ALLOC_SCALE_ONE`, the
+/// inverse of the share of time the probe was on while it fired.
+pub const ALLOC_SCALE_ONE: u64 = 1024;
+
+/// What an allocator call did, as `ljprobe alloc` tells them apart: a new
+/// block, a table's array or hash part resized (`lj_tab_resize`), or another
+/// block grown in place (string buffers, Lua stacks; on a build without
+/// symbols, table array parts too).
+pub const ALLOC_NEW: u32 = 0;
+pub const ALLOC_TABLE_RESIZE: u32 = 1;
+pub const ALLOC_REALLOC: u32 = 2;
+
+/// Slots of the alloc program's `COUNTS`: every call of the allocator (raw),
+/// frees and the bytes they returned (weighted), shrinking reallocs, and
+/// records the ring buffer or the stack map had no room for.
+pub const ALLOC_CALLS: u32 = 0;
+pub const ALLOC_FREES: u32 = 1;
+pub const ALLOC_FREED_BYTES: u32 = 2;
+pub const ALLOC_LOST: u32 = 3;
+pub const ALLOC_STACKS_FULL: u32 = 4;
+pub const ALLOC_COUNT_SLOTS: u32 = 5;
+
+/// log2 buckets of the alloc program's size histogram (bucket i: sizes in [2^i, 2^(i+1))).
+pub const ALLOC_HIST_BUCKETS: u32 = 48;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllocConfig {
+    pub scale: u64,
+    /// `lj_tab_resize`'s code, [lo, hi), 0 when unknown: a return address into
+    /// it near the top of the allocator's stack marks a table resize.
+    pub resize_lo: u64,
+    pub resize_hi: u64,
+    /// 1: a record with the native stack for every event; 0: Lua stacks are
+    /// counted in the kernel and each sent once.
+    pub native: u32,
+    pub kernel: u32,
+}
+
+/// The value of the alloc program's per-CPU `STACKS` map, keyed by a hash of
+/// the Lua stack with the kind in its low two bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllocTotals {
+    /// Weighted (see `ALLOC_SCALE_ONE`).
+    pub count: u64,
+    pub bytes: u64,
+    /// Events recorded, unweighted.
+    pub events: u64,
+}
+
+/// One allocation with its stack: in Lua mode the first time a stack is seen
+/// (`scale` 0: the counts come from `STACKS`), with native stacks every event.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct AllocRecord {
+    pub key: u64,
+    pub kind: u32,
+    pub _pad: u32,
+    pub scale: u64,
+    pub bytes: u64,
+    pub stack: CpuSample,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct AllocRecordNative {
+    pub head: AllocRecord,
+    pub native: NativeStack,
 }

@@ -3,6 +3,7 @@
 
 pub mod folded;
 pub mod histogram;
+pub mod linechart;
 pub mod model;
 pub mod svg;
 

@@ -68,6 +68,22 @@ pub fn run() -> Result<()> {
         .context("cannot run ljprobe")?;
     let _ = block_wrk.kill();
     let _ = block_wrk.wait();
+
+    // Allocation churn: the heap saws up and down, the collector runs flat out.
+    let churn = Load { route: "/alloc/churn".into(), connections: 4, rate: None, ..load.clone() };
+    eprintln!("demo: driving {} with wrk", churn.route);
+    let mut churn_wrk = churn.spawn()?;
+    thread::sleep(Duration::from_secs(1));
+    let gc_svg = out_dir.join("ljprobe-gc.svg");
+    println!("\n=== ljprobe gc --pid {} --duration 3s (the Lua heap and its collector under /alloc/churn) ===", gw.master());
+    let gc = Command::new(paths::ljprobe_bin())
+        .args(["gc", "--pid", &gw.master().to_string(), "--duration", "3s"])
+        .arg("--svg")
+        .arg(&gc_svg)
+        .status()
+        .context("cannot run ljprobe")?;
+    let _ = churn_wrk.kill();
+    let _ = churn_wrk.wait();
     println!("\n=== load ===");
     match requests_per_sec(&report) {
         Some(rps) => println!("the gateway served {} at {rps:.0} requests/sec", load.route),
@@ -83,8 +99,11 @@ pub fn run() -> Result<()> {
     if epoll.success() {
         println!("epoll-loop: open {}: iterations of 16-32 ms, one per /block/sleep request", loop_svg.display());
     }
+    if gc.success() {
+        println!("gc: open {}: the heap sawing between about 1 and 12 MiB, GC cycles ticked along the bottom", gc_svg.display());
+    }
     drop(gw);
-    if !doctor.success() || !cpu.success() || !offcpu.success() || !epoll.success() {
+    if !doctor.success() || !cpu.success() || !offcpu.success() || !epoll.success() || !gc.success() {
         anyhow::bail!("ljprobe failed against the gateway (see above)");
     }
     Ok(())

@@ -26,6 +26,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("libzstd-dev", "bpf-linker"),
     ("zlib1g-dev", "bpf-linker"),
     ("libcap2-bin", "setcap/getcap: the capability-installed ljprobe (docs/install.md) and its test"),
+    ("bpftrace", "a uprobe counting every allocator call: the reference `cargo xtask bench alloc` compares with"),
     ("musl-tools", "musl-gcc: compiles jemalloc, the allocator of the static build (cargo xtask dist)"),
 ];
 

@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod objects;
 pub mod tracepoint;
+pub mod uprobe_window;
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
@@ -65,17 +66,15 @@ pub fn aim(ebpf: &mut Ebpf, pids: &[u32], layout: VmLayout) -> Result<()> {
 /// target's `global_State`, found by a scan of its memory, so that stacks
 /// taken where the dispatch register does not hold it (inside C, in a system
 /// call) have a VM from the first event. A process whose VM is not found is
-/// left to the kernel's own discovery.
-pub fn aim_seeded(ebpf: &mut Ebpf, aim: &Aim) -> Result<()> {
+/// left to the kernel's own discovery. Returns each target's VM as seeded.
+pub fn aim_seeded(ebpf: &mut Ebpf, aim: &Aim) -> Result<Vec<(u32, Option<u64>)>> {
     self::aim(ebpf, &aim.pids, aim.layout)?;
-    for p in &aim.processes {
-        seed(ebpf, p, aim)?;
-    }
-    Ok(())
+    aim.processes.iter().map(|p| Ok((p.pid, seed(ebpf, p, aim)?))).collect()
 }
 
-/// Adds a process that joined the run (a new nginx worker) to a loaded tool.
-pub fn follow(ebpf: &mut Ebpf, p: &Process, aim: &Aim) -> Result<()> {
+/// Adds a process that joined the run (a new nginx worker) to a loaded tool;
+/// returns its VM as seeded.
+pub fn follow(ebpf: &mut Ebpf, p: &Process, aim: &Aim) -> Result<Option<u64>> {
     let mut targets: HashMap<_, u32, u8> = HashMap::try_from(ebpf.map_mut("TARGETS").context("TARGETS map missing")?)?;
     targets.insert(p.pid, 1, 0)?;
     seed(ebpf, p, aim)
@@ -92,22 +91,16 @@ pub fn forget(ebpf: &mut Ebpf, pid: u32) {
     }
 }
 
-fn seed(ebpf: &mut Ebpf, p: &Process, aim: &Aim) -> Result<()> {
-    let Some(luajit) = aim.luajit_path.as_deref() else { return Ok(()) };
-    let Some(vms) = ebpf.map_mut("VMS") else { return Ok(()) };
+/// The `global_State` put in the program's `VMS` map, if it has one and the
+/// scan found it.
+fn seed(ebpf: &mut Ebpf, p: &Process, aim: &Aim) -> Result<Option<u64>> {
+    let Some(vms) = ebpf.map_mut("VMS") else { return Ok(None) };
     let mut vms: HashMap<_, u32, u64> = HashMap::try_from(vms)?;
-    let started = std::time::Instant::now();
-    let Ok(maps) = p.maps() else { return Ok(()) };
-    let code: Vec<(u64, u64)> =
-        maps.iter().filter(|m| m.executable() && m.file() == Some(luajit)).map(|m| (m.start, m.end)).collect();
-    match crate::target::vm_scan::find_global_state(p.pid, &maps, &aim.layout, &code) {
-        Some(g) => {
-            log::debug!("pid {}: global_State {g:#x} found in {:?}", p.pid, started.elapsed());
-            vms.insert(p.pid, g, 0)?;
-        }
-        None => log::debug!("pid {}: no global_State found by scanning ({:?})", p.pid, started.elapsed()),
+    let g = aim.global_state(p);
+    if let Some(g) = g {
+        vms.insert(p.pid, g, 0)?;
     }
-    Ok(())
+    Ok(g)
 }
 
 /// Slot `index` of a per-CPU counter array, summed over the CPUs (0 if unreadable).

@@ -12,3 +12,9 @@ pub static OFFCPU: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// `probes-ebpf/src/epoll_loop.rs`
 pub static EPOLL_LOOP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/epoll-loop"));
+
+/// `probes-ebpf/src/gc.rs`
+pub static GC: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gc"));
+
+/// `probes-ebpf/src/alloc.rs`
+pub static ALLOC: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/alloc"));

@@ -43,4 +43,20 @@ impl Aim {
         let pids = processes.iter().map(|p| p.pid).collect();
         Ok(Aim { processes, pids, layout, luajit_path, root })
     }
+
+    /// Process `p`'s `global_State`, found by a scan of its memory (see
+    /// `vm_scan`); None without LuaJIT or when no candidate checks out.
+    pub fn global_state(&self, p: &Process) -> Option<u64> {
+        let luajit = self.luajit_path.as_deref()?;
+        let started = std::time::Instant::now();
+        let maps = p.maps().ok()?;
+        let code: Vec<(u64, u64)> =
+            maps.iter().filter(|m| m.executable() && m.file() == Some(luajit)).map(|m| (m.start, m.end)).collect();
+        let g = super::vm_scan::find_global_state(p.pid, &maps, &self.layout, &code);
+        match g {
+            Some(g) => log::debug!("pid {}: global_State {g:#x} found in {:?}", p.pid, started.elapsed()),
+            None => log::debug!("pid {}: no global_State found by scanning ({:?})", p.pid, started.elapsed()),
+        }
+        g
+    }
 }

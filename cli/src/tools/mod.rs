@@ -1,8 +1,10 @@
 //! One module per command; each pairs with `probes-ebpf/src/<tool>.rs`.
 //! `run_args` holds the options they all take.
 
+pub mod alloc;
 pub mod cpu;
 pub mod doctor;
 pub mod epoll_loop;
+pub mod gc;
 pub mod offcpu;
 pub mod run_args;

@@ -1,0 +1,103 @@
+//! A uprobe opened and closed many times a second, for sampling in windows:
+//! aya attaches through `&mut Ebpf` and keeps links for the program's life,
+//! while a sampler thread needs a cheap, owned on/off switch. Each `Window`
+//! is one `perf_event_open` of the uprobe PMU for one process with the
+//! already loaded program attached; dropping it removes the breakpoint.
+
+use std::{
+    ffi::CString,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    path::Path,
+};
+
+use anyhow::{anyhow, Context, Result};
+
+/// `struct perf_event_attr` up to `config2` and the fields after it that must
+/// be zero (PERF_ATTR_SIZE_VER5 = 112 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct PerfEventAttr {
+    type_: u32,
+    size: u32,
+    config: u64,
+    sample_period: u64,
+    sample_type: u64,
+    read_format: u64,
+    flags: u64,
+    wakeup_events: u32,
+    bp_type: u32,
+    /// uprobe: the path of the file.
+    config1: u64,
+    /// uprobe: the file offset of the probed instruction.
+    config2: u64,
+    branch_sample_type: u64,
+    sample_regs_user: u64,
+    sample_stack_user: u32,
+    clockid: i32,
+    sample_regs_intr: u64,
+    aux_watermark: u32,
+    sample_max_stack: u16,
+    reserved: u16,
+}
+
+const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
+const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
+const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
+
+/// What a window probes: one process, one instruction of one file.
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub pid: u32,
+    pub path: CString,
+    pub offset: u64,
+}
+
+impl Site {
+    pub fn new(pid: u32, path: &Path, offset: u64) -> Result<Site> {
+        let path = CString::new(path.as_os_str().as_encoded_bytes()).context("a path with a NUL byte")?;
+        Ok(Site { pid, path, offset })
+    }
+}
+
+/// The uprobe PMU's type number, from sysfs.
+pub fn uprobe_pmu() -> Result<u32> {
+    let text = std::fs::read_to_string("/sys/bus/event_source/devices/uprobe/type")
+        .context("this kernel has no uprobe PMU (/sys/bus/event_source/devices/uprobe/type)")?;
+    text.trim().parse().context("unreadable uprobe PMU type")
+}
+
+/// One open uprobe with the program attached; closed on drop.
+pub struct Window {
+    _fd: OwnedFd,
+}
+
+impl Window {
+    pub fn open(pmu: u32, site: &Site, prog_fd: RawFd) -> Result<Window> {
+        let attr = PerfEventAttr {
+            type_: pmu,
+            size: std::mem::size_of::<PerfEventAttr>() as u32,
+            config1: site.path.as_ptr() as u64,
+            config2: site.offset,
+            ..Default::default()
+        };
+        let t0 = std::time::Instant::now();
+        // SAFETY: a valid attr that outlives the call; pid, any CPU, no group.
+        let fd = unsafe {
+            libc::syscall(libc::SYS_perf_event_open, &attr as *const PerfEventAttr, site.pid as i32, -1, -1, PERF_FLAG_FD_CLOEXEC)
+        };
+        if fd < 0 {
+            return Err(anyhow!("cannot open a uprobe in process {}: {}", site.pid, std::io::Error::last_os_error()));
+        }
+        // SAFETY: the kernel just returned this descriptor to us.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        log::trace!("uprobe window: perf_event_open {:?}", t0.elapsed());
+        for (request, arg) in [(PERF_EVENT_IOC_SET_BPF, prog_fd as libc::c_ulong), (PERF_EVENT_IOC_ENABLE, 0)] {
+            // SAFETY: ioctls on a perf event we own.
+            if unsafe { libc::ioctl(fd.as_raw_fd(), request, arg) } < 0 {
+                return Err(anyhow!("cannot attach the alloc program: {}", std::io::Error::last_os_error()));
+            }
+        }
+        log::trace!("uprobe window: open+attach {:?}", t0.elapsed());
+        Ok(Window { _fd: fd })
+    }
+}

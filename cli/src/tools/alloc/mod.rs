@@ -1,0 +1,177 @@
+//! `ljprobe alloc`: who allocates on the Lua heap, as flame graphs weighed by
+//! bytes or by count, with table growth shown as its own frame. Kernel side:
+//! `probes-ebpf/src/alloc.rs`; when the probe is on: `sampler.rs`.
+
+mod report;
+mod sampler;
+mod site;
+mod tally;
+
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use aya::{
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::UProbe,
+};
+use ljprobe_common::{AllocConfig, AllocTotals, ALLOC_LOST, ALLOC_STACKS_FULL};
+
+use self::{
+    sampler::{Maps, Probed, Sampler},
+    site::Allocator,
+    tally::Tally,
+};
+use super::run_args::{RunArgs, StackArgs};
+use crate::{
+    bpf::{self, objects},
+    collect::{self, Source},
+    report::Outputs,
+    stacks::StackBuilder,
+    target::{LuaJit, Process},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Weight {
+    Bytes,
+    Count,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    stacks: StackArgs,
+    /// What the flame graph's widths add up: bytes allocated, or allocator calls.
+    #[arg(long, value_enum, default_value = "bytes")]
+    weight: Weight,
+    /// Share of the target's time the probe may cost, in percent: the probe is
+    /// on in short windows sized to it, and the counts are scaled up.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_budget, conflicts_with = "all")]
+    overhead: f64,
+    /// Record every allocation (exact counts): each one traps into the kernel,
+    /// which slows an allocation-heavy target many times over; for tests and
+    /// small targets.
+    #[arg(long)]
+    all: bool,
+    #[command(flatten)]
+    outputs: Outputs,
+}
+
+fn parse_budget(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim_end_matches('%').parse().map_err(|_| format!("not a percentage: {s}"))?;
+    if v > 0.0 && v <= 100.0 {
+        Ok(v)
+    } else {
+        Err("the overhead budget is a percentage above 0 and at most 100".into())
+    }
+}
+
+pub async fn run(args: Args) -> Result<ExitCode> {
+    let default_svg = format!("ljprobe-alloc-{}.svg", args.run.pid);
+    args.outputs.check(&default_svg)?;
+    let aim = args.stacks.aim(args.run.pid)?;
+    let mut ebpf = bpf::load(objects::ALLOC, "alloc")?;
+    let seeded = bpf::aim_seeded(&mut ebpf, &aim)?;
+    let luajits: Vec<Option<LuaJit>> = aim.processes.iter().map(|p| LuaJit::find(p).ok().flatten()).collect();
+    let mut allocators = Vec::new();
+    for ((p, (_, g)), lj) in aim.processes.iter().zip(&seeded).zip(&luajits) {
+        allocators.push(Allocator::find(p, *g, lj.as_ref())?);
+    }
+    for (p, a) in aim.processes.iter().zip(&allocators) {
+        log::info!("pid {}: the VM allocates through {:#x} in {} (file offset {:#x})", p.pid, a.addr, a.file, a.site.offset);
+    }
+    let resize = allocators.iter().find_map(|a| a.resize);
+    let native = args.stacks.native();
+    let base = AllocConfig {
+        scale: 0,
+        resize_lo: resize.map_or(0, |r| r.0),
+        resize_hi: resize.map_or(0, |r| r.1),
+        native: u32::from(native),
+        kernel: u32::from(args.stacks.kernel),
+    };
+    let mut config: Array<MapData, AllocConfig> = Array::try_from(ebpf.take_map("CONFIG").context("CONFIG map missing")?)?;
+    config.set(0, base, 0)?;
+    let counts: PerCpuArray<MapData, u64> = PerCpuArray::try_from(ebpf.take_map("COUNTS").context("COUNTS map missing")?)?;
+    let builder = StackBuilder::new(args.stacks.stack, args.stacks.kernel, args.stacks.per_worker, &aim.processes, aim.luajit_path.as_deref())?;
+    let prog: &mut UProbe = ebpf.program_mut("alloc_call").context("alloc_call missing")?.try_into()?;
+    prog.load().map_err(|e| bpf::program_error("loading the alloc program", e))?;
+    let prog_fd = prog.fd()?.as_fd().as_raw_fd();
+    let probed = allocators.iter().map(|a| Probed { site: a.site.clone(), g: a.g }).collect();
+    let budget = (!args.all).then_some(args.overhead);
+    let sampler = Sampler::start(probed, prog_fd, Maps { config, counts, base }, budget)?;
+    let mut ring: RingBuf<MapData> = RingBuf::try_from(ebpf.take_map("RECORDS").context("RECORDS map missing")?)?;
+    let mut source = AllocSource { ring: &mut ring, tally: Tally::new(builder, native), sampler: &sampler, aim_luajit: luajits.into_iter().flatten().next() };
+    let run = collect::Run { ebpf: &mut ebpf, aim: &aim, duration: args.run.duration, what: "stacks" };
+    let collected = collect::watch(run, Duration::from_millis(100), &mut source).await;
+    let tally = source.tally;
+    let (sampling, _config, counts) = sampler.finish();
+    let collected = collected?;
+
+    let stacks: PerCpuHashMap<MapData, u64, AllocTotals> =
+        PerCpuHashMap::try_from(ebpf.take_map("STACKS").context("STACKS map missing")?)?;
+    let kernel_totals: Vec<(u64, AllocTotals)> = stacks
+        .iter()
+        .filter_map(|r| r.ok())
+        .map(|(k, per_cpu)| {
+            let sum = per_cpu.iter().fold(AllocTotals::default(), |a, t| AllocTotals {
+                count: a.count + t.count,
+                bytes: a.bytes + t.bytes,
+                events: a.events + t.events,
+            });
+            (k, sum)
+        })
+        .collect();
+    let hist: PerCpuArray<MapData, u64> = PerCpuArray::try_from(ebpf.take_map("HIST").context("HIST map missing")?)?;
+    let lost = bpf::per_cpu_total(&counts, ALLOC_LOST) + bpf::per_cpu_total(&counts, ALLOC_STACKS_FULL);
+    drop(ebpf);
+    report::write(report::Run {
+        args: &args,
+        aim_root: &aim.root,
+        default_svg,
+        collected,
+        sampling,
+        tally: &tally,
+        kernel_totals: &kernel_totals,
+        counts: &counts,
+        hist: &hist,
+        lost,
+        resize_known: resize.is_some(),
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+struct AllocSource<'a> {
+    ring: &'a mut RingBuf<MapData>,
+    tally: Tally,
+    sampler: &'a Sampler,
+    aim_luajit: Option<LuaJit>,
+}
+
+impl Source for AllocSource<'_> {
+    fn tick(&mut self) -> Result<u64> {
+        let tally = &mut self.tally;
+        Ok(collect::drain(self.ring, &mut |b: &[u8]| tally.record(b)))
+    }
+
+    fn status(&self, records: u64) -> String {
+        format!("stacks {records:<9}")
+    }
+
+    fn lost(&self) -> u64 {
+        0
+    }
+
+    fn joined(&mut self, p: &Process, g: Option<u64>) -> Result<()> {
+        self.tally.builder.add_process(p)?;
+        match Allocator::find(p, g, self.aim_luajit.as_ref()) {
+            Ok(a) => self.sampler.add(Probed { site: a.site, g: a.g }),
+            Err(e) => eprintln!("ljprobe: not probing the allocator of new process {}: {e:#}", p.pid),
+        }
+        Ok(())
+    }
+}

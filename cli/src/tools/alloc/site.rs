@@ -1,0 +1,84 @@
+//! Where a target's allocator is: the function its VM calls for every byte of
+//! the Lua heap (`G->allocf`), read from the live VM rather than found by
+//! name, so stripped builds and foreign allocators are covered; and the code
+//! of `lj_tab_resize`, when symbols name it, to tell table growth apart.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use object::{Object, ObjectSegment, ObjectSymbol};
+
+use crate::{
+    bpf::uprobe_window::Site,
+    lua::{ProcMem, GC_21_GC64_X86_64},
+    target::{process::Process, LuaJit},
+};
+
+/// One target's allocator, as a uprobe site, and its VM for polling.
+pub struct Allocator {
+    pub site: Site,
+    pub g: u64,
+    /// Runtime address of the allocator function.
+    pub addr: u64,
+    /// The file it lives in, as the target maps it.
+    pub file: String,
+    /// `lj_tab_resize`'s code at run time, [start, end), when named.
+    pub resize: Option<(u64, u64)>,
+}
+
+impl Allocator {
+    /// `g` is the process's `global_State` (see `Aim::global_state`).
+    pub fn find(p: &Process, g: Option<u64>, luajit: Option<&LuaJit>) -> Result<Allocator> {
+        let Some(g) = g else {
+            bail!(
+                "no Lua VM was found in process {} ({}): it may not have started Lua yet; try again once it serves Lua code",
+                p.pid,
+                p.comm
+            )
+        };
+        let mem = ProcMem::open(p.pid)?;
+        let addr = GC_21_GC64_X86_64
+            .allocf(&mem, g)
+            .with_context(|| format!("cannot read the allocator of the Lua VM in process {}", p.pid))?;
+        let maps = p.maps()?;
+        let Some(m) = maps.iter().find(|m| m.executable() && addr >= m.start && addr < m.end) else {
+            bail!("the Lua VM of process {} allocates through {addr:#x}, which is not code of any mapped file (an allocator made at run time cannot be probed)", p.pid)
+        };
+        let Some(file) = m.file() else {
+            bail!("the Lua VM of process {} allocates through {addr:#x}, in {}, which is not a file a uprobe can be placed in", p.pid, m.path.as_deref().unwrap_or("an anonymous mapping"))
+        };
+        let offset = addr - m.start + m.offset;
+        let host_path: PathBuf = p.host_path(file);
+        let site = Site::new(p.pid, &host_path, offset)?;
+        let resize = luajit.and_then(|lj| resize_range(p, lj, &maps));
+        Ok(Allocator { site, g, addr, file: file.to_string(), resize })
+    }
+}
+
+/// `lj_tab_resize` in LuaJIT's symbol table (or its debug file), relocated to
+/// where the target mapped it.
+fn resize_range(p: &Process, lj: &LuaJit, maps: &[ljprobe_host::proc::Mapping]) -> Option<(u64, u64)> {
+    let sym_file = match &lj.symbols {
+        crate::target::luajit::Symbols::Symtab { .. } => lj.host_path.clone(),
+        crate::target::luajit::Symbols::DebugFile { path, .. } => path.clone(),
+        crate::target::luajit::Symbols::Missing { .. } => return None,
+    };
+    let data = crate::target::elf::read_file(&sym_file).ok()?;
+    let obj = object::File::parse(&*data).ok()?;
+    let sym = obj.symbols().find(|s| s.name() == Ok("lj_tab_resize") && s.size() > 0)?;
+    // The segment's file offset comes from the mapped file itself: a debug
+    // file's segments carry no code.
+    let code = crate::target::elf::read_file(&lj.host_path).ok()?;
+    let code_obj = object::File::parse(&*code).ok()?;
+    let seg = code_obj.segments().find(|s| {
+        let (a, n) = (s.address(), s.size());
+        sym.address() >= a && sym.address() < a + n
+    })?;
+    let file_off = sym.address() - seg.address() + seg.file_range().0;
+    let m = maps.iter().find(|m| {
+        m.file() == Some(lj.path.as_str()) && m.executable() && file_off >= m.offset && file_off < m.offset + (m.end - m.start)
+    })?;
+    let start = m.start + (file_off - m.offset);
+    log::debug!("pid {}: lj_tab_resize at {start:#x} ({} bytes)", p.pid, sym.size());
+    Some((start, start + sym.size()))
+}

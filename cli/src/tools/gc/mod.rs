@@ -1,0 +1,85 @@
+//! `ljprobe gc`: the Lua heap and its collector over time. User space reads
+//! each VM's `global_State.gc` every few milliseconds (`poll.rs`, `heap.rs`);
+//! the kernel program `probes-ebpf/src/gc.rs` counts the target's CPU samples
+//! by VM state, for the collector's share of the CPU. `report.rs` prints and
+//! writes the results.
+
+mod heap;
+mod poll;
+mod report;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use aya::maps::PerCpuArray;
+
+use self::poll::{Poller, Vm};
+use super::run_args::RunArgs;
+use crate::{
+    bpf::{self, attach, objects},
+    collect,
+    lua::GC_21_GC64_X86_64,
+    target::aim::Aim,
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    run: RunArgs,
+    /// One point of the time series per interval (the heap is read far more often).
+    #[arg(long, default_value = "100ms", value_parser = ljprobe_host::duration::parse)]
+    interval: Duration,
+    /// CPU samples per second per CPU, for the collector's share of the target's CPU.
+    #[arg(long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    freq: u64,
+    /// Line chart SVG [default: ljprobe-gc-<pid>.svg in the current directory].
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+    /// Summary and time series a script can read ("-" for standard output).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+/// How often each VM's collector fields are read: a pread of 88 bytes, often
+/// enough to see most cycles finish (a cycle that starts and ends between two
+/// readings can be missed).
+pub const POLL: Duration = Duration::from_millis(5);
+
+pub async fn run(args: Args) -> Result<ExitCode> {
+    report::check(&args)?;
+    if args.interval < POLL * 2 {
+        bail!("--interval {:?} is too short: the heap is read every {POLL:?}, so give at least {:?}", args.interval, POLL * 2);
+    }
+    let aim = Aim::open(args.run.pid, true, "", "")?;
+    let mut ebpf = bpf::load(objects::GC, "gc")?;
+    let found = bpf::aim_seeded(&mut ebpf, &aim)?;
+    let mut vms = Vec::new();
+    let mut notes = Vec::new();
+    for (pid, g) in found {
+        match g.and_then(|g| Vm::open(pid, g, GC_21_GC64_X86_64)) {
+            Some(vm) => vms.push(vm),
+            None => notes.push(format!("process {pid}: its Lua VM was not found in its memory; its heap is not in the figures")),
+        }
+    }
+    if vms.is_empty() {
+        bail!(
+            "found no Lua VM in the memory of process {} ({}), so there is no heap to read: is its Lua state created yet?",
+            aim.root.pid,
+            aim.root.comm
+        );
+    }
+    for n in &notes {
+        eprintln!("ljprobe: note: {n}");
+    }
+    let states = PerCpuArray::try_from(ebpf.take_map("STATES").context("STATES map missing")?)?;
+    attach::cpu_clock(&mut ebpf, "gc_sample", args.freq)?;
+    let mut poller = Poller::new(vms, GC_21_GC64_X86_64, states, args.interval);
+    let run = collect::Run { ebpf: &mut ebpf, aim: &aim, duration: args.run.duration, what: "samples" };
+    let collected = collect::watch(run, POLL, &mut poller).await?;
+    drop(ebpf);
+    let result = poller.finish();
+    notes.extend(result.notes.iter().cloned());
+    let title = format!("ljprobe gc: PID {} ({}), Lua heap over time", args.run.pid, aim.root.comm);
+    report::write(&args, &report::Report { title, result, collected, notes })?;
+    Ok(ExitCode::SUCCESS)
+}

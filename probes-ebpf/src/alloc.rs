@@ -1,0 +1,227 @@
+//! `ljprobe alloc`: a uprobe on the VM's allocator function (`G->allocf`,
+//! `lj_alloc_f(ud, ptr, osize, nsize)` in a stock build). Frees are counted;
+//! allocations and growths are weighed by the share of time user space keeps
+//! the probe attached (`AllocConfig::scale`) and added up per Lua stack inside
+//! the kernel, each stack sent to user space once. With native stacks, every
+//! event is sent with its stack copy instead.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user_buf},
+    macros::{map, uprobe},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::ProbeContext,
+};
+use ljprobe_common::{
+    AllocConfig, AllocRecord, AllocRecordNative, AllocTotals, CpuSample, VmLayout, ALLOC_CALLS, ALLOC_COUNT_SLOTS,
+    ALLOC_FREED_BYTES, ALLOC_FREES, ALLOC_HIST_BUCKETS, ALLOC_LOST, ALLOC_NEW, ALLOC_REALLOC, ALLOC_STACKS_FULL,
+    ALLOC_TABLE_RESIZE, MAX_LUA_FRAMES,
+};
+use ljprobe_probes::{capture, counters, NO_WAKEUP};
+
+#[map]
+static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(256, 0);
+
+#[map]
+static LAYOUT: Array<VmLayout> = Array::with_max_entries(1, 0);
+
+#[map]
+static CONFIG: Array<AllocConfig> = Array::with_max_entries(1, 0);
+
+/// Each target's `global_State`, seeded by user space: inside the allocator
+/// the dispatch register is rarely still there.
+#[map]
+static VMS: HashMap<u32, u64> = HashMap::with_max_entries(256, 0);
+
+/// Per (Lua stack hash | kind): what it allocated.
+#[map]
+static STACKS: PerCpuHashMap<u64, AllocTotals> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Stacks already sent to user space.
+#[map]
+static SENT: HashMap<u64, u8> = HashMap::with_max_entries(16384, 0);
+
+#[map]
+static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ALLOC_COUNT_SLOTS, 0);
+
+/// Weighted allocations by log2 of their size.
+#[map]
+static HIST: PerCpuArray<u64> = PerCpuArray::with_max_entries(ALLOC_HIST_BUCKETS, 0);
+
+#[map]
+static RECORDS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+
+/// Words above the allocator's stack pointer searched for a return address
+/// into `lj_tab_resize` (it calls `lj_mem_realloc`/`lj_mem_newvec`, which call
+/// the allocator: two small frames).
+const RESIZE_SCAN_WORDS: usize = 24;
+
+#[uprobe]
+pub fn alloc_call(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: presence check only.
+    if unsafe { TARGETS.get(&((pid_tgid >> 32) as u32)) }.is_none() {
+        return 0;
+    }
+    counters::add(&COUNTS, ALLOC_CALLS, 1);
+    // SAFETY: a uprobe's context is the user registers at the probed instruction.
+    let regs = unsafe { *ctx.regs };
+    let Some(config) = CONFIG.get(0) else { return 0 };
+    // 0 between the probe's attachment and the moment user space starts
+    // counting: a window counts exactly the span it measured the heap over.
+    if config.scale == 0 {
+        return 0;
+    }
+    // lua_Alloc(ud, ptr, osize, nsize): System V arguments.
+    let (ptr, osize, nsize) = (regs.rsi, regs.rdx, regs.rcx);
+    if nsize == 0 || (ptr != 0 && nsize <= osize) {
+        let freed = if nsize == 0 { osize } else { osize - nsize };
+        counters::add(&COUNTS, ALLOC_FREES, config.scale * u64::from(nsize == 0));
+        counters::add(&COUNTS, ALLOC_FREED_BYTES, freed * config.scale);
+        return 0;
+    }
+    let (mut kind, bytes) = if ptr == 0 { (ALLOC_NEW, nsize) } else { (ALLOC_REALLOC, nsize - osize) };
+    if in_resize(&regs, config) {
+        kind = ALLOC_TABLE_RESIZE;
+    }
+    counters::add(&HIST, log2(bytes), config.scale);
+    // The VM is found from the seeded `G`; the registers the interpreter keeps
+    // its BASE and PC in hold the allocator's arguments and locals here.
+    let mut vm_regs = regs;
+    vm_regs.rdx = 0;
+    vm_regs.rbx = 0;
+    if config.native != 0 {
+        record_native(&ctx, pid_tgid, &vm_regs, config, kind, bytes);
+    } else {
+        count_lua(pid_tgid, &vm_regs, config, kind, bytes);
+    }
+    0
+}
+
+#[inline(always)]
+fn count_lua(pid_tgid: u64, regs: &pt_regs, config: &AllocConfig, kind: u32, bytes: u64) {
+    let Some(layout) = LAYOUT.get(0) else { return };
+    // The stack is walked straight into a record, which is sent only if the
+    // stack is new.
+    let Some(mut entry) = RECORDS.reserve::<AllocRecord>(0) else {
+        counters::add(&COUNTS, ALLOC_LOST, 1);
+        return;
+    };
+    let rec = entry.as_mut_ptr();
+    // SAFETY: a reserved record we own until submit or discard.
+    let key = unsafe {
+        capture::lua(&mut (*rec).stack, pid_tgid, layout, regs, &VMS);
+        (hash(&(*rec).stack) & !3) | u64::from(kind)
+    };
+    let add = AllocTotals { count: config.scale, bytes: bytes * config.scale, events: 1 };
+    match STACKS.get_ptr_mut(&key) {
+        Some(t) => {
+            // SAFETY: this CPU's value; no other program runs on this CPU meanwhile.
+            unsafe {
+                (*t).count += add.count;
+                (*t).bytes += add.bytes;
+                (*t).events += 1;
+            }
+        }
+        None => {
+            if STACKS.insert(&key, &add, 0).is_err() {
+                counters::add(&COUNTS, ALLOC_STACKS_FULL, 1);
+            }
+        }
+    }
+    // BPF_NOEXIST: only the first CPU to see a stack sends it.
+    if SENT.insert(&key, &1, 1).is_ok() {
+        // SAFETY: as above.
+        unsafe {
+            (*rec).key = key;
+            (*rec).kind = kind;
+            (*rec)._pad = 0;
+            (*rec).scale = 0;
+            (*rec).bytes = 0;
+        }
+        entry.submit(NO_WAKEUP);
+    } else {
+        entry.discard(NO_WAKEUP);
+    }
+}
+
+#[inline(always)]
+fn record_native(ctx: &ProbeContext, pid_tgid: u64, regs: &pt_regs, config: &AllocConfig, kind: u32, bytes: u64) {
+    let Some(layout) = LAYOUT.get(0) else { return };
+    let Some(mut entry) = RECORDS.reserve::<AllocRecordNative>(0) else {
+        counters::add(&COUNTS, ALLOC_LOST, 1);
+        return;
+    };
+    let rec = entry.as_mut_ptr();
+    // SAFETY: a reserved record we own until submit.
+    unsafe {
+        let cur_l = capture::lua(&mut (*rec).head.stack, pid_tgid, layout, regs, &VMS);
+        capture::kernel_stack(ctx, &mut (*rec).head.stack, config.kernel != 0);
+        capture::native(&mut (*rec).native, regs, layout, cur_l);
+        (*rec).head.key = 0;
+        (*rec).head.kind = kind;
+        (*rec).head._pad = 0;
+        (*rec).head.scale = config.scale;
+        (*rec).head.bytes = bytes;
+    }
+    entry.submit(NO_WAKEUP);
+}
+
+/// A return address into `lj_tab_resize` just above the allocator's frame.
+#[inline(always)]
+fn in_resize(regs: &pt_regs, config: &AllocConfig) -> bool {
+    if config.resize_hi == 0 {
+        return false;
+    }
+    let mut words = [0u64; RESIZE_SCAN_WORDS];
+    // SAFETY: the byte view covers exactly `words`.
+    let bytes = unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, RESIZE_SCAN_WORDS * 8) };
+    // SAFETY: bpf_probe_read_user fails instead of faulting.
+    if unsafe { bpf_probe_read_user_buf(regs.rsp as *const u8, bytes) }.is_err() {
+        return false;
+    }
+    for w in words {
+        if w > config.resize_lo && w <= config.resize_hi {
+            return true;
+        }
+    }
+    false
+}
+
+/// FNV-1a over what names the stack: the process, the VM state, the walk's
+/// flags, the place in a trace and every frame.
+#[inline(always)]
+fn hash(s: &CpuSample) -> u64 {
+    const PRIME: u64 = 0x100_0000_01b3;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let head = [u64::from(s.tgid), s.vmstate as u32 as u64 | (u64::from(s.flags) << 32), s.trace_pc];
+    for w in head {
+        h = (h ^ w).wrapping_mul(PRIME);
+    }
+    let n = s.nframes as usize;
+    for i in 0..MAX_LUA_FRAMES {
+        if i >= n {
+            break;
+        }
+        let f = &s.frames[i];
+        h = (h ^ f.func).wrapping_mul(PRIME);
+        h = (h ^ f.link).wrapping_mul(PRIME);
+    }
+    h
+}
+
+#[inline(always)]
+fn log2(v: u64) -> u32 {
+    let mut b = 0u32;
+    let mut x = v;
+    for _ in 0..ALLOC_HIST_BUCKETS {
+        if x <= 1 {
+            break;
+        }
+        x >>= 1;
+        b += 1;
+    }
+    b.min(ALLOC_HIST_BUCKETS - 1)
+}

@@ -41,8 +41,8 @@ struct PerfEventAttr {
 }
 
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
-const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
-const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
+const PERF_EVENT_IOC_ENABLE: u32 = 0x2400;
+const PERF_EVENT_IOC_SET_BPF: u32 = 0x4004_2408;
 
 /// What a window probes: one process, one instruction of one file.
 #[derive(Debug, Clone)]
@@ -93,7 +93,8 @@ impl Window {
         log::trace!("uprobe window: perf_event_open {:?}", t0.elapsed());
         for (request, arg) in [(PERF_EVENT_IOC_SET_BPF, prog_fd as libc::c_ulong), (PERF_EVENT_IOC_ENABLE, 0)] {
             // SAFETY: ioctls on a perf event we own.
-            if unsafe { libc::ioctl(fd.as_raw_fd(), request, arg) } < 0 {
+            // glibc takes the request as an unsigned long, musl as an int.
+            if unsafe { libc::ioctl(fd.as_raw_fd(), request as _, arg) } < 0 {
                 return Err(anyhow!("cannot attach the alloc program: {}", std::io::Error::last_os_error()));
             }
         }

@@ -370,14 +370,18 @@ pub const ALLOC_TABLE_RESIZE: u32 = 1;
 pub const ALLOC_REALLOC: u32 = 2;
 
 /// Slots of the alloc program's `COUNTS`: every call of the allocator (raw),
-/// frees and the bytes they returned (weighted), shrinking reallocs, and
-/// records the ring buffer or the stack map had no room for.
+/// frees and the bytes they returned (weighted), records the ring buffer or
+/// the stack map had no room for, the bytes allocated, and the bytes freed
+/// outside the collector (a table's old hash part, a shrunk buffer): what
+/// `gc.total - gc.estimate` does not see.
 pub const ALLOC_CALLS: u32 = 0;
 pub const ALLOC_FREES: u32 = 1;
 pub const ALLOC_FREED_BYTES: u32 = 2;
 pub const ALLOC_LOST: u32 = 3;
 pub const ALLOC_STACKS_FULL: u32 = 4;
-pub const ALLOC_COUNT_SLOTS: u32 = 5;
+pub const ALLOC_BYTES: u32 = 5;
+pub const ALLOC_EXPLICIT_FREED_BYTES: u32 = 6;
+pub const ALLOC_COUNT_SLOTS: u32 = 7;
 
 /// log2 buckets of the alloc program's size histogram (bucket i: sizes in [2^i, 2^(i+1))).
 pub const ALLOC_HIST_BUCKETS: u32 = 48;

@@ -245,3 +245,24 @@ mod tests {
         }
     }
 }
+
+/// CPU time the scheduler has charged to `pid`'s main thread (all there is
+/// of an nginx worker or a luajit), in nanoseconds exact, from
+/// `/proc/PID/schedstat`; None once the process is reaped. Time spent waiting
+/// for a CPU is not in it.
+pub fn cpu_time(pid: u32) -> Option<std::time::Duration> {
+    let text = fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
+    let ns: u64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(std::time::Duration::from_nanos(ns))
+}
+
+/// The same for every thread of `pid`, summed (zero once it is gone).
+pub fn threads_cpu_time(pid: u32) -> std::time::Duration {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return std::time::Duration::ZERO };
+    let ns: u64 = tasks
+        .filter_map(|t| t.ok())
+        .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    std::time::Duration::from_nanos(ns)
+}

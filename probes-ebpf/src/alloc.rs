@@ -15,7 +15,7 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use ljprobe_common::{
-    AllocConfig, AllocRecord, AllocRecordNative, AllocTotals, CpuSample, VmLayout, ALLOC_CALLS, ALLOC_COUNT_SLOTS,
+    AllocConfig, AllocRecord, AllocRecordNative, AllocTotals, CpuSample, VmLayout, ALLOC_BYTES, ALLOC_CALLS, ALLOC_COUNT_SLOTS, ALLOC_EXPLICIT_FREED_BYTES,
     ALLOC_FREED_BYTES, ALLOC_FREES, ALLOC_HIST_BUCKETS, ALLOC_LOST, ALLOC_NEW, ALLOC_REALLOC, ALLOC_STACKS_FULL,
     ALLOC_TABLE_RESIZE, MAX_LUA_FRAMES,
 };
@@ -42,6 +42,10 @@ static STACKS: PerCpuHashMap<u64, AllocTotals> = PerCpuHashMap::with_max_entries
 /// Stacks already sent to user space.
 #[map]
 static SENT: HashMap<u64, u8> = HashMap::with_max_entries(16384, 0);
+
+/// Where a Lua-mode event's stack is walked before it is known to be new.
+#[map]
+static SCRATCH: PerCpuArray<AllocRecord> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ALLOC_COUNT_SLOTS, 0);
@@ -80,6 +84,9 @@ pub fn alloc_call(ctx: ProbeContext) -> u32 {
         let freed = if nsize == 0 { osize } else { osize - nsize };
         counters::add(&COUNTS, ALLOC_FREES, config.scale * u64::from(nsize == 0));
         counters::add(&COUNTS, ALLOC_FREED_BYTES, freed * config.scale);
+        if !in_collector(pid_tgid) {
+            counters::add(&COUNTS, ALLOC_EXPLICIT_FREED_BYTES, freed * config.scale);
+        }
         return 0;
     }
     let (mut kind, bytes) = if ptr == 0 { (ALLOC_NEW, nsize) } else { (ALLOC_REALLOC, nsize - osize) };
@@ -87,6 +94,7 @@ pub fn alloc_call(ctx: ProbeContext) -> u32 {
         kind = ALLOC_TABLE_RESIZE;
     }
     counters::add(&HIST, log2(bytes), config.scale);
+    counters::add(&COUNTS, ALLOC_BYTES, bytes * config.scale);
     // The VM is found from the seeded `G`; the registers the interpreter keeps
     // its BASE and PC in hold the allocator's arguments and locals here.
     let mut vm_regs = regs;
@@ -103,22 +111,18 @@ pub fn alloc_call(ctx: ProbeContext) -> u32 {
 #[inline(always)]
 fn count_lua(pid_tgid: u64, regs: &pt_regs, config: &AllocConfig, kind: u32, bytes: u64) {
     let Some(layout) = LAYOUT.get(0) else { return };
-    // The stack is walked straight into a record, which is sent only if the
-    // stack is new.
-    let Some(mut entry) = RECORDS.reserve::<AllocRecord>(0) else {
-        counters::add(&COUNTS, ALLOC_LOST, 1);
-        return;
-    };
-    let rec = entry.as_mut_ptr();
-    // SAFETY: a reserved record we own until submit or discard.
-    let key = unsafe {
-        capture::lua(&mut (*rec).stack, pid_tgid, layout, regs, &VMS);
-        (hash(&(*rec).stack) & !3) | u64::from(kind)
-    };
+    // The stack is walked into this CPU's scratch record: reserving ring
+    // space for every event would fill the ring with discarded records
+    // between two drains.
+    let Some(rec) = SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's slot; a BPF program is not preempted by another on the same CPU.
+    let rec = unsafe { &mut *rec };
+    capture::lua(&mut rec.stack, pid_tgid, layout, regs, &VMS);
+    let key = (hash(&rec.stack) & !3) | u64::from(kind);
     let add = AllocTotals { count: config.scale, bytes: bytes * config.scale, events: 1 };
     match STACKS.get_ptr_mut(&key) {
         Some(t) => {
-            // SAFETY: this CPU's value; no other program runs on this CPU meanwhile.
+            // SAFETY: this CPU's value, as above.
             unsafe {
                 (*t).count += add.count;
                 (*t).bytes += add.bytes;
@@ -133,17 +137,16 @@ fn count_lua(pid_tgid: u64, regs: &pt_regs, config: &AllocConfig, kind: u32, byt
     }
     // BPF_NOEXIST: only the first CPU to see a stack sends it.
     if SENT.insert(&key, &1, 1).is_ok() {
-        // SAFETY: as above.
-        unsafe {
-            (*rec).key = key;
-            (*rec).kind = kind;
-            (*rec)._pad = 0;
-            (*rec).scale = 0;
-            (*rec).bytes = 0;
+        rec.key = key;
+        rec.kind = kind;
+        rec._pad = 0;
+        rec.scale = 0;
+        rec.bytes = 0;
+        if RECORDS.output(rec, 0).is_err() {
+            // Sent never: let a later event of this stack try again.
+            let _ = SENT.remove(&key);
+            counters::add(&COUNTS, ALLOC_LOST, 1);
         }
-        entry.submit(NO_WAKEUP);
-    } else {
-        entry.discard(NO_WAKEUP);
     }
 }
 
@@ -167,6 +170,15 @@ fn record_native(ctx: &ProbeContext, pid_tgid: u64, regs: &pt_regs, config: &All
         (*rec).head.bytes = bytes;
     }
     entry.submit(NO_WAKEUP);
+}
+
+/// The VM is collecting garbage (`LJ_VMST_GC`): a free here is a sweep.
+#[inline(always)]
+fn in_collector(pid_tgid: u64) -> bool {
+    let Some(layout) = LAYOUT.get(0) else { return false };
+    // SAFETY: copied out immediately.
+    let Some(g) = (unsafe { VMS.get(&((pid_tgid >> 32) as u32)) }).copied() else { return false };
+    ljprobe_probes::vm::read_i32(g + layout.g_vmstate as u64) == Some(!2)
 }
 
 /// A return address into `lj_tab_resize` just above the allocator's frame.

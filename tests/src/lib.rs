@@ -176,15 +176,7 @@ pub fn load_until_stopped(load: xtask::load::Load) -> Background {
     Background(load.spawn().expect("wrk starts"))
 }
 
-/// CPU time the scheduler has charged to `pid`'s main thread (all there is
-/// of an nginx worker or a luajit), from /proc/PID/schedstat; None once the
-/// process is reaped. Time spent waiting for a CPU (another process, a
-/// cgroup quota) is not in it.
-pub fn cpu_time(pid: u32) -> Option<std::time::Duration> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
-    let ns: u64 = text.split_whitespace().next()?.parse().ok()?;
-    Some(std::time::Duration::from_nanos(ns))
-}
+pub use ljprobe_host::proc::cpu_time;
 
 /// What requests to one route cost on this machine now, with no probe
 /// attached: `count` requests one at a time, `gap` apart.

@@ -162,16 +162,6 @@ impl Cost {
     }
 }
 
-/// CPU time of every thread of `pid` so far, from /proc/PID/task/*/schedstat (ns).
-fn threads_cpu(pid: u32) -> Duration {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return Duration::ZERO };
-    let ns: u64 = tasks
-        .filter_map(|t| t.ok())
-        .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    Duration::from_nanos(ns)
-}
 
 /// Runs `bin cpu --stack mixed` on `pid` for `duration` and reads its rusage
 /// from wait4: exact CPU time and peak RSS of that one process.
@@ -196,7 +186,7 @@ fn measure_once(bin: &Path, pid: u32, duration: Duration, freq: u32, out: &Path)
         let mut startup = None;
         for line in BufReader::new(err).lines().map_while(Result::ok) {
             if startup.is_none() && line.starts_with("ljprobe: tracing") {
-                startup = Some(threads_cpu(me));
+                startup = Some(ljprobe_host::proc::threads_cpu_time(me));
             }
         }
         startup

@@ -1,4 +1,4 @@
-//! `cargo xtask bench cpu|offcpu`: what profiling costs the gateway's throughput;
+//! `cargo xtask bench cpu|offcpu|alloc`: what profiling costs the gateway's throughput;
 //! `bench soak`: ljprobe's own CPU and memory over a long run (soak.rs).
 //!
 //! Absolute requests/sec depend on the machine and on whatever else runs on it, so
@@ -24,6 +24,7 @@ use xtask::{
     paths, setup,
 };
 
+mod alloc;
 mod cpu;
 mod offcpu;
 mod soak;
@@ -49,6 +50,16 @@ pub enum What {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
         rounds: u32,
     },
+    /// `ljprobe alloc` (sampled and --all) and `ljprobe gc` against a bpftrace
+    /// uprobe counting allocator calls, on /alloc/churn and on the cheap
+    /// /health: throughput and the worker's CPU per request, as ratios to
+    /// interleaved unprofiled runs.
+    Alloc {
+        #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        rounds: u32,
+    },
     /// `ljprobe cpu --stack mixed` and `ljprobe offcpu` on the worker, together,
     /// for a long run under sustained mixed load: ljprobe's own CPU share, peak
     /// RSS and RSS growth, records per second and lost records.
@@ -66,6 +77,7 @@ pub fn run(what: What) -> Result<()> {
     match what {
         What::Cpu { duration, rounds } => cpu::run(duration, rounds),
         What::Offcpu { duration, rounds } => offcpu::run(duration, rounds),
+        What::Alloc { duration, rounds } => alloc::run(duration, rounds),
         What::Soak { duration, every } => soak::run(duration, every),
     }
 }
@@ -91,6 +103,11 @@ pub struct Measured {
     pub baselines: Vec<f64>,
     /// Per tool, its ratio in each round.
     pub ratios: Vec<Vec<f64>>,
+    /// The worker's CPU time per request (us) in the baseline runs, and per
+    /// tool its ratio to the adjacent baselines' in each round: what a probe
+    /// adds to each request, whether or not the worker is saturated.
+    pub baseline_cpu: Vec<f64>,
+    pub cpu_ratios: Vec<Vec<f64>>,
     pub own: OwnCost,
     /// Context switches per second during a baseline run: the whole machine's
     /// and the gateway worker's.
@@ -130,23 +147,33 @@ pub fn measure(suite: &Suite, duration: Duration, rounds: u32) -> Result<Measure
     bench.throughput(&gw, &load(Duration::from_secs(3)), None)?;
 
     let before = Switches::now(gw.worker());
-    let mut baselines = vec![bench.throughput(&gw, &load(duration), None)?];
+    let first = bench.throughput(&gw, &load(duration), None)?;
+    let (mut baselines, mut baseline_cpu) = (vec![first.rps], vec![first.cpu_us]);
     let switches = before.rates(gw.worker());
     let mut ratios: Vec<Vec<f64>> = vec![vec![]; suite.tools.len()];
+    let mut cpu_ratios: Vec<Vec<f64>> = vec![vec![]; suite.tools.len()];
     for round in 1..=rounds {
         for (i, tool) in suite.tools.iter().enumerate() {
-            let rps = bench.throughput(&gw, &load(duration), Some(tool))?;
+            let with = bench.throughput(&gw, &load(duration), Some(tool))?;
             let after = bench.throughput(&gw, &load(duration), None)?;
-            let before = *baselines.last().unwrap();
-            baselines.push(after);
-            let ratio = rps / ((before + after) / 2.0);
-            eprintln!("bench: round {round} {}: {rps:.0} req/s, ratio {ratio:.3}", tool.label());
+            let (before, before_cpu) = (*baselines.last().unwrap(), *baseline_cpu.last().unwrap());
+            baselines.push(after.rps);
+            baseline_cpu.push(after.cpu_us);
+            let ratio = with.rps / ((before + after.rps) / 2.0);
+            let cpu_ratio = with.cpu_us / ((before_cpu + after.cpu_us) / 2.0);
+            eprintln!(
+                "bench: round {round} {}: {:.0} req/s, ratio {ratio:.3}; {:.1} us CPU a request, ratio {cpu_ratio:.3}",
+                tool.label(),
+                with.rps,
+                with.cpu_us
+            );
             ratios[i].push(ratio);
+            cpu_ratios[i].push(cpu_ratio);
         }
     }
 
     let own = bench.own_cost(&gw, &load(Duration::from_secs(30)), &suite.own_cost)?;
-    Ok(Measured { baselines, ratios, own, switches })
+    Ok(Measured { baselines, ratios, baseline_cpu, cpu_ratios, own, switches })
 }
 
 /// Ctrl-C handling, setup, a release build of ljprobe, and the gateway (1 worker,
@@ -192,14 +219,22 @@ impl Switches {
     }
 }
 
+/// One wrk run's outcome.
+pub struct Sample {
+    pub rps: f64,
+    /// The worker's CPU time per request, in microseconds.
+    pub cpu_us: f64,
+}
+
 pub struct Bench {
     ljprobe: std::path::PathBuf,
     out: std::path::PathBuf,
 }
 
 impl Bench {
-    /// One wrk run, with `tool` covering it when given: requests/sec.
-    fn throughput(&self, gw: &Running, load: &Load, tool: Option<&Tool>) -> Result<f64> {
+    /// One wrk run, with `tool` covering it when given: requests/sec, and the
+    /// worker's CPU time per request.
+    fn throughput(&self, gw: &Running, load: &Load, tool: Option<&Tool>) -> Result<Sample> {
         let profiler = match tool {
             Some(t) => {
                 // Lead before, a second of slack after: the profiler outlasts wrk.
@@ -210,7 +245,9 @@ impl Bench {
             }
             None => None,
         };
+        let cpu_before = proc::cpu_time(gw.worker()).unwrap_or_default();
         let report = wrk(load)?;
+        let cpu = proc::cpu_time(gw.worker()).unwrap_or_default().saturating_sub(cpu_before);
         if let (Some(kid), Some(t)) = (profiler, tool) {
             let out = kid.finish()?;
             let events = t.events(self, &String::from_utf8_lossy(&out.stderr));
@@ -218,7 +255,9 @@ impl Bench {
             let _ = fs::remove_file(self.out.join("perf.data")); // 999 Hz dwarf: ~100 MB
         }
         check_interrupted()?;
-        requests_per_sec(&report).with_context(|| format!("wrk reported no requests/sec:\n{report}"))
+        let rps = requests_per_sec(&report).with_context(|| format!("wrk reported no requests/sec:\n{report}"))?;
+        let requests = (rps * load.duration.as_secs_f64()).max(1.0);
+        Ok(Sample { rps, cpu_us: cpu.as_secs_f64() * 1e6 / requests })
     }
 
     /// `tool` for 30 s under load: its own CPU time and peak RSS, from wait4's
@@ -380,6 +419,20 @@ pub fn print_ratios(suite: &Suite, m: &Measured, rounds: u32) -> Vec<f64> {
     for ((tool, r), med) in suite.tools.iter().zip(&m.ratios).zip(&medians) {
         let cells: String = r.iter().map(|x| format!("{x:>9.3}")).collect();
         println!("{:<24}{cells}{med:>9.3}   (loss {:.1}%)", tool.label(), (1.0 - med) * 100.0);
+    }
+    medians
+}
+
+/// The CPU-per-request table: one row per tool, its ratio to the adjacent
+/// baselines' per round, and the median.
+pub fn print_cpu_ratios(suite: &Suite, m: &Measured, rounds: u32) -> Vec<f64> {
+    println!("baseline: median {:.1} us of the worker's CPU a request", median(&m.baseline_cpu));
+    let rounds_hdr: String = (1..=rounds).map(|r| format!("{:>9}", format!("round {r}"))).collect();
+    println!("\n{:<24}{rounds_hdr}{:>9}", "CPU a request, ratio", "median");
+    let medians: Vec<f64> = m.cpu_ratios.iter().map(|r| median(r)).collect();
+    for ((tool, r), med) in suite.tools.iter().zip(&m.cpu_ratios).zip(&medians) {
+        let cells: String = r.iter().map(|x| format!("{x:>9.3}")).collect();
+        println!("{:<24}{cells}{med:>9.3}   (+{:.1}%)", tool.label(), (med - 1.0) * 100.0);
     }
     medians
 }

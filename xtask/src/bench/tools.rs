@@ -19,6 +19,13 @@ pub enum Tool {
     /// `perf record -e sched:sched_switch --call-graph dwarf` on the worker:
     /// what an off-CPU profile costs with perf.
     PerfSwitch,
+    /// `ljprobe alloc` on the master: sampled in windows, or `--all`.
+    LjprobeAlloc { all: bool },
+    /// `ljprobe gc` on the master.
+    LjprobeGc,
+    /// A bpftrace uprobe on the worker's `lj_alloc_f` that only counts calls:
+    /// the least any per-allocation probe costs.
+    BpftraceAllocCount,
 }
 
 impl Tool {
@@ -29,6 +36,10 @@ impl Tool {
             Tool::LjprobeOffcpu(stack) => format!("ljprobe offcpu {stack}"),
             Tool::LjprobeEpollLoop => "ljprobe epoll-loop".into(),
             Tool::PerfSwitch => "perf sched_switch -g".into(),
+            Tool::LjprobeAlloc { all: false } => "ljprobe alloc".into(),
+            Tool::LjprobeAlloc { all: true } => "ljprobe alloc --all".into(),
+            Tool::LjprobeGc => "ljprobe gc".into(),
+            Tool::BpftraceAllocCount => "bpftrace count allocf".into(),
         }
     }
 
@@ -68,6 +79,21 @@ impl Tool {
             Tool::LjprobeOffcpu(stack) => ljprobe(&["offcpu", "--stack", stack]),
             Tool::LjprobeEpollLoop => ljprobe(&["epoll-loop"]),
             Tool::PerfSwitch => perf("sched:sched_switch", None),
+            Tool::LjprobeAlloc { all } => ljprobe(if all { &["alloc", "--all"] } else { &["alloc"] }),
+            Tool::LjprobeGc => ljprobe(&["gc"]),
+            Tool::BpftraceAllocCount => {
+                let worker = gw.worker();
+                let lib = ljprobe_host::proc::maps(worker)
+                    .ok()
+                    .and_then(|m| m.iter().find_map(|m| m.file().filter(|f| f.contains("libluajit")).map(str::to_string)))
+                    .unwrap_or_default();
+                let script = format!(
+                    "uprobe:{lib}:lj_alloc_f /pid == {worker}/ {{ @calls = count(); }} interval:s:{secs} {{ exit(); }}"
+                );
+                let mut c = Command::new("bpftrace");
+                c.args(["-e", &script]);
+                c
+            }
         }
     }
 
@@ -79,6 +105,9 @@ impl Tool {
             Tool::LjprobeOffcpu(_) => Some((json()?["blocks"].as_u64()?, "blocks")),
             Tool::LjprobeEpollLoop => Some((json()?["iterations"].as_u64()?, "iterations")),
             Tool::PerfCpu(_) | Tool::PerfSwitch => Some((perf_samples(stderr)?, "samples")),
+            Tool::LjprobeAlloc { .. } => Some((json()?["events"].as_u64()?, "allocator calls while attached")),
+            Tool::LjprobeGc => Some((json()?["samples"].as_u64()?, "samples")),
+            Tool::BpftraceAllocCount => None,
         }
     }
 }

@@ -68,8 +68,8 @@ pub fn write(r: Run) -> anyhow::Result<()> {
             s.estimated_by
         ),
     });
-    if s.mode != "all" {
-        notes.push("totals are scaled by time: low for a target that allocates flat out (the probe slows it in windows); shares hold; --all counts exactly".into());
+    if s.estimated_by == "time" && s.mode != "all" {
+        notes.push("the VM's own accounting could not be read, so totals are scaled by time: low for a target that allocates flat out (shares hold; --all counts exactly)".into());
     }
     if !r.resize_known {
         notes.push("this LuaJIT has no symbols naming lj_tab_resize: table growth shows as [block grown] (array parts) or new blocks (hash parts)".into());

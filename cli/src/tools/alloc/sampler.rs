@@ -2,15 +2,24 @@
 //!
 //! A uprobe traps on every call whatever its program does, so the default
 //! mode keeps it attached only in short windows at random times, sized so the
-//! traps cost about `--overhead` percent of the target's time, and scales
-//! what the windows recorded by run time / counted time. That is unbiased for
-//! a target that waits for work (a server below saturation: its requests
-//! arrive whatever the probe does). A target that allocates flat out runs
-//! slower inside a window, so its totals come out low; shares between
-//! functions stay right. The sampler also adds up the growth of `gc.total`
-//! while the collector rests (no step, so nothing swept) inside and outside
-//! windows: a work measure the probe cannot slow, reported for comparison;
-//! it is not yet used to scale (docs/alloc.md says why).
+//! traps cost about `--overhead` percent of the target's time. The windows
+//! give the split: which stacks allocate how much. The total comes from the
+//! VM's own accounting, which the probe cannot distort (a target that
+//! allocates flat out runs many times slower inside a window, so scaling the
+//! windows by time would undercount it).
+//!
+//! That accounting (lj_gc.c): every allocation adds to `gc.total`; the
+//! collector's atomic phase sets `gc.estimate = gc.total` (less userdata
+//! awaiting finalizers) and each sweep takes what it frees off both. So
+//! `gc.total - gc.estimate` is what was allocated since the last atomic phase,
+//! less what was freed outside the collector. Read every millisecond, its
+//! increase adds up the allocations; across an atomic phase the bytes between
+//! the last reading and that phase are estimated from the recent rate (half
+//! an interval's worth, on average). The readings speed up to every 100 us
+//! while cycles come that fast (a small heap allocated flat out), so the
+//! estimated part stays small. The
+//! frees outside the collector are measured in the windows, as a share of the
+//! bytes allocated there, and added back.
 //!
 //! With `--all` the probe stays on and every event is recorded (factor 1).
 
@@ -25,7 +34,7 @@ use std::{
 };
 
 use aya::maps::{Array, MapData, PerCpuArray};
-use ljprobe_common::{AllocConfig, ALLOC_CALLS};
+use ljprobe_common::{AllocConfig, ALLOC_BYTES, ALLOC_CALLS, ALLOC_EXPLICIT_FREED_BYTES};
 use serde::Serialize;
 
 use crate::{
@@ -33,10 +42,13 @@ use crate::{
     lua::{GcReading, ProcMem, GC_21_GC64_X86_64},
 };
 
-const TICK: Duration = Duration::from_millis(1);
-/// Ticks a window stays open: long against the time a uprobe takes to
-/// attach (tens of microseconds), short against the run.
-const WINDOW_TICKS: u32 = 5;
+/// How often the VM's accounting is read: fast enough that most collector
+/// cycles span several readings (a small heap allocated flat out cycles
+/// every millisecond), slow enough to cost little when cycles are long.
+const POLL_MIN: Duration = Duration::from_micros(100);
+const POLL_MAX: Duration = Duration::from_millis(2);
+/// How long a window counts: short against the run, long against a poll.
+const WINDOW: Duration = Duration::from_millis(5);
 /// Cost of one probe hit on the target (trap, single-step, program), as
 /// measured here: a bpftrace uprobe counting calls of the debug build's
 /// `lj_alloc_f` slowed an allocation loop to 21 us per call, ljprobe --all to
@@ -44,6 +56,9 @@ const WINDOW_TICKS: u32 = 5;
 /// budget, never more.
 const EVENT_COST_SECS: f64 = 20e-6;
 const MIN_DUTY: f64 = 0.0005;
+/// After a window's close starts, its breakpoints are gone within this (they
+/// are removed before the grace period; `stray_hits` checks it).
+const CLOSE_SETTLE: Duration = Duration::from_millis(10);
 /// The first window's duty, before any rate is known.
 const FIRST_DUTY: f64 = 0.02;
 
@@ -57,7 +72,9 @@ struct Live {
     site: Site,
     g: u64,
     mem: ProcMem,
-    prev: Option<GcReading>,
+    prev: Option<(GcReading, Instant)>,
+    /// Recent allocation rate (bytes/s, net), for the bytes before an atomic phase.
+    rate: f64,
     window: Option<Window>,
     gone: bool,
 }
@@ -75,13 +92,25 @@ pub struct Sampling {
     pub run_secs: f64,
     /// What one recorded event stands for.
     pub scale: f64,
-    /// "all", or "time": scaled by run time / counted time, which undercounts
-    /// a target the probe slows (see the module doc).
+    /// "all"; "vm-accounting" (see the module doc); or "time" when that
+    /// could not be read (counts scaled by run time / counted time, low for a
+    /// target the probe slows).
     pub estimated_by: &'static str,
-    pub heap_growth_bytes: i64,
-    pub heap_growth_in_windows_bytes: i64,
+    /// Allocated less freed outside the collector, from the VM's accounting
+    /// (see the module doc): over the run, and over the counted windows.
+    pub vm_net_bytes: f64,
+    pub vm_net_in_windows_bytes: f64,
+    /// The same in the windows as the probe counted it: bytes allocated, and
+    /// freed outside the collector.
+    pub counted_bytes: u64,
+    pub counted_explicit_freed_bytes: u64,
+    /// Atomic phases seen between two readings (where the bytes before one
+    /// are estimated).
+    pub cycles_seen: u64,
     /// Allocator calls the probe saw while attached (counted or not).
     pub probe_hits: u64,
+    /// Allocator calls the probe saw when it was held to be detached (should be 0).
+    pub stray_hits: u64,
     /// Readings of the collector, and intervals between two in which it rested.
     pub polls: u64,
     pub rested_intervals: u64,
@@ -133,11 +162,11 @@ impl Sampler {
 }
 
 enum Phase {
-    /// Ticks until the next window.
-    Gap(u32),
+    /// Until the next window opens.
+    Gap(Instant),
     Opening,
-    /// Ticks left to count.
-    Counting(u32),
+    /// Until the window closes (None: never, `--all`).
+    Counting(Option<Instant>),
 }
 
 enum Order {
@@ -147,7 +176,9 @@ enum Order {
 }
 
 fn attach_loop(pmu: u32, prog_fd: RawFd, orders: &std::sync::mpsc::Receiver<Order>, opened: &std::sync::mpsc::Sender<Vec<(usize, Window)>>) {
+    let mut closing = Vec::new();
     while let Ok(order) = orders.recv() {
+        closing.retain(|c: &std::thread::JoinHandle<()>| !c.is_finished());
         match order {
             Order::Open(sites) => {
                 let windows = sites
@@ -161,11 +192,16 @@ fn attach_loop(pmu: u32, prog_fd: RawFd, orders: &std::sync::mpsc::Receiver<Orde
                     })
                     .collect();
                 if opened.send(windows).is_err() {
-                    return;
+                    break;
                 }
             }
-            Order::Close(windows) => drop(windows),
+            // Each close waits out a grace period: in a thread of its own, so
+            // the next window opens on time.
+            Order::Close(windows) => closing.push(std::thread::spawn(move || drop(windows))),
         }
+    }
+    for c in closing {
+        let _ = c.join();
     }
 }
 
@@ -184,6 +220,11 @@ struct Run {
     hits_at_on: u64,
     out: Sampling,
     rng: fastrand::Rng,
+    /// No probe is attached from here on (None: one may be): a closed
+    /// window's breakpoints go as its close starts, before the grace period.
+    free_from: Option<Instant>,
+    /// Allocator calls seen by the probe when it was thought detached.
+    settled_hits: Option<u64>,
 }
 
 impl Run {
@@ -207,6 +248,8 @@ impl Run {
             hits_at_on: 0,
             out,
             rng: fastrand::Rng::new(),
+            free_from: None,
+            settled_hits: None,
         }
     }
 
@@ -214,7 +257,7 @@ impl Run {
         let new: Vec<Probed> = inbox.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
         for p in new {
             let Ok(mem) = ProcMem::open(p.site.pid) else { continue };
-            let mut live = Live { site: p.site, g: p.g, mem, prev: None, window: None, gone: false };
+            let mut live = Live { site: p.site, g: p.g, mem, prev: None, rate: 0.0, window: None, gone: false };
             if self.on {
                 live.window = Window::open(self.pmu, &live.site, self.prog_fd).ok();
             }
@@ -237,18 +280,28 @@ impl Run {
         if self.on {
             self.on_since = self.started;
         }
+        let mut phase = if self.on { Phase::Counting(None) } else { Phase::Gap(Instant::now()) };
+        let mut period = Duration::from_millis(1);
         let mut next = Instant::now();
-        let mut phase = if self.on { Phase::Counting(u32::MAX) } else { Phase::Gap(0) };
+        // SAFETY: prctl on this thread only; 1 ns of slack keeps 100 us sleeps
+        // from stretching to the default 50 us more.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0u64, 0u64, 0u64) };
+        let mut polls_since = 0u32;
+        let mut cycles_since = 0u64;
         while !stop.load(Ordering::Relaxed) {
             self.adopt(inbox);
             self.poll();
+            let now = Instant::now();
             phase = match phase {
-                Phase::Gap(0) => {
+                Phase::Gap(at) if now >= at => {
+                    if let Some(h) = self.settled_hits.take() {
+                        self.out.stray_hits += self.hits().saturating_sub(h);
+                    }
+                    self.free_from = None;
                     let sites = self.targets.iter().enumerate().map(|(i, t)| (i, t.site.clone())).collect();
                     let _ = to_attacher.send(Order::Open(sites));
                     Phase::Opening
                 }
-                Phase::Gap(n) => Phase::Gap(n - 1),
                 Phase::Opening => match opened.try_recv() {
                     Ok(windows) => {
                         for (i, w) in windows {
@@ -257,24 +310,34 @@ impl Run {
                             }
                         }
                         self.count_from_here();
-                        Phase::Counting(WINDOW_TICKS)
+                        Phase::Counting(Some(Instant::now() + WINDOW))
                     }
                     Err(_) => Phase::Opening,
                 },
-                Phase::Counting(n) if n > 1 || self.budget.is_none() => Phase::Counting(n.saturating_sub(1)),
-                Phase::Counting(_) => {
+                Phase::Counting(Some(until)) if now >= until => {
                     if self.adapt() {
-                        Phase::Counting(WINDOW_TICKS)
+                        Phase::Counting(Some(now + WINDOW))
                     } else {
                         self.stop_counting();
                         let windows = self.targets.iter_mut().filter_map(|t| t.window.take()).collect();
                         let _ = to_attacher.send(Order::Close(windows));
-                        Phase::Gap(self.gap_ticks())
+                        self.free_from = Some(now + CLOSE_SETTLE);
+                        Phase::Gap(now + self.gap())
                     }
                 }
+                other => other,
             };
             self.targets.retain(|t| !t.gone);
-            next += TICK;
+            // Every 100 readings: faster while most cycles fall between two
+            // readings, slower while they are rare.
+            polls_since += 1;
+            if polls_since == 100 {
+                let cycles = self.out.cycles_seen - cycles_since;
+                period = if cycles > 10 { period / 2 } else if cycles < 2 { period * 2 } else { period };
+                period = period.clamp(POLL_MIN, POLL_MAX);
+                (polls_since, cycles_since) = (0, self.out.cycles_seen);
+            }
+            next += period;
             let now = Instant::now();
             if next > now {
                 std::thread::sleep(next - now);
@@ -344,16 +407,21 @@ impl Run {
         self.duty >= 1.0
     }
 
-    fn gap_ticks(&mut self) -> u32 {
-        let mean = f64::from(WINDOW_TICKS) * (1.0 - self.duty) / self.duty;
-        (mean * (0.5 + self.rng.f64())).round() as u32
+    /// Time to the next window: what keeps the probe on `duty` of the time,
+    /// drawn at random so that windows fall on no rhythm of the target's.
+    fn gap(&mut self) -> Duration {
+        let mean = WINDOW.as_secs_f64() * (1.0 - self.duty) / self.duty;
+        Duration::from_secs_f64(mean * (0.5 + self.rng.f64()))
     }
 
-    /// Reads every target's collector and adds up the heap's growth over
-    /// intervals in which it rested.
+    /// Reads every target's collector and adds up what it allocated since
+    /// the last reading (see the module doc), and apart what it allocated in
+    /// counted windows.
     fn poll(&mut self) {
-        let counting = self.on;
-        let in_window = counting && self.polls_on > 0;
+        let counting = self.on && self.polls_on > 0;
+        if !self.on && self.settled_hits.is_none() && self.free_from.is_some_and(|t| Instant::now() >= t) {
+            self.settled_hits = Some(self.hits());
+        }
         for t in &mut self.targets {
             let Some(now) = GC_21_GC64_X86_64.read(&t.mem, t.g) else {
                 if !ljprobe_host::proc::alive(t.site.pid) {
@@ -362,20 +430,31 @@ impl Run {
                 t.prev = None;
                 continue;
             };
+            let at = Instant::now();
             self.out.polls += 1;
-            if let Some(prev) = t.prev {
-                if rested(&prev, &now) {
-                    self.out.rested_intervals += 1;
-                    let d = now.total as i64 - prev.total as i64;
-                    self.out.heap_growth_bytes += d;
-                    if in_window {
-                        self.out.heap_growth_in_windows_bytes += d;
+            if let Some((prev, prev_at)) = t.prev {
+                let secs = (at - prev_at).as_secs_f64();
+                let since_atomic = now.total as f64 - now.estimate as f64;
+                let added = if atomic_between(&prev, &now) {
+                    self.out.cycles_seen += 1;
+                    // Exact since the atomic phase; before it, on average
+                    // half the interval at the recent rate.
+                    since_atomic + t.rate * secs / 2.0
+                } else {
+                    let added = since_atomic - (prev.total as f64 - prev.estimate as f64);
+                    if secs > 0.0 {
+                        t.rate = 0.8 * t.rate + 0.2 * (added.max(0.0) / secs);
                     }
+                    added
+                };
+                self.out.vm_net_bytes += added;
+                if counting {
+                    self.out.vm_net_in_windows_bytes += added;
                 }
             }
-            t.prev = Some(now);
+            t.prev = Some((now, at));
         }
-        if counting {
+        if self.on {
             self.polls_on += 1;
         }
     }
@@ -384,8 +463,11 @@ impl Run {
         let o = &mut self.out;
         o.run_secs = self.started.elapsed().as_secs_f64();
         o.duty = if o.run_secs > 0.0 { o.counted_secs / o.run_secs } else { 0.0 };
-        (o.scale, o.estimated_by) = match o.mode {
-            "all" => (1.0, "all"),
+        o.counted_bytes = crate::bpf::per_cpu_total(&self.maps.counts, ALLOC_BYTES);
+        o.counted_explicit_freed_bytes = crate::bpf::per_cpu_total(&self.maps.counts, ALLOC_EXPLICIT_FREED_BYTES);
+        (o.scale, o.estimated_by) = match (o.mode, vm_scale(o)) {
+            ("all", _) => (1.0, "all"),
+            (_, Some(k)) => (k, "vm-accounting"),
             _ if o.counted_secs > 0.0 => (o.run_secs / o.counted_secs, "time"),
             _ => (0.0, "time"),
         };
@@ -393,10 +475,21 @@ impl Run {
     }
 }
 
-/// No collector step ran between two readings: it rested (`GCSpause`) at
-/// both, with the same threshold (each step and each cycle's end sets a new
-/// one) and the same estimate (a full collection run by `collectgarbage()`,
-/// which ends where it began when the collector is stopped, changes it).
-fn rested(prev: &GcReading, now: &GcReading) -> bool {
-    prev.state == 0 && now.state == 0 && prev.threshold == now.threshold && prev.estimate == now.estimate
+/// The collector went through its atomic phase between two readings: the
+/// estimate only grows there (sweeps and finalizers lower it), or the state
+/// passed from marking to sweeping.
+fn atomic_between(prev: &GcReading, now: &GcReading) -> bool {
+    now.estimate > prev.estimate || (prev.state <= 2 && now.state >= 3 && now.estimate != prev.estimate)
+}
+
+/// What one counted byte stands for: the run's allocations from the VM's
+/// accounting, with the frees outside the collector added back in the
+/// proportion the windows saw, over the bytes the windows counted.
+fn vm_scale(o: &Sampling) -> Option<f64> {
+    let counted = o.counted_bytes as f64;
+    let net_share = 1.0 - o.counted_explicit_freed_bytes as f64 / counted.max(1.0);
+    if counted <= 0.0 || o.vm_net_bytes <= 0.0 || net_share <= 0.05 {
+        return None;
+    }
+    Some(o.vm_net_bytes / net_share / counted)
 }

@@ -31,6 +31,26 @@ pub struct VmLayout {
     pub j_trace: u32,
     pub trace_mcode: u32,
     pub trace_szmcode: u32,
+    /// `global_State.gc`: `total`, `estimate` (u64 each in GC64) and `state`
+    /// (u8), the collector's own accounting (`probes-ebpf/src/gc_cycles.rs`).
+    pub g_gc_total: u32,
+    pub g_gc_estimate: u32,
+    pub g_gc_state: u32,
+    pub _pad: u32,
+}
+
+/// Per process, what the collector's accounting said at each atomic phase
+/// (`probes-ebpf/src/gc_cycles.rs`): cycles, and the bytes allocated before
+/// each (`gc.total - gc.estimate` then), added up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcCycles {
+    pub cycles: u64,
+    pub allocated: u64,
+    /// `gc.estimate` when the state last became `GCSatomic`: unchanged until the phase runs.
+    pub estimate_at_atomic: u64,
+    pub last_state: u32,
+    pub _pad: u32,
 }
 
 /// How a probe found a VM's `global_State`.
@@ -66,6 +86,7 @@ mod pod {
     unsafe impl aya::Pod for super::OffcpuSampleNative {}
     unsafe impl aya::Pod for super::AllocConfig {}
     unsafe impl aya::Pod for super::AllocTotals {}
+    unsafe impl aya::Pod for super::GcCycles {}
 }
 
 /// Frames the kernel walks per sample; deeper stacks are cut and flagged.

@@ -10,16 +10,16 @@
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user_buf},
-    macros::{map, uprobe},
+    macros::{map, perf_event, uprobe},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::ProbeContext,
+    programs::{PerfEventContext, ProbeContext},
 };
 use ljprobe_common::{
-    AllocConfig, AllocRecord, AllocRecordNative, AllocTotals, CpuSample, VmLayout, ALLOC_BYTES, ALLOC_CALLS, ALLOC_COUNT_SLOTS, ALLOC_EXPLICIT_FREED_BYTES,
+    AllocConfig, GcCycles, AllocRecord, AllocRecordNative, AllocTotals, CpuSample, VmLayout, ALLOC_BYTES, ALLOC_CALLS, ALLOC_COUNT_SLOTS, ALLOC_EXPLICIT_FREED_BYTES,
     ALLOC_FREED_BYTES, ALLOC_FREES, ALLOC_HIST_BUCKETS, ALLOC_LOST, ALLOC_NEW, ALLOC_REALLOC, ALLOC_STACKS_FULL,
     ALLOC_TABLE_RESIZE, MAX_LUA_FRAMES,
 };
-use ljprobe_probes::{capture, counters, NO_WAKEUP};
+use ljprobe_probes::{capture, counters, gc_cycles, NO_WAKEUP};
 
 #[map]
 static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(256, 0);
@@ -53,6 +53,10 @@ static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ALLOC_COUNT_SLOT
 /// Weighted allocations by log2 of their size.
 #[map]
 static HIST: PerCpuArray<u64> = PerCpuArray::with_max_entries(ALLOC_HIST_BUCKETS, 0);
+
+/// Per process: the collector's accounting at each atomic phase (`gc_cycles.rs`).
+#[map]
+static CYCLES: HashMap<u32, GcCycles> = HashMap::with_max_entries(256, 0);
 
 #[map]
 static RECORDS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
@@ -104,6 +108,17 @@ pub fn alloc_call(ctx: ProbeContext) -> u32 {
         record_native(&ctx, pid_tgid, &vm_regs, config, kind, bytes);
     } else {
         count_lua(pid_tgid, &vm_regs, config, kind, bytes);
+    }
+    0
+}
+
+/// After each write to a target's `gc.state` (a hardware watchpoint): the
+/// VM's own accounting of what it allocated, which totals the sampled counts.
+#[perf_event]
+pub fn alloc_gc_state(_ctx: PerfEventContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(layout) = LAYOUT.get(0) {
+        gc_cycles::on_state_write(layout, tgid, &VMS, &CYCLES);
     }
     0
 }

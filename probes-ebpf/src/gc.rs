@@ -1,7 +1,8 @@
 //! `ljprobe gc`: at each `cpu-clock` tick on a target thread, count which state
 //! the VM is in (a trace, the interpreter, C, the GC, the JIT compiler), so the
-//! collector's share of the target's CPU comes without any stack walk. The
-//! heap figures themselves are read from user space (`global_State.gc`).
+//! collector's share of the target's CPU comes without any stack walk; and at
+//! each change of the collector's state, its accounting (`gc_cycles.rs`).
+//! The heap figures themselves are read from user space (`global_State.gc`).
 #![no_std]
 #![no_main]
 
@@ -11,8 +12,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
     programs::PerfEventContext,
 };
-use ljprobe_common::{VmLayout, VMSTATE_FIRST_VMST, VMSTATE_NO_VM, VMSTATE_OUTSIDE_LUA, VMSTATE_SLOTS, VMSTATE_TRACE};
-use ljprobe_probes::{counters, regs::user_regs, vm};
+use ljprobe_common::{GcCycles, VmLayout, VMSTATE_FIRST_VMST, VMSTATE_NO_VM, VMSTATE_OUTSIDE_LUA, VMSTATE_SLOTS, VMSTATE_TRACE};
+use ljprobe_probes::{counters, gc_cycles, regs::user_regs, vm};
 
 #[map]
 static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(256, 0);
@@ -26,6 +27,21 @@ static VMS: HashMap<u32, u64> = HashMap::with_max_entries(256, 0);
 
 #[map]
 static STATES: PerCpuArray<u64> = PerCpuArray::with_max_entries(VMSTATE_SLOTS, 0);
+
+/// Per process: the collector's accounting at each atomic phase (`gc_cycles.rs`).
+#[map]
+static CYCLES: HashMap<u32, GcCycles> = HashMap::with_max_entries(256, 0);
+
+/// After each write to a target's `gc.state` (a hardware watchpoint): every
+/// cycle counted, and what was allocated between them.
+#[perf_event]
+pub fn gc_state_write(_ctx: PerfEventContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(layout) = LAYOUT.get(0) {
+        gc_cycles::on_state_write(layout, tgid, &VMS, &CYCLES);
+    }
+    0
+}
 
 #[perf_event]
 pub fn gc_sample(ctx: PerfEventContext) -> u32 {

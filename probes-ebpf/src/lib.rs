@@ -4,6 +4,7 @@
 
 pub mod capture;
 pub mod counters;
+pub mod gc_cycles;
 pub mod lua_stack;
 pub mod regs;
 pub mod sched;

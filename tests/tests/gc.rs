@@ -243,3 +243,73 @@ fn ctrl_c_stops_early_and_still_writes_everything() {
     assert!(f(&s["duration_secs"]) < 10.0);
     assert!(s["series"].as_array().unwrap().len() >= 5, "{s}");
 }
+
+/// Allocates flat out with a small live heap (a cycle every millisecond or
+/// so), and counts its own work: a userdata whose finalizer counts one and
+/// makes the next (one per cycle), and the bytes of one round measured with
+/// the collector stopped, times the rounds. Waits for a line on stdin first.
+const FAST_CYCLES: &str = r#"
+local cycles = 0
+local function sentinel()
+  local p = newproxy(true)
+  getmetatable(p).__gc = function() cycles = cycles + 1; sentinel() end
+end
+local function round(r)
+  local t = false
+  for i = 1, 40 do t = { t, 1, 2, 3 } end
+  local s
+  for i = 1, 20 do s = "s" .. (r + 10000000) .. "-" .. (i + 100000) end
+  return t, s
+end
+io.read("*l")
+-- Warm: the JIT compiles the loops, which allocates too, but only once.
+for r = 1, 2000 do round(r) end
+collectgarbage("collect")
+collectgarbage("stop")
+local c0 = collectgarbage("count")
+for r = 2001, 3000 do round(r) end
+local per = (collectgarbage("count") - c0) * 1024 / 1000
+collectgarbage("restart")
+sentinel()
+local rounds = tonumber(arg[1])
+for r = 3001, rounds + 3000 do round(r) end
+io.write(string.format("%d %.0f\n", cycles, per * (rounds + 3000)))
+"#;
+
+fn exact_cycles_and_allocation(build: Luajit) {
+    require_root();
+    let dir = out_dir();
+    let (_, mut cmd) = build.script(&format!("gc-fast-{}", build.name), FAST_CYCLES);
+    let mut script = cmd.arg("400000").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("luajit runs");
+    let json = dir.join(format!("gc-fast-{}.json", build.name));
+    let svg = dir.join(format!("gc-fast-{}.svg", build.name));
+    let pid = script.id().to_string();
+    let mut stdin = script.stdin.take().unwrap();
+    let out = ljprobe_then(
+        &["gc", "--pid", &pid, "--duration", "120s", "--json", json.to_str().unwrap(), "--svg", svg.to_str().unwrap()],
+        move |_| {
+            let _ = writeln!(stdin, "go");
+        },
+    );
+    assert!(out.status.success(), "ljprobe failed: {}", stderr(&out));
+    let script = script.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&script.stdout);
+    let f: Vec<f64> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(f.len(), 2, "the script printed: {text}");
+    let s: Value = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
+    let (cycles, allocated) = (s["cycles"].as_f64().unwrap(), s["allocated_bytes"].as_f64().unwrap());
+    // Hundreds of cycles a second: each one seen, not one per reading.
+    assert!(f[0] > 500.0, "the script ran only {} cycles", f[0]);
+    assert!((cycles - f[0]).abs() <= 0.05 * f[0] + 2.0, "ljprobe saw {cycles} cycles, the script's finalizer ran {}", f[0]);
+    assert!((allocated - f[1]).abs() <= 0.05 * f[1], "ljprobe: {allocated} bytes allocated, the script {}", f[1]);
+}
+
+#[test]
+fn cycles_and_allocation_are_exact_when_cycles_come_every_millisecond_on_the_debug_build() {
+    exact_cycles_and_allocation(luajit::debug_build());
+}
+
+#[test]
+fn cycles_and_allocation_are_exact_when_cycles_come_every_millisecond_on_the_stock_build() {
+    exact_cycles_and_allocation(luajit::stock_build());
+}

@@ -4,7 +4,7 @@
 pub mod attach;
 pub mod objects;
 pub mod tracepoint;
-pub mod uprobe_window;
+pub mod perf_link;
 
 use anyhow::{anyhow, Context, Result};
 use aya::{

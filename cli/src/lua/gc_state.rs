@@ -80,3 +80,109 @@ impl GcLayout {
         mem.read_u64(g + self.allocf).filter(|&a| a != 0)
     }
 }
+
+/// What a VM allocated, from its own accounting (lj_gc.c): every allocation
+/// adds to `gc.total`; the collector's atomic phase sets `gc.estimate =
+/// gc.total` (less userdata awaiting finalizers), and each sweep takes what it
+/// frees off both. So `gc.total - gc.estimate` is what was allocated since the
+/// last atomic phase, less what was freed outside the collector (a table's old
+/// hash part, a shrunk buffer). Between two readings in one cycle its increase
+/// is what was allocated; across an atomic phase, what follows the phase is
+/// exact and what came before it is taken at the recent rate for half the
+/// interval (the phase falls anywhere in it).
+#[derive(Debug, Default, Clone)]
+pub struct Accounting {
+    /// Bytes a second over recent readings within one cycle.
+    rate: f64,
+}
+
+/// One interval between two readings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Step {
+    /// Bytes allocated, less freed outside the collector (negative when those frees won).
+    pub allocated: f64,
+    /// The collector went through an atomic phase: one more cycle.
+    pub atomic: bool,
+}
+
+impl Accounting {
+    pub fn step(&mut self, prev: &GcReading, now: &GcReading, secs: f64) -> Step {
+        let since_atomic = now.total as f64 - now.estimate as f64;
+        if atomic_between(prev, now) {
+            return Step { allocated: since_atomic + self.rate * secs / 2.0, atomic: true };
+        }
+        let allocated = since_atomic - (prev.total as f64 - prev.estimate as f64);
+        if secs > 0.0 {
+            self.rate = 0.8 * self.rate + 0.2 * (allocated.max(0.0) / secs);
+        }
+        Step { allocated, atomic: false }
+    }
+}
+
+/// The collector went through its atomic phase between two readings: only
+/// there does the estimate grow (sweeps and finalizers lower it); or the state
+/// passed from marking to sweeping. Two phases between two readings count as one.
+pub fn atomic_between(prev: &GcReading, now: &GcReading) -> bool {
+    now.estimate > prev.estimate || (prev.state <= 2 && now.state >= 3 && now.estimate != prev.estimate)
+}
+
+/// What a VM has allocated so far by its collector's accounting, less frees
+/// outside the collector: the bytes before each atomic phase, added up in the
+/// kernel at every change of the collector's state (`GcCycles`, read by
+/// `cycles`), plus `gc.total - gc.estimate` now (what followed the last one).
+/// Read twice around the VM's fields so that no atomic phase falls between;
+/// None when either cannot be read.
+pub fn allocated_so_far<M: Memory>(
+    layout: &GcLayout,
+    mem: &M,
+    g: u64,
+    cycles: impl Fn() -> Option<ljprobe_common::GcCycles>,
+) -> Option<(f64, u64)> {
+    for _ in 0..3 {
+        let before = cycles().unwrap_or_default();
+        let now = layout.read(mem, g)?;
+        let after = cycles().unwrap_or_default();
+        if before == after {
+            let since_atomic = now.total as f64 - now.estimate as f64;
+            return Some((after.allocated as f64 + since_atomic, after.cycles));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(total: u64, state: u8, estimate: u64) -> GcReading {
+        GcReading { total, threshold: total * 2, state, debt: 0, estimate }
+    }
+
+    #[test]
+    fn allocation_is_the_growth_of_total_less_estimate() {
+        let mut a = Accounting::default();
+        // Pause: the heap grew by 50.
+        assert_eq!(a.step(&r(100, 0, 50), &r(150, 0, 50), 0.001).allocated, 50.0);
+        // A sweep freed 40 (both fell by 40) while 10 were allocated.
+        assert_eq!(a.step(&r(150, 4, 90), &r(120, 4, 50), 0.001).allocated, 10.0);
+        // A free outside the collector: the heap fell alone.
+        assert_eq!(a.step(&r(120, 0, 50), &r(110, 0, 50), 0.001).allocated, -10.0);
+    }
+
+    #[test]
+    fn an_atomic_phase_counts_a_cycle_and_estimates_what_came_before_it() {
+        let mut a = Accounting::default();
+        // 1000 bytes a millisecond, steadily.
+        for _ in 0..50 {
+            a.step(&r(0, 0, 0), &r(1000, 0, 0), 0.001);
+        }
+        // The estimate jumped: an atomic phase, 300 allocated since.
+        let s = a.step(&r(5000, 1, 100), &r(5300, 4, 5000), 0.001);
+        assert!(s.atomic);
+        assert!((s.allocated - 800.0).abs() < 1.0, "{s:?}");
+        // Marking to sweeping with a new estimate, even a lower one.
+        assert!(atomic_between(&r(100, 1, 90), &r(100, 3, 80)));
+        // Sweeping on: the estimate falls, no new cycle.
+        assert!(!atomic_between(&r(100, 3, 90), &r(100, 4, 80)));
+    }
+}

@@ -27,7 +27,14 @@ pub const OPENRESTY_21_GC64_X86_64: VmLayout = VmLayout {
     j_trace: TRACE.j_trace as u32,
     trace_mcode: TRACE.trace_mcode as u32,
     trace_szmcode: TRACE.trace_szmcode as u32,
+    g_gc_total: GC.total as u32,
+    g_gc_estimate: GC.estimate as u32,
+    g_gc_state: GC.state as u32,
+    _pad: 0,
 };
+
+/// The collector's fields: the same in every 2.1 GC64 build (see `lua::GcLayout`).
+const GC: crate::lua::GcLayout = crate::lua::GC_21_GC64_X86_64;
 
 /// The trace offsets the Lua resolver uses too (checked against DWARF in
 /// `cli/src/lua/tests/trace.rs`); the same for the debug and the stock build.
@@ -75,6 +82,7 @@ pub fn choose(dwarf: Option<&Path>) -> Layout {
                 j_trace: TRACE.j_trace as u32,
                 trace_mcode: TRACE.trace_mcode as u32,
                 trace_szmcode: TRACE.trace_szmcode as u32,
+                ..OPENRESTY_21_GC64_X86_64
             },
         },
         Ok(None) => builtin(None),

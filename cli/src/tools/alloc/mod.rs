@@ -16,12 +16,12 @@ use std::{
 use anyhow::{Context, Result};
 use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::UProbe,
+    programs::{PerfEvent, UProbe},
 };
-use ljprobe_common::{AllocConfig, AllocTotals, ALLOC_LOST, ALLOC_STACKS_FULL};
+use ljprobe_common::{AllocConfig, AllocTotals, GcCycles, ALLOC_LOST, ALLOC_STACKS_FULL};
 
 use self::{
-    sampler::{Maps, Probed, Sampler},
+    sampler::{Maps, Probed, Programs, Sampler},
     site::Allocator,
     tally::Tally,
 };
@@ -97,13 +97,18 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let mut config: Array<MapData, AllocConfig> = Array::try_from(ebpf.take_map("CONFIG").context("CONFIG map missing")?)?;
     config.set(0, base, 0)?;
     let counts: PerCpuArray<MapData, u64> = PerCpuArray::try_from(ebpf.take_map("COUNTS").context("COUNTS map missing")?)?;
+    let cycles: aya::maps::HashMap<MapData, u32, GcCycles> =
+        aya::maps::HashMap::try_from(ebpf.take_map("CYCLES").context("CYCLES map missing")?)?;
     let builder = StackBuilder::new(args.stacks.stack, args.stacks.kernel, args.stacks.per_worker, &aim.processes, aim.luajit_path.as_deref())?;
     let prog: &mut UProbe = ebpf.program_mut("alloc_call").context("alloc_call missing")?.try_into()?;
     prog.load().map_err(|e| bpf::program_error("loading the alloc program", e))?;
-    let prog_fd = prog.fd()?.as_fd().as_raw_fd();
+    let uprobe = prog.fd()?.as_fd().as_raw_fd();
+    let prog: &mut PerfEvent = ebpf.program_mut("alloc_gc_state").context("alloc_gc_state missing")?.try_into()?;
+    prog.load().map_err(|e| bpf::program_error("loading the collector watch", e))?;
+    let watch = prog.fd()?.as_fd().as_raw_fd();
     let probed = allocators.iter().map(|a| Probed { site: a.site.clone(), g: a.g }).collect();
     let budget = (!args.all).then_some(args.overhead);
-    let sampler = Sampler::start(probed, prog_fd, Maps { config, counts, base }, budget)?;
+    let sampler = Sampler::start(probed, Programs { uprobe, watch }, Maps { config, counts, cycles, base }, budget)?;
     let mut ring: RingBuf<MapData> = RingBuf::try_from(ebpf.take_map("RECORDS").context("RECORDS map missing")?)?;
     let mut source = AllocSource { ring: &mut ring, tally: Tally::new(builder, native), sampler: &sampler, aim_luajit: luajits.into_iter().flatten().next() };
     let run = collect::Run { ebpf: &mut ebpf, aim: &aim, duration: args.run.duration, what: "stacks" };

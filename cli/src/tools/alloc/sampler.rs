@@ -4,50 +4,37 @@
 //! mode keeps it attached only in short windows at random times, sized so the
 //! traps cost about `--overhead` percent of the target's time. The windows
 //! give the split: which stacks allocate how much. The total comes from the
-//! VM's own accounting, which the probe cannot distort (a target that
-//! allocates flat out runs many times slower inside a window, so scaling the
-//! windows by time would undercount it).
+//! VM's own accounting (`lua::allocated_so_far`, kept exact by a hardware
+//! watchpoint on the collector's state), which the probe cannot distort: a
+//! target that allocates flat out runs many times slower inside a window, so
+//! scaling the windows by time would undercount it. That accounting nets out
+//! the frees made outside the collector; the windows measure those as a share
+//! of the bytes allocated there, and it is added back.
 //!
-//! That accounting (lj_gc.c): every allocation adds to `gc.total`; the
-//! collector's atomic phase sets `gc.estimate = gc.total` (less userdata
-//! awaiting finalizers) and each sweep takes what it frees off both. So
-//! `gc.total - gc.estimate` is what was allocated since the last atomic phase,
-//! less what was freed outside the collector. Read every millisecond, its
-//! increase adds up the allocations; across an atomic phase the bytes between
-//! the last reading and that phase are estimated from the recent rate (half
-//! an interval's worth, on average). The readings speed up to every 100 us
-//! while cycles come that fast (a small heap allocated flat out), so the
-//! estimated part stays small. The
-//! frees outside the collector are measured in the windows, as a share of the
-//! bytes allocated there, and added back.
-//!
-//! With `--all` the probe stays on and every event is recorded (factor 1).
+//! With `--all` the probe stays on and every event is recorded (scale 1).
 
 use std::{
     os::fd::RawFd,
     sync::{
         atomic::{AtomicBool, Ordering},
+        mpsc::{channel, Receiver, Sender},
         Arc, Mutex,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, MapData, PerCpuArray};
-use ljprobe_common::{AllocConfig, ALLOC_BYTES, ALLOC_CALLS, ALLOC_EXPLICIT_FREED_BYTES};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use ljprobe_common::{AllocConfig, GcCycles, ALLOC_BYTES, ALLOC_CALLS, ALLOC_EXPLICIT_FREED_BYTES};
 use serde::Serialize;
 
 use crate::{
-    bpf::uprobe_window::{uprobe_pmu, Site, Window},
-    lua::{GcReading, ProcMem, GC_21_GC64_X86_64},
+    bpf::perf_link::{uprobe_pmu, Link, Site},
+    lua::{allocated_so_far, ProcMem, GC_21_GC64_X86_64},
 };
 
-/// How often the VM's accounting is read: fast enough that most collector
-/// cycles span several readings (a small heap allocated flat out cycles
-/// every millisecond), slow enough to cost little when cycles are long.
-const POLL_MIN: Duration = Duration::from_micros(100);
-const POLL_MAX: Duration = Duration::from_millis(2);
-/// How long a window counts: short against the run, long against a poll.
+/// How long a window counts: long against the time a uprobe takes to
+/// attach, short against the run.
 const WINDOW: Duration = Duration::from_millis(5);
 /// Cost of one probe hit on the target (trap, single-step, program), as
 /// measured here: a bpftrace uprobe counting calls of the debug build's
@@ -56,13 +43,15 @@ const WINDOW: Duration = Duration::from_millis(5);
 /// budget, never more.
 const EVENT_COST_SECS: f64 = 20e-6;
 const MIN_DUTY: f64 = 0.0005;
+/// The first window's duty, before any rate is known.
+const FIRST_DUTY: f64 = 0.02;
 /// After a window's close starts, its breakpoints are gone within this (they
 /// are removed before the grace period; `stray_hits` checks it).
 const CLOSE_SETTLE: Duration = Duration::from_millis(10);
-/// The first window's duty, before any rate is known.
-const FIRST_DUTY: f64 = 0.02;
+/// The longest the sampler sleeps: how soon it sees a new target or the end.
+const NAP: Duration = Duration::from_millis(20);
 
-/// A process the sampler probes and polls.
+/// A process the sampler probes.
 pub struct Probed {
     pub site: Site,
     pub g: u64,
@@ -72,11 +61,12 @@ struct Live {
     site: Site,
     g: u64,
     mem: ProcMem,
-    prev: Option<(GcReading, Instant)>,
-    /// Recent allocation rate (bytes/s, net), for the bytes before an atomic phase.
-    rate: f64,
-    window: Option<Window>,
-    gone: bool,
+    /// The watchpoint on its collector's state (None: could not be set).
+    watch: Option<Link>,
+    /// Its accounting when it joined, and when last read.
+    first: Option<f64>,
+    last: Option<f64>,
+    window: Option<Link>,
 }
 
 /// How the run sampled, for the JSON and the terminal.
@@ -93,31 +83,43 @@ pub struct Sampling {
     /// What one recorded event stands for.
     pub scale: f64,
     /// "all"; "vm-accounting" (see the module doc); or "time" when that
-    /// could not be read (counts scaled by run time / counted time, low for a
+    /// could not be read (scaled by run time / counted time, low for a
     /// target the probe slows).
     pub estimated_by: &'static str,
-    /// Allocated less freed outside the collector, from the VM's accounting
-    /// (see the module doc): over the run, and over the counted windows.
+    /// Allocated less freed outside the collector, by the VM's accounting:
+    /// over the run, and inside the counted windows.
     pub vm_net_bytes: f64,
     pub vm_net_in_windows_bytes: f64,
+    /// Collector cycles in the run.
+    pub cycles: u64,
     /// The same in the windows as the probe counted it: bytes allocated, and
     /// freed outside the collector.
     pub counted_bytes: u64,
     pub counted_explicit_freed_bytes: u64,
-    /// Atomic phases seen between two readings (where the bytes before one
-    /// are estimated).
-    pub cycles_seen: u64,
     /// Allocator calls the probe saw while attached (counted or not).
     pub probe_hits: u64,
     /// Allocator calls the probe saw when it was held to be detached (should be 0).
     pub stray_hits: u64,
-    /// Readings of the collector, and intervals between two in which it rested.
-    pub polls: u64,
-    pub rested_intervals: u64,
+    /// Why the VM's accounting could not be used, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accounting_missing: Option<String>,
 }
 
 /// How the run sampled, and the maps the sampler held, handed back.
 pub type Finished = (Sampling, Array<MapData, AllocConfig>, PerCpuArray<MapData, u64>);
+
+pub struct Maps {
+    pub config: Array<MapData, AllocConfig>,
+    pub counts: PerCpuArray<MapData, u64>,
+    pub cycles: HashMap<MapData, u32, GcCycles>,
+    pub base: AllocConfig,
+}
+
+/// The loaded programs: the allocator's uprobe and the watchpoint's.
+pub struct Programs {
+    pub uprobe: RawFd,
+    pub watch: RawFd,
+}
 
 pub struct Sampler {
     stop: Arc<AtomicBool>,
@@ -125,24 +127,21 @@ pub struct Sampler {
     handle: JoinHandle<Finished>,
 }
 
-pub struct Maps {
-    pub config: Array<MapData, AllocConfig>,
-    pub counts: PerCpuArray<MapData, u64>,
-    pub base: AllocConfig,
-}
-
 impl Sampler {
     /// Starts probing `targets` (`budget_pct`: None = `--all`).
-    pub fn start(targets: Vec<Probed>, prog_fd: RawFd, maps: Maps, budget_pct: Option<f64>) -> anyhow::Result<Sampler> {
+    pub fn start(targets: Vec<Probed>, programs: Programs, maps: Maps, budget_pct: Option<f64>) -> anyhow::Result<Sampler> {
         let pmu = uprobe_pmu()?;
         let stop = Arc::new(AtomicBool::new(false));
         let inbox = Arc::new(Mutex::new(targets));
         let (s, i) = (stop.clone(), inbox.clone());
-        // With --all the probe goes on before the run is said to start.
-        let mut run = Run::new(pmu, prog_fd, maps, budget_pct);
+        let mut run = Run::new(pmu, programs, maps, budget_pct);
         run.adopt(&i);
+        // With --all the probe goes on before the run is said to start.
         if budget_pct.is_none() {
-            run.switch_on()?;
+            for t in &mut run.targets {
+                t.window = Some(Link::uprobe(pmu, &t.site, run.programs.uprobe)?);
+            }
+            run.count_from_here();
         }
         let handle = std::thread::Builder::new().name("alloc-sampler".into()).spawn(move || run.go(&s, &i))?;
         Ok(Sampler { stop, inbox, handle })
@@ -172,32 +171,32 @@ enum Phase {
 enum Order {
     /// Open a window on each (target index, site).
     Open(Vec<(usize, Site)>),
-    Close(Vec<Window>),
+    Close(Vec<Link>),
 }
 
-fn attach_loop(pmu: u32, prog_fd: RawFd, orders: &std::sync::mpsc::Receiver<Order>, opened: &std::sync::mpsc::Sender<Vec<(usize, Window)>>) {
-    let mut closing = Vec::new();
+/// Opens windows on request; each close waits out an RCU grace period (~0.1 s
+/// here), so it runs in a thread of its own and the next window opens on time.
+fn attach_loop(pmu: u32, prog_fd: RawFd, orders: &Receiver<Order>, opened: &Sender<Vec<(usize, Link)>>) {
+    let mut closing: Vec<JoinHandle<()>> = Vec::new();
     while let Ok(order) = orders.recv() {
-        closing.retain(|c: &std::thread::JoinHandle<()>| !c.is_finished());
+        closing.retain(|c| !c.is_finished());
         match order {
             Order::Open(sites) => {
-                let windows = sites
+                let links = sites
                     .into_iter()
-                    .filter_map(|(i, site)| match Window::open(pmu, &site, prog_fd) {
-                        Ok(w) => Some((i, w)),
+                    .filter_map(|(i, site)| match Link::uprobe(pmu, &site, prog_fd) {
+                        Ok(l) => Some((i, l)),
                         Err(e) => {
                             log::debug!("{e:#}");
                             None
                         }
                     })
                     .collect();
-                if opened.send(windows).is_err() {
+                if opened.send(links).is_err() {
                     break;
                 }
             }
-            // Each close waits out a grace period: in a thread of its own, so
-            // the next window opens on time.
-            Order::Close(windows) => closing.push(std::thread::spawn(move || drop(windows))),
+            Order::Close(links) => closing.push(std::thread::spawn(move || drop(links))),
         }
     }
     for c in closing {
@@ -207,28 +206,28 @@ fn attach_loop(pmu: u32, prog_fd: RawFd, orders: &std::sync::mpsc::Receiver<Orde
 
 struct Run {
     pmu: u32,
-    prog_fd: RawFd,
+    programs: Programs,
     maps: Maps,
+    /// Share of the target's time the traps may cost; None with `--all`.
     budget: Option<f64>,
     targets: Vec<Live>,
     duty: f64,
     on: bool,
-    /// Polls since the probe started counting (the first one opens the span).
-    polls_on: u32,
     started: Instant,
     on_since: Instant,
     hits_at_on: u64,
+    /// The VMs' accounting when the window began counting.
+    vm_at_on: Option<f64>,
     out: Sampling,
     rng: fastrand::Rng,
-    /// No probe is attached from here on (None: one may be): a closed
-    /// window's breakpoints go as its close starts, before the grace period.
+    /// No probe is attached from here on (None: one may be).
     free_from: Option<Instant>,
-    /// Allocator calls seen by the probe when it was thought detached.
+    /// Allocator calls seen by the probe when it was held to be detached.
     settled_hits: Option<u64>,
 }
 
 impl Run {
-    fn new(pmu: u32, prog_fd: RawFd, maps: Maps, budget: Option<f64>) -> Run {
+    fn new(pmu: u32, programs: Programs, maps: Maps, budget: Option<f64>) -> Run {
         let out = Sampling {
             mode: if budget.is_some() { "windows" } else { "all" },
             overhead_budget_pct: budget,
@@ -236,16 +235,16 @@ impl Run {
         };
         Run {
             pmu,
-            prog_fd,
+            programs,
             maps,
             budget: budget.map(|b| b / 100.0),
             targets: Vec::new(),
             duty: FIRST_DUTY,
             on: false,
-            polls_on: 0,
             started: Instant::now(),
             on_since: Instant::now(),
             hits_at_on: 0,
+            vm_at_on: None,
             out,
             rng: fastrand::Rng::new(),
             free_from: None,
@@ -253,25 +252,58 @@ impl Run {
         }
     }
 
+    /// Takes on the processes waiting in `inbox`: their collector is watched
+    /// from now on, and their accounting so far is the baseline.
     fn adopt(&mut self, inbox: &Mutex<Vec<Probed>>) {
         let new: Vec<Probed> = inbox.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
         for p in new {
             let Ok(mem) = ProcMem::open(p.site.pid) else { continue };
-            let mut live = Live { site: p.site, g: p.g, mem, prev: None, rate: 0.0, window: None, gone: false };
+            let state = p.g + GC_21_GC64_X86_64.state;
+            let watch = match Link::write_watch(p.site.pid, state, self.programs.watch) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    self.out.accounting_missing.get_or_insert_with(|| format!("{e:#}"));
+                    None
+                }
+            };
+            let mut live = Live { site: p.site, g: p.g, mem, watch, first: None, last: None, window: None };
+            live.first = self.account(&live);
+            live.last = live.first;
             if self.on {
-                live.window = Window::open(self.pmu, &live.site, self.prog_fd).ok();
+                live.window = Link::uprobe(self.pmu, &live.site, self.programs.uprobe).ok();
             }
             self.targets.push(live);
         }
     }
 
+    /// One target's accounting now (None without a watchpoint, or unreadable).
+    fn account(&self, t: &Live) -> Option<f64> {
+        t.watch.as_ref()?;
+        let pid = t.site.pid;
+        allocated_so_far(&GC_21_GC64_X86_64, &t.mem, t.g, || self.maps.cycles.get(&pid, 0).ok()).map(|(a, _)| a)
+    }
+
+    /// Every target's accounting now, each one's last reading kept for when
+    /// it is gone; the sum, if every watched target could be read.
+    fn account_all(&mut self) -> Option<f64> {
+        let mut sum = 0.0;
+        let mut whole = true;
+        for i in 0..self.targets.len() {
+            let now = self.account(&self.targets[i]);
+            let t = &mut self.targets[i];
+            match now {
+                Some(a) => t.last = Some(a),
+                None => whole &= t.watch.is_none() || !ljprobe_host::proc::alive(t.site.pid),
+            }
+            sum += t.last.unwrap_or(0.0) - t.first.unwrap_or(0.0);
+        }
+        whole.then_some(sum)
+    }
+
     fn go(mut self, stop: &AtomicBool, inbox: &Mutex<Vec<Probed>>) -> Finished {
-        // Opening a uprobe takes milliseconds and closing one waits for an RCU
-        // grace period (~0.1 s here): both happen on another thread, so the
-        // polls go on at their pace and a window counts exactly its ticks.
-        let (to_attacher, orders) = std::sync::mpsc::channel::<Order>();
-        let (opened_tx, opened) = std::sync::mpsc::channel::<Vec<(usize, Window)>>();
-        let (pmu, prog_fd) = (self.pmu, self.prog_fd);
+        let (to_attacher, orders) = channel::<Order>();
+        let (opened_tx, opened) = channel::<Vec<(usize, Link)>>();
+        let (pmu, prog_fd) = (self.pmu, self.programs.uprobe);
         let attacher = std::thread::Builder::new()
             .name("alloc-attach".into())
             .spawn(move || attach_loop(pmu, prog_fd, &orders, &opened_tx))
@@ -280,18 +312,15 @@ impl Run {
         if self.on {
             self.on_since = self.started;
         }
-        let mut phase = if self.on { Phase::Counting(None) } else { Phase::Gap(Instant::now()) };
-        let mut period = Duration::from_millis(1);
-        let mut next = Instant::now();
-        // SAFETY: prctl on this thread only; 1 ns of slack keeps 100 us sleeps
-        // from stretching to the default 50 us more.
+        // SAFETY: prctl on this thread only: windows of 5 ms end on time.
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0u64, 0u64, 0u64) };
-        let mut polls_since = 0u32;
-        let mut cycles_since = 0u64;
+        let mut phase = if self.on { Phase::Counting(None) } else { Phase::Gap(Instant::now()) };
         while !stop.load(Ordering::Relaxed) {
             self.adopt(inbox);
-            self.poll();
             let now = Instant::now();
+            if !self.on && self.settled_hits.is_none() && self.free_from.is_some_and(|t| now >= t) {
+                self.settled_hits = Some(self.hits());
+            }
             phase = match phase {
                 Phase::Gap(at) if now >= at => {
                     if let Some(h) = self.settled_hits.take() {
@@ -302,11 +331,11 @@ impl Run {
                     let _ = to_attacher.send(Order::Open(sites));
                     Phase::Opening
                 }
-                Phase::Opening => match opened.try_recv() {
-                    Ok(windows) => {
-                        for (i, w) in windows {
+                Phase::Opening => match opened.recv_timeout(NAP) {
+                    Ok(links) => {
+                        for (i, l) in links {
                             if let Some(t) = self.targets.get_mut(i) {
-                                t.window = Some(w);
+                                t.window = Some(l);
                             }
                         }
                         self.count_from_here();
@@ -319,34 +348,24 @@ impl Run {
                         Phase::Counting(Some(now + WINDOW))
                     } else {
                         self.stop_counting();
-                        let windows = self.targets.iter_mut().filter_map(|t| t.window.take()).collect();
-                        let _ = to_attacher.send(Order::Close(windows));
-                        self.free_from = Some(now + CLOSE_SETTLE);
-                        Phase::Gap(now + self.gap())
+                        let links = self.targets.iter_mut().filter_map(|t| t.window.take()).collect();
+                        let _ = to_attacher.send(Order::Close(links));
+                        self.free_from = Some(Instant::now() + CLOSE_SETTLE);
+                        Phase::Gap(Instant::now() + self.gap())
                     }
                 }
                 other => other,
             };
-            self.targets.retain(|t| !t.gone);
-            // Every 100 readings: faster while most cycles fall between two
-            // readings, slower while they are rare.
-            polls_since += 1;
-            if polls_since == 100 {
-                let cycles = self.out.cycles_seen - cycles_since;
-                period = if cycles > 10 { period / 2 } else if cycles < 2 { period * 2 } else { period };
-                period = period.clamp(POLL_MIN, POLL_MAX);
-                (polls_since, cycles_since) = (0, self.out.cycles_seen);
-            }
-            next += period;
+            let wake = match phase {
+                Phase::Gap(at) => Some(at),
+                Phase::Counting(until) => until,
+                Phase::Opening => continue,
+            };
             let now = Instant::now();
-            if next > now {
-                std::thread::sleep(next - now);
-            } else {
-                next = now;
-            }
+            let nap = wake.map_or(NAP, |w| w.saturating_duration_since(now).min(NAP));
+            std::thread::sleep(nap);
         }
         if self.on {
-            self.poll();
             self.stop_counting();
         }
         for t in &mut self.targets {
@@ -361,21 +380,12 @@ impl Run {
         crate::bpf::per_cpu_total(&self.maps.counts, ALLOC_CALLS)
     }
 
-    /// Attaches to every target and starts counting (`--all`, before the run).
-    fn switch_on(&mut self) -> anyhow::Result<()> {
-        for t in &mut self.targets {
-            t.window = Some(Window::open(self.pmu, &t.site, self.prog_fd)?);
-        }
-        self.count_from_here();
-        Ok(())
-    }
-
     /// The probe is attached: what the kernel counts from here on is matched
-    /// by the polls from here on.
+    /// by the accounting read from here on.
     fn count_from_here(&mut self) {
+        self.vm_at_on = self.account_all();
         self.set_scale(1);
         self.on = true;
-        self.polls_on = 0;
         self.on_since = Instant::now();
         self.hits_at_on = self.hits();
     }
@@ -386,6 +396,9 @@ impl Run {
         self.out.counted_secs += self.on_since.elapsed().as_secs_f64();
         self.out.windows += 1;
         self.out.probe_hits += self.hits().saturating_sub(self.hits_at_on);
+        if let (Some(a), Some(b)) = (self.vm_at_on.take(), self.account_all()) {
+            self.out.vm_net_in_windows_bytes += b - a;
+        }
     }
 
     fn set_scale(&mut self, scale: u64) {
@@ -414,58 +427,17 @@ impl Run {
         Duration::from_secs_f64(mean * (0.5 + self.rng.f64()))
     }
 
-    /// Reads every target's collector and adds up what it allocated since
-    /// the last reading (see the module doc), and apart what it allocated in
-    /// counted windows.
-    fn poll(&mut self) {
-        let counting = self.on && self.polls_on > 0;
-        if !self.on && self.settled_hits.is_none() && self.free_from.is_some_and(|t| Instant::now() >= t) {
-            self.settled_hits = Some(self.hits());
-        }
-        for t in &mut self.targets {
-            let Some(now) = GC_21_GC64_X86_64.read(&t.mem, t.g) else {
-                if !ljprobe_host::proc::alive(t.site.pid) {
-                    t.gone = true;
-                }
-                t.prev = None;
-                continue;
-            };
-            let at = Instant::now();
-            self.out.polls += 1;
-            if let Some((prev, prev_at)) = t.prev {
-                let secs = (at - prev_at).as_secs_f64();
-                let since_atomic = now.total as f64 - now.estimate as f64;
-                let added = if atomic_between(&prev, &now) {
-                    self.out.cycles_seen += 1;
-                    // Exact since the atomic phase; before it, on average
-                    // half the interval at the recent rate.
-                    since_atomic + t.rate * secs / 2.0
-                } else {
-                    let added = since_atomic - (prev.total as f64 - prev.estimate as f64);
-                    if secs > 0.0 {
-                        t.rate = 0.8 * t.rate + 0.2 * (added.max(0.0) / secs);
-                    }
-                    added
-                };
-                self.out.vm_net_bytes += added;
-                if counting {
-                    self.out.vm_net_in_windows_bytes += added;
-                }
-            }
-            t.prev = Some((now, at));
-        }
-        if self.on {
-            self.polls_on += 1;
-        }
-    }
-
     fn finish(mut self) -> Finished {
+        let net = self.account_all();
+        let cycles = self.targets.iter().filter_map(|t| self.maps.cycles.get(&t.site.pid, 0).ok()).map(|c| c.cycles).sum();
         let o = &mut self.out;
+        o.cycles = cycles;
+        o.vm_net_bytes = net.unwrap_or(0.0);
         o.run_secs = self.started.elapsed().as_secs_f64();
         o.duty = if o.run_secs > 0.0 { o.counted_secs / o.run_secs } else { 0.0 };
         o.counted_bytes = crate::bpf::per_cpu_total(&self.maps.counts, ALLOC_BYTES);
         o.counted_explicit_freed_bytes = crate::bpf::per_cpu_total(&self.maps.counts, ALLOC_EXPLICIT_FREED_BYTES);
-        (o.scale, o.estimated_by) = match (o.mode, vm_scale(o)) {
+        (o.scale, o.estimated_by) = match (o.mode, net.and_then(|_| vm_scale(o))) {
             ("all", _) => (1.0, "all"),
             (_, Some(k)) => (k, "vm-accounting"),
             _ if o.counted_secs > 0.0 => (o.run_secs / o.counted_secs, "time"),
@@ -473,13 +445,6 @@ impl Run {
         };
         (self.out, self.maps.config, self.maps.counts)
     }
-}
-
-/// The collector went through its atomic phase between two readings: the
-/// estimate only grows there (sweeps and finalizers lower it), or the state
-/// passed from marking to sweeping.
-fn atomic_between(prev: &GcReading, now: &GcReading) -> bool {
-    now.estimate > prev.estimate || (prev.state <= 2 && now.state >= 3 && now.estimate != prev.estimate)
 }
 
 /// What one counted byte stands for: the run's allocations from the VM's

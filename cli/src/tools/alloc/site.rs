@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use object::{Object, ObjectSegment, ObjectSymbol};
 
 use crate::{
-    bpf::uprobe_window::Site,
+    bpf::perf_link::Site,
     lua::{ProcMem, GC_21_GC64_X86_64},
     target::{process::Process, LuaJit},
 };

@@ -8,10 +8,15 @@ mod heap;
 mod poll;
 mod report;
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::{bail, Context, Result};
-use aya::maps::PerCpuArray;
+use aya::{maps::PerCpuArray, programs::PerfEvent};
 
 use self::poll::{Poller, Vm};
 use super::run_args::RunArgs;
@@ -53,10 +58,13 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let aim = Aim::open(args.run.pid, true, "", "")?;
     let mut ebpf = bpf::load(objects::GC, "gc")?;
     let found = bpf::aim_seeded(&mut ebpf, &aim)?;
+    let prog: &mut PerfEvent = ebpf.program_mut("gc_state_write").context("gc_state_write missing")?.try_into()?;
+    prog.load().map_err(|e| bpf::program_error("loading the collector watch", e))?;
+    let watch = prog.fd()?.as_fd().as_raw_fd();
     let mut vms = Vec::new();
     let mut notes = Vec::new();
     for (pid, g) in found {
-        match g.and_then(|g| Vm::open(pid, g, GC_21_GC64_X86_64)) {
+        match g.and_then(|g| Vm::open(pid, g, GC_21_GC64_X86_64, watch, &mut notes)) {
             Some(vm) => vms.push(vm),
             None => notes.push(format!("process {pid}: its Lua VM was not found in its memory; its heap is not in the figures")),
         }
@@ -73,7 +81,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     }
     let states = PerCpuArray::try_from(ebpf.take_map("STATES").context("STATES map missing")?)?;
     attach::cpu_clock(&mut ebpf, "gc_sample", args.freq)?;
-    let mut poller = Poller::new(vms, GC_21_GC64_X86_64, states, args.interval);
+    let cycles = aya::maps::HashMap::try_from(ebpf.take_map("CYCLES").context("CYCLES map missing")?)?;
+    let mut poller = Poller::new(vms, GC_21_GC64_X86_64, states, cycles, watch, args.interval);
     let run = collect::Run { ebpf: &mut ebpf, aim: &aim, duration: args.run.duration, what: "samples" };
     let collected = collect::watch(run, POLL, &mut poller).await?;
     drop(ebpf);

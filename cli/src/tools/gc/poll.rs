@@ -8,15 +8,16 @@ use std::{
 };
 
 use anyhow::Result;
-use aya::maps::{MapData, PerCpuArray};
-use ljprobe_common::{VMSTATE_FIRST_VMST, VMSTATE_NO_VM, VMSTATE_OUTSIDE_LUA, VMSTATE_SLOTS, VMSTATE_TRACE};
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use ljprobe_common::{GcCycles, VMSTATE_FIRST_VMST, VMSTATE_NO_VM, VMSTATE_OUTSIDE_LUA, VMSTATE_SLOTS, VMSTATE_TRACE};
 use serde::Serialize;
 
 use super::heap::{Heap, HeapPoint, HeapTotals};
 use crate::{
     bpf,
     collect::Source,
-    lua::{GcLayout, ProcMem},
+    bpf::perf_link::Link,
+    lua::{allocated_so_far, GcLayout, ProcMem},
     target::Process,
 };
 
@@ -32,14 +33,36 @@ pub struct Vm {
     series: Vec<HeapPoint>,
     /// False once the process exited or exec'd.
     live: bool,
+    /// The watchpoint on its collector's state, which makes cycles and
+    /// allocation exact (`lua::allocated_so_far`); without it they come from
+    /// the readings.
+    watch: Option<Link>,
+    /// Its accounting (allocated, cycles) when it joined and at the last interval's end.
+    first: Option<(f64, u64)>,
+    last: Option<(f64, u64)>,
 }
 
 impl Vm {
     /// None unless the collector's fields can be read at `g` and look sane.
-    pub fn open(pid: u32, g: u64, layout: GcLayout) -> Option<Vm> {
+    /// `watch` runs the kernel's `gc_state_write` on each change of state;
+    /// when it cannot be set the reason goes to `notes`.
+    pub fn open(pid: u32, g: u64, layout: GcLayout, watch: std::os::fd::RawFd, notes: &mut Vec<String>) -> Option<Vm> {
         let mem = ProcMem::open(pid).ok()?;
         layout.read(&mem, g)?;
-        Some(Vm { pid, g, mem, heap: Heap::default(), series: Vec::new(), live: true })
+        let watch = match Link::write_watch(pid, g + layout.state, watch) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                notes.push(format!("process {pid}: {e:#}; cycles and allocation come from readings every {:?} instead and can miss short cycles", super::POLL));
+                None
+            }
+        };
+        Some(Vm { pid, g, mem, heap: Heap::default(), series: Vec::new(), live: true, watch, first: None, last: None })
+    }
+
+    /// Its accounting now, from the kernel's map and its fields.
+    fn account(&self, layout: &GcLayout, cycles: &HashMap<MapData, u32, GcCycles>) -> Option<(f64, u64)> {
+        self.watch.as_ref()?;
+        allocated_so_far(layout, &self.mem, self.g, || cycles.get(&self.pid, 0).ok())
     }
 
     fn poll(&mut self, layout: &GcLayout, at: f64) {
@@ -91,6 +114,9 @@ pub struct Poller {
     vms: Vec<Vm>,
     layout: GcLayout,
     states: PerCpuArray<MapData, u64>,
+    cycles: HashMap<MapData, u32, GcCycles>,
+    /// The program new workers' watchpoints run.
+    watch: std::os::fd::RawFd,
     counted: [u64; SLOTS],
     interval: f64,
     started: Instant,
@@ -105,12 +131,25 @@ pub struct Poller {
 
 impl Poller {
     /// The clock starts now: make it just before the run.
-    pub fn new(vms: Vec<Vm>, layout: GcLayout, states: PerCpuArray<MapData, u64>, interval: Duration) -> Poller {
+    pub fn new(
+        mut vms: Vec<Vm>,
+        layout: GcLayout,
+        states: PerCpuArray<MapData, u64>,
+        cycles: HashMap<MapData, u32, GcCycles>,
+        watch: std::os::fd::RawFd,
+        interval: Duration,
+    ) -> Poller {
+        for vm in &mut vms {
+            vm.first = vm.account(&layout, &cycles);
+            vm.last = vm.first;
+        }
         let unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
         Poller {
             vms,
             layout,
             states,
+            cycles,
+            watch,
             counted: [0; SLOTS],
             interval: interval.as_secs_f64(),
             started: Instant::now(),
@@ -133,10 +172,21 @@ impl Poller {
         let secs = at - self.closed_at;
         let mut points = Vec::new();
         for vm in &mut self.vms {
-            if let Some(p) = vm.heap.close(at, secs) {
-                vm.series.push(p.clone());
-                points.push(p);
+            let exact = vm.account(&self.layout, &self.cycles);
+            let Some(mut p) = vm.heap.close(at, secs) else { continue };
+            if let (Some((a, c)), Some((a0, c0))) = (exact, vm.last) {
+                p.cycles = c - c0;
+                p.alloc_bytes_per_sec = (a - a0).max(0.0) / secs.max(1e-9);
+                vm.last = exact;
             }
+            // Watched: the run's totals are the accounting's, up to its last
+            // reading (the readings' own count is a lower bound).
+            if let (Some((a, c)), Some((first_a, first_c))) = (vm.last, vm.first) {
+                vm.heap.totals.cycles = c - first_c;
+                vm.heap.totals.allocated_bytes = (a - first_a).max(0.0).round() as u64;
+            }
+            vm.series.push(p.clone());
+            points.push(p);
         }
         let mut now = [0u64; SLOTS];
         for (i, n) in now.iter_mut().enumerate() {
@@ -220,8 +270,12 @@ impl Source for Poller {
     }
 
     fn joined(&mut self, p: &Process, g: Option<u64>) -> Result<()> {
-        match g.and_then(|g| Vm::open(p.pid, g, self.layout)) {
-            Some(vm) => self.vms.push(vm),
+        match g.and_then(|g| Vm::open(p.pid, g, self.layout, self.watch, &mut self.notes)) {
+            Some(mut vm) => {
+                vm.first = vm.account(&self.layout, &self.cycles);
+                vm.last = vm.first;
+                self.vms.push(vm);
+            }
             None => {
                 let note = format!("process {}: its Lua VM was not found in its memory; its heap is not in the figures", p.pid);
                 eprintln!("ljprobe: note: {note}");

@@ -47,7 +47,9 @@ struct Totals {
     /// floor collections bring it back to, which a sawtooth does not tilt.
     growth_bytes_per_min: Option<f64>,
     cycles: u64,
-    /// At least this much allocated (see `heap::allocated_between`).
+    /// Allocated, less freed outside the collector, from the VM's own
+    /// accounting (`lua::allocated_so_far`; from readings, a lower bound,
+    /// where no watchpoint could be set).
     allocated_bytes: u64,
     alloc_bytes_per_sec: f64,
     /// CPU samples of the target in which a VM was found, and those in the GC.
@@ -144,7 +146,7 @@ pub fn write(args: &Args, r: &Report) -> Result<()> {
         );
     }
     println!(
-        "  GC cycles finished: {} ({:.1}/s; one shorter than the {POLL:?} between readings can go unseen)",
+        "  GC cycles: {} ({:.1}/s)",
         totals.cycles,
         totals.cycles as f64 / c.elapsed_secs.max(1e-9)
     );

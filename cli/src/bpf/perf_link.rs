@@ -1,8 +1,9 @@
-//! A uprobe opened and closed many times a second, for sampling in windows:
-//! aya attaches through `&mut Ebpf` and keeps links for the program's life,
-//! while a sampler thread needs a cheap, owned on/off switch. Each `Window`
-//! is one `perf_event_open` of the uprobe PMU for one process with the
-//! already loaded program attached; dropping it removes the breakpoint.
+//! Perf events with a loaded program attached, owned and dropped at will:
+//! a uprobe opened and closed many times a second for sampling in windows
+//! (aya attaches through `&mut Ebpf` and keeps links for the program's life,
+//! while a sampler thread needs a cheap, owned on/off switch), and a hardware
+//! watchpoint on one byte of a process's memory, which aya does not offer.
+//! Dropping a `Link` closes its event.
 
 use std::{
     ffi::CString,
@@ -41,6 +42,9 @@ struct PerfEventAttr {
 }
 
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
+const PERF_TYPE_BREAKPOINT: u32 = 5;
+const HW_BREAKPOINT_W: u32 = 2;
+const HW_BREAKPOINT_LEN_1: u64 = 1;
 const PERF_EVENT_IOC_ENABLE: u32 = 0x2400;
 const PERF_EVENT_IOC_SET_BPF: u32 = 0x4004_2408;
 
@@ -66,13 +70,14 @@ pub fn uprobe_pmu() -> Result<u32> {
     text.trim().parse().context("unreadable uprobe PMU type")
 }
 
-/// One open uprobe with the program attached; closed on drop.
-pub struct Window {
+/// One perf event with a program attached; closed on drop.
+pub struct Link {
     _fd: OwnedFd,
 }
 
-impl Window {
-    pub fn open(pmu: u32, site: &Site, prog_fd: RawFd) -> Result<Window> {
+impl Link {
+    /// A uprobe at `site`, running the uprobe program `prog_fd`.
+    pub fn uprobe(pmu: u32, site: &Site, prog_fd: RawFd) -> Result<Link> {
         let attr = PerfEventAttr {
             type_: pmu,
             size: std::mem::size_of::<PerfEventAttr>() as u32,
@@ -80,25 +85,43 @@ impl Window {
             config2: site.offset,
             ..Default::default()
         };
+        open(&attr, site.pid, prog_fd).map_err(|e| anyhow!("cannot open a uprobe in process {}: {e}", site.pid))
+    }
+
+    /// A hardware watchpoint on the byte at `addr` in thread `tid`, running
+    /// the perf-event program `prog_fd` after every write to it.
+    pub fn write_watch(tid: u32, addr: u64, prog_fd: RawFd) -> Result<Link> {
+        let attr = PerfEventAttr {
+            type_: PERF_TYPE_BREAKPOINT,
+            size: std::mem::size_of::<PerfEventAttr>() as u32,
+            sample_period: 1,
+            bp_type: HW_BREAKPOINT_W,
+            config1: addr,
+            config2: HW_BREAKPOINT_LEN_1,
+            ..Default::default()
+        };
+        open(&attr, tid, prog_fd).map_err(|e| anyhow!("cannot watch address {addr:#x} of thread {tid} with a hardware breakpoint: {e}"))
+    }
+}
+
+fn open(attr: &PerfEventAttr, pid: u32, prog_fd: RawFd) -> std::io::Result<Link> {
         let t0 = std::time::Instant::now();
         // SAFETY: a valid attr that outlives the call; pid, any CPU, no group.
         let fd = unsafe {
-            libc::syscall(libc::SYS_perf_event_open, &attr as *const PerfEventAttr, site.pid as i32, -1, -1, PERF_FLAG_FD_CLOEXEC)
+            libc::syscall(libc::SYS_perf_event_open, attr as *const PerfEventAttr, pid as i32, -1, -1, PERF_FLAG_FD_CLOEXEC)
         };
         if fd < 0 {
-            return Err(anyhow!("cannot open a uprobe in process {}: {}", site.pid, std::io::Error::last_os_error()));
+            return Err(std::io::Error::last_os_error());
         }
         // SAFETY: the kernel just returned this descriptor to us.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-        log::trace!("uprobe window: perf_event_open {:?}", t0.elapsed());
         for (request, arg) in [(PERF_EVENT_IOC_SET_BPF, prog_fd as libc::c_ulong), (PERF_EVENT_IOC_ENABLE, 0)] {
             // SAFETY: ioctls on a perf event we own.
             // glibc takes the request as an unsigned long, musl as an int.
             if unsafe { libc::ioctl(fd.as_raw_fd(), request as _, arg) } < 0 {
-                return Err(anyhow!("cannot attach the alloc program: {}", std::io::Error::last_os_error()));
+                return Err(std::io::Error::last_os_error());
             }
         }
-        log::trace!("uprobe window: open+attach {:?}", t0.elapsed());
-        Ok(Window { _fd: fd })
-    }
+        log::trace!("perf link: open+attach {:?}", t0.elapsed());
+        Ok(Link { _fd: fd })
 }

@@ -31,11 +31,12 @@ pub struct VmLayout {
     pub j_trace: u32,
     pub trace_mcode: u32,
     pub trace_szmcode: u32,
-    /// `global_State.gc`: `total`, `estimate` (u64 each in GC64) and `state`
-    /// (u8), the collector's own accounting (`probes-ebpf/src/gc_cycles.rs`).
+    /// `global_State.gc`: `total` and `estimate` (u64 each in GC64), the
+    /// collector's own accounting, and `currentwhite` (u8), which only its
+    /// atomic phase writes (`probes-ebpf/src/gc_cycles.rs`).
     pub g_gc_total: u32,
     pub g_gc_estimate: u32,
-    pub g_gc_state: u32,
+    pub g_gc_currentwhite: u32,
     pub _pad: u32,
 }
 
@@ -47,10 +48,6 @@ pub struct VmLayout {
 pub struct GcCycles {
     pub cycles: u64,
     pub allocated: u64,
-    /// `gc.estimate` when the state last became `GCSatomic`: unchanged until the phase runs.
-    pub estimate_at_atomic: u64,
-    pub last_state: u32,
-    pub _pad: u32,
 }
 
 /// How a probe found a VM's `global_State`.

@@ -112,13 +112,14 @@ pub fn alloc_call(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// After each write to a target's `gc.state` (a hardware watchpoint): the
-/// VM's own accounting of what it allocated, which totals the sampled counts.
+/// At each atomic phase of a target's collector (a hardware watchpoint on
+/// `gc.currentwhite`): the VM's own accounting of what it allocated, which
+/// totals the sampled counts.
 #[perf_event]
-pub fn alloc_gc_state(_ctx: PerfEventContext) -> u32 {
+pub fn alloc_gc_atomic(_ctx: PerfEventContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if let Some(layout) = LAYOUT.get(0) {
-        gc_cycles::on_state_write(layout, tgid, &VMS, &CYCLES);
+        gc_cycles::on_atomic(layout, tgid, &VMS, &CYCLES);
     }
     0
 }

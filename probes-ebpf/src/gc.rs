@@ -1,7 +1,7 @@
 //! `ljprobe gc`: at each `cpu-clock` tick on a target thread, count which state
 //! the VM is in (a trace, the interpreter, C, the GC, the JIT compiler), so the
 //! collector's share of the target's CPU comes without any stack walk; and at
-//! each change of the collector's state, its accounting (`gc_cycles.rs`).
+//! each of its collector's atomic phases, its accounting (`gc_cycles.rs`).
 //! The heap figures themselves are read from user space (`global_State.gc`).
 #![no_std]
 #![no_main]
@@ -32,13 +32,13 @@ static STATES: PerCpuArray<u64> = PerCpuArray::with_max_entries(VMSTATE_SLOTS, 0
 #[map]
 static CYCLES: HashMap<u32, GcCycles> = HashMap::with_max_entries(256, 0);
 
-/// After each write to a target's `gc.state` (a hardware watchpoint): every
-/// cycle counted, and what was allocated between them.
+/// At each atomic phase of a target's collector (a hardware watchpoint on
+/// `gc.currentwhite`): every cycle counted, and what was allocated between them.
 #[perf_event]
-pub fn gc_state_write(_ctx: PerfEventContext) -> u32 {
+pub fn gc_atomic(_ctx: PerfEventContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if let Some(layout) = LAYOUT.get(0) {
-        gc_cycles::on_state_write(layout, tgid, &VMS, &CYCLES);
+        gc_cycles::on_atomic(layout, tgid, &VMS, &CYCLES);
     }
     0
 }

@@ -267,6 +267,10 @@ local b0, y0 = counted()
 for r = 1, 5 do make_tables(4000) end
 local b1, y1 = counted()
 io.stdout:write(string.format("%d %d\n", b1 - b0, y1 - y0))
+io.stdout:flush()
+-- Alive a little longer: ljprobe names a stack when it drains it (every
+-- 0.1 s), from the process's memory.
+ffi.C.usleep(500000)
 "#;
 
 #[test]

@@ -82,6 +82,14 @@ pub fn run() -> Result<()> {
         .arg(&gc_svg)
         .status()
         .context("cannot run ljprobe")?;
+    let alloc_svg = out_dir.join("ljprobe-alloc.svg");
+    println!("\n=== ljprobe alloc --pid {} --duration 3s (who allocates, in bytes, under /alloc/churn) ===", gw.master());
+    let alloc = Command::new(paths::ljprobe_bin())
+        .args(["alloc", "--pid", &gw.master().to_string(), "--duration", "3s"])
+        .arg("--svg")
+        .arg(&alloc_svg)
+        .status()
+        .context("cannot run ljprobe")?;
     let _ = churn_wrk.kill();
     let _ = churn_wrk.wait();
     println!("\n=== load ===");
@@ -102,8 +110,11 @@ pub fn run() -> Result<()> {
     if gc.success() {
         println!("gc: open {}: the heap sawing between about 1 and 12 MiB, GC cycles ticked along the bottom", gc_svg.display());
     }
+    if alloc.success() {
+        println!("alloc: open {}: alloc_churn_work holds the bytes, most in lj_buf_tostr (the csv string built by ..)", alloc_svg.display());
+    }
     drop(gw);
-    if !doctor.success() || !cpu.success() || !offcpu.success() || !epoll.success() || !gc.success() {
+    if !doctor.success() || !cpu.success() || !offcpu.success() || !epoll.success() || !gc.success() || !alloc.success() {
         anyhow::bail!("ljprobe failed against the gateway (see above)");
     }
     Ok(())

@@ -18,6 +18,8 @@ pub struct GcLayout {
     pub total: u64,
     /// `gc.threshold`: the collector steps when `total` reaches it.
     pub threshold: u64,
+    /// `gc.currentwhite` (u8): flipped by the atomic phase, once a cycle.
+    pub currentwhite: u64,
     /// `gc.state` (u8): `GCSpause` .. `GCSfinalize`.
     pub state: u64,
     /// `gc.debt`: how far the incremental collector is behind.
@@ -34,6 +36,7 @@ pub const GC_21_GC64_X86_64: GcLayout = GcLayout {
     allocd: 8,
     total: 0x10,
     threshold: 0x18,
+    currentwhite: 0x20,
     state: 0x21,
     debt: 0x58,
     estimate: 0x60,
@@ -128,8 +131,9 @@ pub fn atomic_between(prev: &GcReading, now: &GcReading) -> bool {
 
 /// What a VM has allocated so far by its collector's accounting, less frees
 /// outside the collector: the bytes before each atomic phase, added up in the
-/// kernel at every change of the collector's state (`GcCycles`, read by
-/// `cycles`), plus `gc.total - gc.estimate` now (what followed the last one).
+/// kernel at each of them (`GcCycles`, read by `cycles`; see
+/// `probes-ebpf/src/gc_cycles.rs`), plus `gc.total - gc.estimate` now (what
+/// followed the last one).
 /// Read twice around the VM's fields so that no atomic phase falls between;
 /// None when either cannot be read.
 pub fn allocated_so_far<M: Memory>(

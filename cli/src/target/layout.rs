@@ -29,7 +29,7 @@ pub const OPENRESTY_21_GC64_X86_64: VmLayout = VmLayout {
     trace_szmcode: TRACE.trace_szmcode as u32,
     g_gc_total: GC.total as u32,
     g_gc_estimate: GC.estimate as u32,
-    g_gc_state: GC.state as u32,
+    g_gc_currentwhite: GC.currentwhite as u32,
     _pad: 0,
 };
 

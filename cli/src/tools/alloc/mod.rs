@@ -103,7 +103,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let prog: &mut UProbe = ebpf.program_mut("alloc_call").context("alloc_call missing")?.try_into()?;
     prog.load().map_err(|e| bpf::program_error("loading the alloc program", e))?;
     let uprobe = prog.fd()?.as_fd().as_raw_fd();
-    let prog: &mut PerfEvent = ebpf.program_mut("alloc_gc_state").context("alloc_gc_state missing")?.try_into()?;
+    let prog: &mut PerfEvent = ebpf.program_mut("alloc_gc_atomic").context("alloc_gc_atomic missing")?.try_into()?;
     prog.load().map_err(|e| bpf::program_error("loading the collector watch", e))?;
     let watch = prog.fd()?.as_fd().as_raw_fd();
     let probed = allocators.iter().map(|a| Probed { site: a.site.clone(), g: a.g }).collect();

@@ -34,7 +34,8 @@ use crate::{
 };
 
 /// How long a window counts: long against the time a uprobe takes to
-/// attach, short against the run.
+/// attach, short against the run, and short enough for several windows a
+/// second at a 1% duty (the split between stacks needs many).
 const WINDOW: Duration = Duration::from_millis(5);
 /// Cost of one probe hit on the target (trap, single-step, program), as
 /// measured here: a bpftrace uprobe counting calls of the debug build's
@@ -49,7 +50,8 @@ const FIRST_DUTY: f64 = 0.02;
 /// are removed before the grace period; `stray_hits` checks it).
 const CLOSE_SETTLE: Duration = Duration::from_millis(10);
 /// The longest the sampler sleeps: how soon it sees a new target or the end.
-const NAP: Duration = Duration::from_millis(20);
+/// Not shorter: each wake-up of ljprobe costs the target (docs/bench.md).
+const NAP: Duration = Duration::from_millis(100);
 
 /// A process the sampler probes.
 pub struct Probed {
@@ -96,8 +98,10 @@ pub struct Sampling {
     /// freed outside the collector.
     pub counted_bytes: u64,
     pub counted_explicit_freed_bytes: u64,
-    /// Allocator calls the probe saw while attached (counted or not).
+    /// Allocator calls the probe saw while counting, and in all (a window
+    /// opening or closing traps without counting).
     pub probe_hits: u64,
+    pub all_hits: u64,
     /// Allocator calls the probe saw when it was held to be detached (should be 0).
     pub stray_hits: u64,
     /// Why the VM's accounting could not be used, if it could not.
@@ -216,6 +220,7 @@ struct Run {
     started: Instant,
     on_since: Instant,
     hits_at_on: u64,
+    cpu_at_on: f64,
     /// The VMs' accounting when the window began counting.
     vm_at_on: Option<f64>,
     out: Sampling,
@@ -244,6 +249,7 @@ impl Run {
             started: Instant::now(),
             on_since: Instant::now(),
             hits_at_on: 0,
+            cpu_at_on: 0.0,
             vm_at_on: None,
             out,
             rng: fastrand::Rng::new(),
@@ -258,7 +264,7 @@ impl Run {
         let new: Vec<Probed> = inbox.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
         for p in new {
             let Ok(mem) = ProcMem::open(p.site.pid) else { continue };
-            let state = p.g + GC_21_GC64_X86_64.state;
+            let state = p.g + GC_21_GC64_X86_64.currentwhite;
             let watch = match Link::write_watch(p.site.pid, state, self.programs.watch) {
                 Ok(w) => Some(w),
                 Err(e) => {
@@ -315,9 +321,15 @@ impl Run {
         // SAFETY: prctl on this thread only: windows of 5 ms end on time.
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0u64, 0u64, 0u64) };
         let mut phase = if self.on { Phase::Counting(None) } else { Phase::Gap(Instant::now()) };
+        let mut accounted = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             self.adopt(inbox);
             let now = Instant::now();
+            // Kept fresh: a target that exits takes its last reading with it.
+            if now - accounted >= NAP {
+                self.account_all();
+                accounted = now;
+            }
             if !self.on && self.settled_hits.is_none() && self.free_from.is_some_and(|t| now >= t) {
                 self.settled_hits = Some(self.hits());
             }
@@ -345,7 +357,9 @@ impl Run {
                 },
                 Phase::Counting(Some(until)) if now >= until => {
                     if self.adapt() {
-                        Phase::Counting(Some(now + WINDOW))
+                        // The budget covers every call: look again later, not
+                        // every window (each wake-up costs the target).
+                        Phase::Counting(Some(now + NAP))
                     } else {
                         self.stop_counting();
                         let links = self.targets.iter_mut().filter_map(|t| t.window.take()).collect();
@@ -388,6 +402,7 @@ impl Run {
         self.on = true;
         self.on_since = Instant::now();
         self.hits_at_on = self.hits();
+        self.cpu_at_on = self.cpu_now();
     }
 
     fn stop_counting(&mut self) {
@@ -408,16 +423,28 @@ impl Run {
         }
     }
 
-    /// Sets the next duty from this window's rate of hits; true to keep the
-    /// probe on (the target allocates so little that the budget covers it all).
+    /// Sets the next duty from what this window cost; true to keep the probe
+    /// on (the target allocates so little that the budget covers it all).
+    /// The cost is the hits at `EVENT_COST_SECS` each, but at most the share
+    /// of the window the targets were on a CPU: a trap costs more in a
+    /// process with many mappings (50 us and more in an nginx worker here),
+    /// and a target that ran flat out may have spent it all in traps.
     fn adapt(&mut self) -> bool {
         let Some(budget) = self.budget else { return true };
         let secs = self.on_since.elapsed().as_secs_f64().max(1e-4);
         let hits = self.hits().saturating_sub(self.hits_at_on) as f64;
-        let per_target = hits / secs / self.targets.len().max(1) as f64;
-        let load = (per_target * EVENT_COST_SECS).min(1.0);
+        let n = self.targets.len().max(1) as f64;
+        let busy = (self.cpu_now() - self.cpu_at_on) / secs / n;
+        let by_hits = hits / secs / n * EVENT_COST_SECS;
+        let load = if hits > 0.0 { by_hits.max(busy).min(1.0) } else { 0.0 };
         self.duty = if load > 0.0 { (budget / load).clamp(MIN_DUTY, 1.0) } else { 1.0 };
+        log::debug!("alloc window: {secs:.4}s, {hits} hits, busy {busy:.2}, load {load:.3}, next duty {:.4}", self.duty);
         self.duty >= 1.0
+    }
+
+    /// CPU time of every target so far, in seconds (schedstat: exact).
+    fn cpu_now(&self) -> f64 {
+        self.targets.iter().filter_map(|t| ljprobe_host::proc::cpu_time(t.site.pid)).map(|d| d.as_secs_f64()).sum()
     }
 
     /// Time to the next window: what keeps the probe on `duty` of the time,
@@ -435,6 +462,7 @@ impl Run {
         o.vm_net_bytes = net.unwrap_or(0.0);
         o.run_secs = self.started.elapsed().as_secs_f64();
         o.duty = if o.run_secs > 0.0 { o.counted_secs / o.run_secs } else { 0.0 };
+        o.all_hits = crate::bpf::per_cpu_total(&self.maps.counts, ALLOC_CALLS);
         o.counted_bytes = crate::bpf::per_cpu_total(&self.maps.counts, ALLOC_BYTES);
         o.counted_explicit_freed_bytes = crate::bpf::per_cpu_total(&self.maps.counts, ALLOC_EXPLICIT_FREED_BYTES);
         (o.scale, o.estimated_by) = match (o.mode, net.and_then(|_| vm_scale(o))) {

@@ -45,10 +45,12 @@ pub struct Args {
     json: Option<PathBuf>,
 }
 
-/// How often each VM's collector fields are read: a pread of 88 bytes, often
-/// enough to see most cycles finish (a cycle that starts and ends between two
-/// readings can be missed).
-pub const POLL: Duration = Duration::from_millis(5);
+/// How often each VM's collector fields are read (one pread of 88 bytes): the
+/// heap's line and its range within each interval. Cycles and allocation do
+/// not depend on it (a watchpoint counts them). Every wake-up of ljprobe
+/// costs the target something on a small machine (see docs/bench.md), so
+/// not faster than this.
+pub const POLL: Duration = Duration::from_millis(20);
 
 pub async fn run(args: Args) -> Result<ExitCode> {
     report::check(&args)?;
@@ -58,7 +60,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let aim = Aim::open(args.run.pid, true, "", "")?;
     let mut ebpf = bpf::load(objects::GC, "gc")?;
     let found = bpf::aim_seeded(&mut ebpf, &aim)?;
-    let prog: &mut PerfEvent = ebpf.program_mut("gc_state_write").context("gc_state_write missing")?.try_into()?;
+    let prog: &mut PerfEvent = ebpf.program_mut("gc_atomic").context("gc_atomic missing")?.try_into()?;
     prog.load().map_err(|e| bpf::program_error("loading the collector watch", e))?;
     let watch = prog.fd()?.as_fd().as_raw_fd();
     let mut vms = Vec::new();

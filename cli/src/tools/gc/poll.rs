@@ -49,7 +49,7 @@ impl Vm {
     pub fn open(pid: u32, g: u64, layout: GcLayout, watch: std::os::fd::RawFd, notes: &mut Vec<String>) -> Option<Vm> {
         let mem = ProcMem::open(pid).ok()?;
         layout.read(&mem, g)?;
-        let watch = match Link::write_watch(pid, g + layout.state, watch) {
+        let watch = match Link::write_watch(pid, g + layout.currentwhite, watch) {
             Ok(l) => Some(l),
             Err(e) => {
                 notes.push(format!("process {pid}: {e:#}; cycles and allocation come from readings every {:?} instead and can miss short cycles", super::POLL));

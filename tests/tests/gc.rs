@@ -291,7 +291,7 @@ fn exact_cycles_and_allocation(build: Luajit) {
     let pid = script.id().to_string();
     let mut stdin = script.stdin.take().unwrap();
     let out = ljprobe_then(
-        &["gc", "--pid", &pid, "--duration", "120s", "--json", json.to_str().unwrap(), "--svg", svg.to_str().unwrap()],
+        &["gc", "--exact", "--pid", &pid, "--duration", "120s", "--json", json.to_str().unwrap(), "--svg", svg.to_str().unwrap()],
         move |_| {
             let _ = writeln!(stdin, "go");
         },
@@ -307,8 +307,10 @@ fn exact_cycles_and_allocation(build: Luajit) {
     assert!(f[0] > 500.0, "the script ran only {} cycles", f[0]);
     assert!((cycles - f[0]).abs() <= 0.05 * f[0] + 2.0, "ljprobe saw {cycles} cycles, the script's finalizer ran {}", f[0]);
     assert!((allocated - f[1]).abs() <= 0.05 * f[1], "ljprobe: {allocated} bytes allocated, the script {}", f[1]);
+    assert_eq!(s["exact"], true);
 }
 
+/// `--exact` counts what the script counts.
 #[test]
 fn cycles_and_allocation_are_exact_when_cycles_come_every_millisecond_on_the_debug_build() {
     exact_cycles_and_allocation(luajit::debug_build());

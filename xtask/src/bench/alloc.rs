@@ -1,6 +1,7 @@
 //! `cargo xtask bench alloc`: `ljprobe alloc` (sampled, and `--all`) and
-//! `ljprobe gc` against a bpftrace uprobe that only counts calls of the same
-//! allocator function, on two routes:
+//! `ljprobe gc` (readings only, and `--exact` with its watchpoint) against a
+//! bpftrace uprobe that only counts calls of the same allocator function, on
+//! two routes:
 //!
 //! - `/alloc/churn` (4 connections): a few hundred kilobytes of tables and
 //!   strings a request;
@@ -18,7 +19,13 @@ use anyhow::Result;
 use super::{measure, print_cpu_ratios, print_goals, print_ratios, tools::Tool, Suite};
 
 fn tools() -> Vec<Tool> {
-    vec![Tool::LjprobeAlloc { all: false }, Tool::LjprobeAlloc { all: true }, Tool::BpftraceAllocCount, Tool::LjprobeGc]
+    vec![
+        Tool::LjprobeAlloc { all: false },
+        Tool::LjprobeAlloc { all: true },
+        Tool::BpftraceAllocCount,
+        Tool::LjprobeGc { exact: false },
+        Tool::LjprobeGc { exact: true },
+    ]
 }
 
 pub fn run(duration: Duration, rounds: u32) -> Result<()> {

@@ -21,8 +21,8 @@ pub enum Tool {
     PerfSwitch,
     /// `ljprobe alloc` on the master: sampled in windows, or `--all`.
     LjprobeAlloc { all: bool },
-    /// `ljprobe gc` on the master.
-    LjprobeGc,
+    /// `ljprobe gc` on the master (`--exact`: with the watchpoint).
+    LjprobeGc { exact: bool },
     /// A bpftrace uprobe on the worker's `lj_alloc_f` that only counts calls:
     /// the least any per-allocation probe costs.
     BpftraceAllocCount,
@@ -38,7 +38,8 @@ impl Tool {
             Tool::PerfSwitch => "perf sched_switch -g".into(),
             Tool::LjprobeAlloc { all: false } => "ljprobe alloc".into(),
             Tool::LjprobeAlloc { all: true } => "ljprobe alloc --all".into(),
-            Tool::LjprobeGc => "ljprobe gc".into(),
+            Tool::LjprobeGc { exact: false } => "ljprobe gc".into(),
+            Tool::LjprobeGc { exact: true } => "ljprobe gc --exact".into(),
             Tool::BpftraceAllocCount => "bpftrace count allocf".into(),
         }
     }
@@ -80,7 +81,7 @@ impl Tool {
             Tool::LjprobeEpollLoop => ljprobe(&["epoll-loop"]),
             Tool::PerfSwitch => perf("sched:sched_switch", None),
             Tool::LjprobeAlloc { all } => ljprobe(if all { &["alloc", "--all"] } else { &["alloc"] }),
-            Tool::LjprobeGc => ljprobe(&["gc"]),
+            Tool::LjprobeGc { exact } => ljprobe(if exact { &["gc", "--exact"] } else { &["gc"] }),
             Tool::BpftraceAllocCount => {
                 let worker = gw.worker();
                 let lib = ljprobe_host::proc::maps(worker)
@@ -106,7 +107,7 @@ impl Tool {
             Tool::LjprobeEpollLoop => Some((json()?["iterations"].as_u64()?, "iterations")),
             Tool::PerfCpu(_) | Tool::PerfSwitch => Some((perf_samples(stderr)?, "samples")),
             Tool::LjprobeAlloc { .. } => Some((json()?["events"].as_u64()?, "allocator calls while attached")),
-            Tool::LjprobeGc => Some((json()?["samples"].as_u64()?, "samples")),
+            Tool::LjprobeGc { .. } => Some((json()?["samples"].as_u64()?, "samples")),
             Tool::BpftraceAllocCount => None,
         }
     }

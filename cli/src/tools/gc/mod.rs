@@ -37,6 +37,13 @@ pub struct Args {
     /// CPU samples per second per CPU, for the collector's share of the target's CPU.
     #[arg(long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     freq: u64,
+    /// Count every collector cycle and every byte allocated exactly, with a
+    /// hardware watchpoint that traps once a cycle (tens of microseconds
+    /// each; hundreds of cycles a second under heavy allocation). Without it
+    /// both come from the readings and are lower bounds when cycles are
+    /// shorter than the time between two readings.
+    #[arg(long)]
+    exact: bool,
     /// Line chart SVG [default: ljprobe-gc-<pid>.svg in the current directory].
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
@@ -46,10 +53,9 @@ pub struct Args {
 }
 
 /// How often each VM's collector fields are read (one pread of 88 bytes): the
-/// heap's line and its range within each interval. Cycles and allocation do
-/// not depend on it (a watchpoint counts them). Every wake-up of ljprobe
-/// costs the target something on a small machine (see docs/bench.md), so
-/// not faster than this.
+/// heap's line and its range within each interval, and, without `--exact`,
+/// the cycles and allocation. Every wake-up of ljprobe costs the target
+/// something on a small machine (see docs/gc.md#cost), so not faster than this.
 pub const POLL: Duration = Duration::from_millis(20);
 
 pub async fn run(args: Args) -> Result<ExitCode> {
@@ -60,9 +66,13 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let aim = Aim::open(args.run.pid, true, "", "")?;
     let mut ebpf = bpf::load(objects::GC, "gc")?;
     let found = bpf::aim_seeded(&mut ebpf, &aim)?;
-    let prog: &mut PerfEvent = ebpf.program_mut("gc_atomic").context("gc_atomic missing")?.try_into()?;
-    prog.load().map_err(|e| bpf::program_error("loading the collector watch", e))?;
-    let watch = prog.fd()?.as_fd().as_raw_fd();
+    let watch = if args.exact {
+        let prog: &mut PerfEvent = ebpf.program_mut("gc_atomic").context("gc_atomic missing")?.try_into()?;
+        prog.load().map_err(|e| bpf::program_error("loading the collector watch", e))?;
+        Some(prog.fd()?.as_fd().as_raw_fd())
+    } else {
+        None
+    };
     let mut vms = Vec::new();
     let mut notes = Vec::new();
     for (pid, g) in found {

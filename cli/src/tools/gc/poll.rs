@@ -44,18 +44,18 @@ pub struct Vm {
 
 impl Vm {
     /// None unless the collector's fields can be read at `g` and look sane.
-    /// `watch` runs the kernel's `gc_state_write` on each change of state;
-    /// when it cannot be set the reason goes to `notes`.
-    pub fn open(pid: u32, g: u64, layout: GcLayout, watch: std::os::fd::RawFd, notes: &mut Vec<String>) -> Option<Vm> {
+    /// `watch` (with `--exact`) runs the kernel's `gc_atomic` at each atomic
+    /// phase; when it cannot be set the reason goes to `notes`.
+    pub fn open(pid: u32, g: u64, layout: GcLayout, watch: Option<std::os::fd::RawFd>, notes: &mut Vec<String>) -> Option<Vm> {
         let mem = ProcMem::open(pid).ok()?;
         layout.read(&mem, g)?;
-        let watch = match Link::write_watch(pid, g + layout.currentwhite, watch) {
+        let watch = watch.and_then(|fd| match Link::write_watch(pid, g + layout.currentwhite, fd) {
             Ok(l) => Some(l),
             Err(e) => {
                 notes.push(format!("process {pid}: {e:#}; cycles and allocation come from readings every {:?} instead and can miss short cycles", super::POLL));
                 None
             }
-        };
+        });
         Some(Vm { pid, g, mem, heap: Heap::default(), series: Vec::new(), live: true, watch, first: None, last: None })
     }
 
@@ -115,8 +115,8 @@ pub struct Poller {
     layout: GcLayout,
     states: PerCpuArray<MapData, u64>,
     cycles: HashMap<MapData, u32, GcCycles>,
-    /// The program new workers' watchpoints run.
-    watch: std::os::fd::RawFd,
+    /// The program new workers' watchpoints run (`--exact`).
+    watch: Option<std::os::fd::RawFd>,
     counted: [u64; SLOTS],
     interval: f64,
     started: Instant,
@@ -136,7 +136,7 @@ impl Poller {
         layout: GcLayout,
         states: PerCpuArray<MapData, u64>,
         cycles: HashMap<MapData, u32, GcCycles>,
-        watch: std::os::fd::RawFd,
+        watch: Option<std::os::fd::RawFd>,
         interval: Duration,
     ) -> Poller {
         for vm in &mut vms {

@@ -96,6 +96,8 @@ fn slope(series: &[Point]) -> Option<f64> {
 #[derive(Serialize)]
 struct Summary<'a> {
     tool: &'static str,
+    /// Cycles and allocation counted exactly (`--exact`), or lower bounds from the readings.
+    exact: bool,
     pids: &'a [u32],
     duration_secs: f64,
     stopped_by: StopReason,
@@ -145,15 +147,21 @@ pub fn write(args: &Args, r: &Report) -> Result<()> {
             totals.growth_bytes_per_min.map_or("unknown (one point)".into(), |g| format!("{:+.2} MiB/min", g / MIB))
         );
     }
-    println!(
-        "  GC cycles: {} ({:.1}/s)",
-        totals.cycles,
-        totals.cycles as f64 / c.elapsed_secs.max(1e-9)
-    );
-    println!(
-        "  allocation: at least {:.1} MiB/s (from the heap's readings; `ljprobe alloc` counts every byte)",
-        totals.alloc_bytes_per_sec / MIB
-    );
+    let rate = totals.cycles as f64 / c.elapsed_secs.max(1e-9);
+    if args.exact {
+        println!("  GC cycles: {} ({rate:.1}/s, each one counted)", totals.cycles);
+        println!("  allocation: {:.1} MiB/s (the VM's own accounting)", totals.alloc_bytes_per_sec / MIB);
+    } else {
+        println!(
+            "  GC cycles: at least {} ({rate:.1}/s; from readings every {:?}: --exact counts every one)",
+            totals.cycles,
+            super::POLL
+        );
+        println!(
+            "  allocation: at least {:.1} MiB/s (from the readings; --exact, or `ljprobe alloc`, counts every byte)",
+            totals.alloc_bytes_per_sec / MIB
+        );
+    }
     match totals.gc_share {
         Some(s) => println!(
             "  GC share of CPU: {:.1}% ({} of {} samples in which the VM was found)",
@@ -170,6 +178,7 @@ pub fn write(args: &Args, r: &Report) -> Result<()> {
         let pids: Vec<u32> = o.vms.iter().map(|v| v.pid).collect();
         let summary = Summary {
             tool: "gc",
+            exact: args.exact,
             pids: &pids,
             duration_secs: c.elapsed_secs,
             stopped_by: c.stopped_by,

@@ -57,6 +57,14 @@ pub struct GcReading {
     pub estimate: u64,
 }
 
+impl GcReading {
+    /// A reading made up for tests: a threshold of twice the heap, no debt.
+    #[cfg(test)]
+    pub fn made_up(total: u64, state: u8, estimate: u64) -> GcReading {
+        GcReading { total, threshold: total * 2, state, debt: 0, estimate }
+    }
+}
+
 impl GcLayout {
     /// One consistent-enough reading: the fields are read in one copy of the
     /// `GCState` block, so they come from (nearly) the same moment.
@@ -159,7 +167,7 @@ mod tests {
     use super::*;
 
     fn r(total: u64, state: u8, estimate: u64) -> GcReading {
-        GcReading { total, threshold: total * 2, state, debt: 0, estimate }
+        GcReading::made_up(total, state, estimate)
     }
 
     #[test]

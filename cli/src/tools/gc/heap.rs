@@ -101,7 +101,7 @@ mod tests {
     use super::*;
 
     fn r(total: u64, state: u8, estimate: u64) -> GcReading {
-        GcReading { total, threshold: total * 2, state, debt: 0, estimate }
+        GcReading::made_up(total, state, estimate)
     }
 
     #[test]

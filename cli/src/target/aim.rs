@@ -31,7 +31,7 @@ impl Aim {
                 (lua.iter().map(|p| p.process.clone()).collect(), lj.layout.offsets, Some(lj.path.clone()))
             }
             None if lua_only => bail!(
-                "process {} ({}) has no LuaJIT mapped, so it has no Lua stacks to look at: check the PID{native_hint}",
+                "process {} ({}) has no LuaJIT mapped, so it has no Lua VM to look at: check the PID{native_hint}",
                 root.pid,
                 root.comm
             ),

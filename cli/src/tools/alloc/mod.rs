@@ -74,7 +74,8 @@ fn parse_budget(s: &str) -> Result<f64, String> {
 pub async fn run(args: Args) -> Result<ExitCode> {
     let default_svg = format!("ljprobe-alloc-{}.svg", args.run.pid);
     args.outputs.check(&default_svg)?;
-    let aim = args.stacks.aim(args.run.pid)?;
+    // The allocator is found through the VM, whatever stacks are drawn.
+    let aim = crate::target::aim::Aim::open(args.run.pid, true, "", "")?;
     let mut ebpf = bpf::load(objects::ALLOC, "alloc")?;
     let seeded = bpf::aim_seeded(&mut ebpf, &aim)?;
     let luajits: Vec<Option<LuaJit>> = aim.processes.iter().map(|p| LuaJit::find(p).ok().flatten()).collect();

@@ -149,17 +149,27 @@ pub fn allocated_so_far<M: Memory>(
     mem: &M,
     g: u64,
     cycles: impl Fn() -> Option<ljprobe_common::GcCycles>,
-) -> Option<(f64, u64)> {
+) -> Option<Accounted> {
     for _ in 0..3 {
         let before = cycles().unwrap_or_default();
         let now = layout.read(mem, g)?;
         let after = cycles().unwrap_or_default();
         if before == after {
             let since_atomic = now.total as f64 - now.estimate as f64;
-            return Some((after.allocated as f64 + since_atomic, after.cycles));
+            return Some(Accounted { allocated: after.allocated as f64 + since_atomic, cycles: after.cycles, heap: now.total });
         }
     }
     None
+}
+
+/// A VM's accounting at one moment (`allocated_so_far`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Accounted {
+    /// Allocated so far, less frees outside the collector.
+    pub allocated: f64,
+    pub cycles: u64,
+    /// `gc.total` then: with two readings, allocated less the heap's growth is what was freed.
+    pub heap: u64,
 }
 
 #[cfg(test)]

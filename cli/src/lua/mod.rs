@@ -31,7 +31,7 @@ pub use callsite::call_target;
 #[allow(unused_imports)]
 pub use frame::RawFrame;
 #[allow(unused_imports)]
-pub use gc_state::{allocated_so_far, atomic_between, Accounting, GcLayout, GcReading, Step, GC_21_GC64_X86_64, GC_STATES};
+pub use gc_state::{allocated_so_far, atomic_between, Accounted, Accounting, GcLayout, GcReading, Step, GC_21_GC64_X86_64, GC_STATES};
 pub use funcname::{SlotKind, SlotName};
 #[allow(unused_imports)]
 pub use layout::{ObjLayout, TraceLayout, OPENRESTY_21_GC64, TRACE_OPENRESTY_21_GC64_X86_64};

@@ -36,8 +36,15 @@ pub fn write(r: Run) -> anyhow::Result<()> {
     let (new, resize, grown) = (kind("new"), kind("table_resize"), kind("grown"));
     let bytes = new.bytes + resize.bytes + grown.bytes;
     let count = new.count + resize.count + grown.count;
-    let frees = per_cpu_total(r.counts, ALLOC_FREES) as f64 * scale;
-    let freed = per_cpu_total(r.counts, ALLOC_FREED_BYTES) as f64 * scale;
+    // Sampled: the bytes freed come from the VM's accounting (allocated less
+    // the heap's growth), not from the windows, which see the collector's
+    // sweeps in bursts; the count in the windows' proportion of bytes to frees.
+    let counted_frees = per_cpu_total(r.counts, ALLOC_FREES) as f64;
+    let counted_freed = per_cpu_total(r.counts, ALLOC_FREED_BYTES) as f64;
+    let (frees, freed) = match r.sampling.vm_freed_bytes {
+        Some(f) if r.sampling.mode != "all" && counted_freed > 0.0 => (counted_frees * f.max(0.0) / counted_freed, f.max(0.0)),
+        _ => (counted_frees * scale, counted_freed * scale),
+    };
     let hist: Vec<serde_json::Value> = (0..ALLOC_HIST_BUCKETS)
         .filter_map(|i| {
             let n = per_cpu_total(r.hist, i) as f64 * scale;

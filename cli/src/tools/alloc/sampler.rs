@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use crate::{
     bpf::perf_link::{uprobe_pmu, Link, Site},
-    lua::{allocated_so_far, ProcMem, GC_21_GC64_X86_64},
+    lua::{allocated_so_far, Accounted, ProcMem, GC_21_GC64_X86_64},
 };
 
 /// How long a window counts: long against the time a uprobe takes to
@@ -66,8 +66,8 @@ struct Live {
     /// The watchpoint on its collector's state (None: could not be set).
     watch: Option<Link>,
     /// Its accounting when it joined, and when last read.
-    first: Option<f64>,
-    last: Option<f64>,
+    first: Option<Accounted>,
+    last: Option<Accounted>,
     window: Option<Link>,
 }
 
@@ -94,6 +94,9 @@ pub struct Sampling {
     pub vm_net_in_windows_bytes: f64,
     /// Collector cycles in the run.
     pub cycles: u64,
+    /// Freed over the run by the same accounting: allocated less the heaps' growth.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm_freed_bytes: Option<f64>,
     /// The same in the windows as the probe counted it: bytes allocated, and
     /// freed outside the collector.
     pub counted_bytes: u64,
@@ -283,16 +286,22 @@ impl Run {
     }
 
     /// One target's accounting now (None without a watchpoint, or unreadable).
-    fn account(&self, t: &Live) -> Option<f64> {
+    fn account(&self, t: &Live) -> Option<Accounted> {
         t.watch.as_ref()?;
         let pid = t.site.pid;
-        allocated_so_far(&GC_21_GC64_X86_64, &t.mem, t.g, || self.maps.cycles.get(&pid, 0).ok()).map(|(a, _)| a)
+        allocated_so_far(&GC_21_GC64_X86_64, &t.mem, t.g, || self.maps.cycles.get(&pid, 0).ok())
     }
 
-    /// Every target's accounting now, each one's last reading kept for when
-    /// it is gone; the sum, if every watched target could be read.
+    /// Every target's allocation (net of frees outside the collector) since
+    /// it joined, each one's last reading kept for when it is gone; the sum,
+    /// if every watched target could be read.
     fn account_all(&mut self) -> Option<f64> {
-        let mut sum = 0.0;
+        self.account_all_with_heap().map(|(a, _)| a)
+    }
+
+    /// `account_all`, and the targets' heaps' growth over the same span.
+    fn account_all_with_heap(&mut self) -> Option<(f64, f64)> {
+        let (mut sum, mut grew) = (0.0, 0.0);
         let mut whole = true;
         for i in 0..self.targets.len() {
             let now = self.account(&self.targets[i]);
@@ -301,9 +310,12 @@ impl Run {
                 Some(a) => t.last = Some(a),
                 None => whole &= t.watch.is_none() || !ljprobe_host::proc::alive(t.site.pid),
             }
-            sum += t.last.unwrap_or(0.0) - t.first.unwrap_or(0.0);
+            if let (Some(first), Some(last)) = (t.first, t.last) {
+                sum += last.allocated - first.allocated;
+                grew += last.heap as f64 - first.heap as f64;
+            }
         }
-        whole.then_some(sum)
+        whole.then_some((sum, grew))
     }
 
     fn go(mut self, stop: &AtomicBool, inbox: &Mutex<Vec<Probed>>) -> Finished {
@@ -455,7 +467,8 @@ impl Run {
     }
 
     fn finish(mut self) -> Finished {
-        let net = self.account_all();
+        let accounted = self.account_all_with_heap();
+        let net = accounted.map(|(a, _)| a);
         let cycles = self.targets.iter().filter_map(|t| self.maps.cycles.get(&t.site.pid, 0).ok()).map(|c| c.cycles).sum();
         let o = &mut self.out;
         o.cycles = cycles;
@@ -465,6 +478,8 @@ impl Run {
         o.all_hits = crate::bpf::per_cpu_total(&self.maps.counts, ALLOC_CALLS);
         o.counted_bytes = crate::bpf::per_cpu_total(&self.maps.counts, ALLOC_BYTES);
         o.counted_explicit_freed_bytes = crate::bpf::per_cpu_total(&self.maps.counts, ALLOC_EXPLICIT_FREED_BYTES);
+        // Freed = allocated (gross) less what the heap grew by.
+        o.vm_freed_bytes = accounted.and_then(|(_, grew)| vm_scale(o).map(|k| k * o.counted_bytes as f64 - grew));
         (o.scale, o.estimated_by) = match (o.mode, net.and_then(|_| vm_scale(o))) {
             ("all", _) => (1.0, "all"),
             (_, Some(k)) => (k, "vm-accounting"),

@@ -62,7 +62,7 @@ impl Vm {
     /// Its accounting now, from the kernel's map and its fields.
     fn account(&self, layout: &GcLayout, cycles: &HashMap<MapData, u32, GcCycles>) -> Option<(f64, u64)> {
         self.watch.as_ref()?;
-        allocated_so_far(layout, &self.mem, self.g, || cycles.get(&self.pid, 0).ok())
+        allocated_so_far(layout, &self.mem, self.g, || cycles.get(&self.pid, 0).ok()).map(|a| (a.allocated, a.cycles))
     }
 
     fn poll(&mut self, layout: &GcLayout, at: f64) {

@@ -2,6 +2,7 @@
 //! bytes or by count, with table growth shown as its own frame. Kernel side:
 //! `probes-ebpf/src/alloc.rs`; when the probe is on: `sampler.rs`.
 
+mod attacher;
 mod report;
 mod sampler;
 mod site;

@@ -17,7 +17,6 @@ use std::{
     os::fd::RawFd,
     sync::{
         atomic::{AtomicBool, Ordering},
-        mpsc::{channel, Receiver, Sender},
         Arc, Mutex,
     },
     thread::JoinHandle,
@@ -28,6 +27,7 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use ljprobe_common::{AllocConfig, GcCycles, ALLOC_BYTES, ALLOC_CALLS, ALLOC_EXPLICIT_FREED_BYTES};
 use serde::Serialize;
 
+use super::attacher::Attacher;
 use crate::{
     bpf::perf_link::{uprobe_pmu, Link, Site},
     lua::{allocated_so_far, Accounted, ProcMem, GC_21_GC64_X86_64},
@@ -150,7 +150,8 @@ impl Sampler {
             }
             run.count_from_here();
         }
-        let handle = std::thread::Builder::new().name("alloc-sampler".into()).spawn(move || run.go(&s, &i))?;
+        let attacher = Attacher::start(pmu, run.programs.uprobe)?;
+        let handle = std::thread::Builder::new().name("alloc-sampler".into()).spawn(move || run.go(&s, &i, attacher))?;
         Ok(Sampler { stop, inbox, handle })
     }
 
@@ -173,42 +174,6 @@ enum Phase {
     Opening,
     /// Until the window closes (None: never, `--all`).
     Counting(Option<Instant>),
-}
-
-enum Order {
-    /// Open a window on each (target index, site).
-    Open(Vec<(usize, Site)>),
-    Close(Vec<Link>),
-}
-
-/// Opens windows on request; each close waits out an RCU grace period (~0.1 s
-/// here), so it runs in a thread of its own and the next window opens on time.
-fn attach_loop(pmu: u32, prog_fd: RawFd, orders: &Receiver<Order>, opened: &Sender<Vec<(usize, Link)>>) {
-    let mut closing: Vec<JoinHandle<()>> = Vec::new();
-    while let Ok(order) = orders.recv() {
-        closing.retain(|c| !c.is_finished());
-        match order {
-            Order::Open(sites) => {
-                let links = sites
-                    .into_iter()
-                    .filter_map(|(i, site)| match Link::uprobe(pmu, &site, prog_fd) {
-                        Ok(l) => Some((i, l)),
-                        Err(e) => {
-                            log::debug!("{e:#}");
-                            None
-                        }
-                    })
-                    .collect();
-                if opened.send(links).is_err() {
-                    break;
-                }
-            }
-            Order::Close(links) => closing.push(std::thread::spawn(move || drop(links))),
-        }
-    }
-    for c in closing {
-        let _ = c.join();
-    }
 }
 
 struct Run {
@@ -318,14 +283,7 @@ impl Run {
         whole.then_some((sum, grew))
     }
 
-    fn go(mut self, stop: &AtomicBool, inbox: &Mutex<Vec<Probed>>) -> Finished {
-        let (to_attacher, orders) = channel::<Order>();
-        let (opened_tx, opened) = channel::<Vec<(usize, Link)>>();
-        let (pmu, prog_fd) = (self.pmu, self.programs.uprobe);
-        let attacher = std::thread::Builder::new()
-            .name("alloc-attach".into())
-            .spawn(move || attach_loop(pmu, prog_fd, &orders, &opened_tx))
-            .expect("a thread can be started");
+    fn go(mut self, stop: &AtomicBool, inbox: &Mutex<Vec<Probed>>, attacher: Attacher) -> Finished {
         self.started = Instant::now();
         if self.on {
             self.on_since = self.started;
@@ -352,10 +310,10 @@ impl Run {
                     }
                     self.free_from = None;
                     let sites = self.targets.iter().enumerate().map(|(i, t)| (i, t.site.clone())).collect();
-                    let _ = to_attacher.send(Order::Open(sites));
+                    attacher.open(sites);
                     Phase::Opening
                 }
-                Phase::Opening => match opened.recv_timeout(NAP) {
+                Phase::Opening => match attacher.opened(NAP) {
                     Ok(links) => {
                         for (i, l) in links {
                             if let Some(t) = self.targets.get_mut(i) {
@@ -375,7 +333,7 @@ impl Run {
                     } else {
                         self.stop_counting();
                         let links = self.targets.iter_mut().filter_map(|t| t.window.take()).collect();
-                        let _ = to_attacher.send(Order::Close(links));
+                        attacher.close(links);
                         self.free_from = Some(Instant::now() + CLOSE_SETTLE);
                         Phase::Gap(Instant::now() + self.gap())
                     }
@@ -397,8 +355,7 @@ impl Run {
         for t in &mut self.targets {
             t.window = None;
         }
-        drop(to_attacher);
-        let _ = attacher.join();
+        attacher.finish();
         self.finish()
     }
 

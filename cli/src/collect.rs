@@ -132,7 +132,7 @@ pub async fn run(
 pub async fn watch(run: Run<'_>, period: Duration, source: &mut impl Source) -> Result<Collected> {
     let Run { ebpf, aim, duration, what: _ } = run;
     let start = Instant::now();
-    let mut follow = Follow::new(&aim.root, &aim.processes, aim.luajit_path.as_deref());
+    let mut follow = Follow::new(&aim.root, &aim.processes, aim.luajit_path());
     let steal = Steal::start();
     // Said once everything is attached: from here on, what happens is seen.
     let pids: Vec<String> = aim.processes.iter().map(|p| p.pid.to_string()).collect();

@@ -5,14 +5,15 @@
 use anyhow::{bail, Context, Result};
 use ljprobe_common::VmLayout;
 
-use super::{layout::OPENRESTY_21_GC64_X86_64, Process, Target};
+use super::{layout::OPENRESTY_21_GC64_X86_64, LuaJit, Process, Target};
 
 pub struct Aim {
     pub processes: Vec<Process>,
     pub pids: Vec<u32>,
     pub layout: VmLayout,
-    /// The LuaJIT object's path as the targets map it; None without a VM.
-    pub luajit_path: Option<String>,
+    /// The LuaJIT object the targets map (the first's: one nginx binary, one
+    /// LuaJIT); None without a VM.
+    pub luajit: Option<LuaJit>,
     /// The process asked for (an nginx master, a worker, any process).
     pub root: Process,
 }
@@ -25,10 +26,10 @@ impl Aim {
         let target = Target::open(pid)?;
         let lua = target.lua_processes();
         let root = target.processes[0].process.clone();
-        let (processes, layout, luajit_path): (Vec<Process>, VmLayout, Option<String>) = match lua.first() {
+        let (processes, layout, luajit): (Vec<Process>, VmLayout, Option<LuaJit>) = match lua.first() {
             Some(first) => {
                 let lj = first.luajit.as_ref().context("no LuaJIT")?;
-                (lua.iter().map(|p| p.process.clone()).collect(), lj.layout.offsets, Some(lj.path.clone()))
+                (lua.iter().map(|p| p.process.clone()).collect(), lj.layout.offsets, Some(lj.clone()))
             }
             None if lua_only => bail!(
                 "process {} ({}) has no LuaJIT mapped, so it has no Lua VM to look at: check the PID{native_hint}",
@@ -41,13 +42,18 @@ impl Aim {
             }
         };
         let pids = processes.iter().map(|p| p.pid).collect();
-        Ok(Aim { processes, pids, layout, luajit_path, root })
+        Ok(Aim { processes, pids, layout, luajit, root })
+    }
+
+    /// The LuaJIT object's path as the targets map it.
+    pub fn luajit_path(&self) -> Option<&str> {
+        self.luajit.as_ref().map(|lj| lj.path.as_str())
     }
 
     /// Process `p`'s `global_State`, found by a scan of its memory (see
     /// `vm_scan`); None without LuaJIT or when no candidate checks out.
     pub fn global_state(&self, p: &Process) -> Option<u64> {
-        let luajit = self.luajit_path.as_deref()?;
+        let luajit = self.luajit_path()?;
         let started = std::time::Instant::now();
         let maps = p.maps().ok()?;
         let code: Vec<(u64, u64)> =

@@ -32,7 +32,7 @@ use crate::{
     collect::{self, Source},
     report::Outputs,
     stacks::StackBuilder,
-    target::{LuaJit, Process},
+    target::{aim::Aim, Process},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -76,13 +76,12 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let default_svg = format!("ljprobe-alloc-{}.svg", args.run.pid);
     args.outputs.check(&default_svg)?;
     // The allocator is found through the VM, whatever stacks are drawn.
-    let aim = crate::target::aim::Aim::open(args.run.pid, true, "", "")?;
+    let aim = Aim::open(args.run.pid, true, "", "")?;
     let mut ebpf = bpf::load(objects::ALLOC, "alloc")?;
     let seeded = bpf::aim_seeded(&mut ebpf, &aim)?;
-    let luajits: Vec<Option<LuaJit>> = aim.processes.iter().map(|p| LuaJit::find(p).ok().flatten()).collect();
     let mut allocators = Vec::new();
-    for ((p, (_, g)), lj) in aim.processes.iter().zip(&seeded).zip(&luajits) {
-        allocators.push(Allocator::find(p, *g, lj.as_ref())?);
+    for (p, (_, g)) in aim.processes.iter().zip(&seeded) {
+        allocators.push(Allocator::find(p, *g, aim.luajit.as_ref())?);
     }
     for (p, a) in aim.processes.iter().zip(&allocators) {
         log::info!("pid {}: the VM allocates through {:#x} in {} (file offset {:#x})", p.pid, a.addr, a.file, a.site.offset);
@@ -101,7 +100,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let counts: PerCpuArray<MapData, u64> = PerCpuArray::try_from(ebpf.take_map("COUNTS").context("COUNTS map missing")?)?;
     let cycles: aya::maps::HashMap<MapData, u32, GcCycles> =
         aya::maps::HashMap::try_from(ebpf.take_map("CYCLES").context("CYCLES map missing")?)?;
-    let builder = StackBuilder::new(args.stacks.stack, args.stacks.kernel, args.stacks.per_worker, &aim.processes, aim.luajit_path.as_deref())?;
+    let builder = StackBuilder::new(args.stacks.stack, args.stacks.kernel, args.stacks.per_worker, &aim.processes, aim.luajit_path())?;
     let prog: &mut UProbe = ebpf.program_mut("alloc_call").context("alloc_call missing")?.try_into()?;
     prog.load().map_err(|e| bpf::program_error("loading the alloc program", e))?;
     let uprobe = prog.fd()?.as_fd().as_raw_fd();
@@ -112,7 +111,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let budget = (!args.all).then_some(args.overhead);
     let sampler = Sampler::start(probed, Programs { uprobe, watch }, Maps { config, counts, cycles, base }, budget)?;
     let mut ring: RingBuf<MapData> = RingBuf::try_from(ebpf.take_map("RECORDS").context("RECORDS map missing")?)?;
-    let mut source = AllocSource { ring: &mut ring, tally: Tally::new(builder, native), sampler: &sampler, aim_luajit: luajits.into_iter().flatten().next() };
+    let mut source = AllocSource { ring: &mut ring, tally: Tally::new(builder, native), sampler: &sampler, aim: &aim };
     let run = collect::Run { ebpf: &mut ebpf, aim: &aim, duration: args.run.duration, what: "stacks" };
     let collected = collect::watch(run, Duration::from_millis(100), &mut source).await;
     let tally = source.tally;
@@ -156,7 +155,7 @@ struct AllocSource<'a> {
     ring: &'a mut RingBuf<MapData>,
     tally: Tally,
     sampler: &'a Sampler,
-    aim_luajit: Option<LuaJit>,
+    aim: &'a Aim,
 }
 
 impl Source for AllocSource<'_> {
@@ -175,7 +174,7 @@ impl Source for AllocSource<'_> {
 
     fn joined(&mut self, p: &Process, g: Option<u64>) -> Result<()> {
         self.tally.builder.add_process(p)?;
-        match Allocator::find(p, g, self.aim_luajit.as_ref()) {
+        match Allocator::find(p, g, self.aim.luajit.as_ref()) {
             Ok(a) => self.sampler.add(Probed { site: a.site, g: a.g }),
             Err(e) => eprintln!("ljprobe: not probing the allocator of new process {}: {e:#}", p.pid),
         }

@@ -27,6 +27,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("zlib1g-dev", "bpf-linker"),
     ("libcap2-bin", "setcap/getcap: the capability-installed ljprobe (docs/install.md) and its test"),
     ("bpftrace", "a uprobe counting every allocator call: the reference `cargo xtask bench alloc` compares with"),
+    ("golang-go", "`go tool pprof`: the tests read ljprobe's --pprof files with Go's own pprof"),
+    ("chromium", "headless Chromium: the test of `ljprobe report` renders its page and checks every graph drew"),
     ("musl-tools", "musl-gcc: compiles jemalloc, the allocator of the static build (cargo xtask dist)"),
 ];
 

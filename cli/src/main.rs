@@ -47,6 +47,10 @@ enum Command {
     Gc(tools::gc::Args),
     /// Allocation flame graph: which Lua code allocates on the heap, by bytes or count, with table growth.
     Alloc(tools::alloc::Args),
+    /// Differential flame graph of two runs of a stack tool, and the functions that changed most.
+    Diff(tools::diff::Args),
+    /// CI regression gate: exit 1 when a function got more expensive than the baseline allows.
+    Gate(tools::gate::Args),
     /// Write the man pages and the bash, zsh and fish completions into DIR
     /// (`cargo xtask dist` ships them beside the binary).
     #[command(hide = true)]
@@ -105,14 +109,33 @@ fn main() -> ExitCode {
             Command::EpollLoop(args) => tools::epoll_loop::run(args).await,
             Command::Gc(args) => tools::gc::run(args).await,
             Command::Alloc(args) => tools::alloc::run(args).await,
+            Command::Diff(args) => tools::diff::run(args),
+            Command::Gate(args) => tools::gate::run(args).map_err(|e| anyhow::Error::new(Gate(e))),
             Command::Generate { .. } => unreachable!("handled before the runtime starts"),
         }
     });
     match result {
         Ok(code) => code,
+        // 1 is the gate's "regressed": a CI job must tell it from "could not judge".
+        Err(e) if e.is::<Gate>() => {
+            eprintln!("ljprobe: {:#}", e.downcast::<Gate>().expect("checked").0);
+            ExitCode::from(2)
+        }
         Err(e) => fail(&e),
     }
 }
+
+/// An error of `gate`, which exits 2 for it.
+#[derive(Debug)]
+struct Gate(anyhow::Error);
+
+impl std::fmt::Display for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for Gate {}
 
 /// Man pages (one for ljprobe, one per command) and completions, from the very
 /// argument definitions this binary parses with, so they cannot drift from it.

@@ -1,6 +1,7 @@
 //! The stack model every ljprobe tool reports in, and the folded-stack form that
 //! flamegraph.pl, inferno and speedscope read.
 
+pub mod diff;
 pub mod folded;
 pub mod histogram;
 pub mod linechart;

@@ -86,6 +86,12 @@ pub fn gateway(name: &str, luajit: LuaJitBuild) -> Running {
 }
 
 pub fn gateway_with_workers(name: &str, luajit: LuaJitBuild, workers: u32) -> Running {
+    gateway_slower(name, luajit, workers, "")
+}
+
+/// A gateway with a planted regression switched on by configuration
+/// (`slower`: a function of /api/quote that does 20% more work; "" for none).
+pub fn gateway_slower(name: &str, luajit: LuaJitBuild, workers: u32, slower: &str) -> Running {
     require_root();
     let port = xtask::gateway::free_port_pair(None).expect("free ports on loopback");
     let config = Config {
@@ -94,6 +100,8 @@ pub fn gateway_with_workers(name: &str, luajit: LuaJitBuild, workers: u32) -> Ru
         backend_port: port + 1,
         workers,
         luajit,
+        slower: slower.to_string(),
+        ..Config::default()
     };
     // A gateway left over from a killed run would hold this prefix's pid file.
     let _ = config.down();

@@ -228,6 +228,7 @@ pub fn measure(duration: Duration, rounds: u32, freq: u32) -> Result<()> {
         backend_port: port + 1,
         workers: 1,
         luajit: LuaJitBuild::Debug,
+        ..Config::default()
     };
     let _ = config.down();
     let gw = Running::start(config)?;

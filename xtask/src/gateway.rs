@@ -35,6 +35,10 @@ pub struct Config {
     pub backend_port: u16,
     pub workers: u32,
     pub luajit: LuaJitBuild,
+    /// A planted function made 20% slower by configuration (`GATEWAY_SLOWER`):
+    /// the regression `ljprobe gate` must catch. Empty: none.
+    #[serde(default)]
+    pub slower: String,
 }
 
 impl Default for Config {
@@ -45,6 +49,7 @@ impl Default for Config {
             backend_port: 18081,
             workers: 1,
             luajit: LuaJitBuild::Debug,
+            slower: String::new(),
         }
     }
 }
@@ -92,7 +97,8 @@ impl Config {
             .replace("{{GATEWAY_DIR}}", &paths::gateway_src().to_string_lossy())
             .replace("{{PORT}}", &self.port.to_string())
             .replace("{{BACKEND_PORT}}", &self.backend_port.to_string())
-            .replace("{{WORKERS}}", &self.workers.to_string());
+            .replace("{{WORKERS}}", &self.workers.to_string())
+            .replace("{{SLOWER}}", &self.slower);
         for dir in ["conf", "logs", "tmp"] {
             fs::create_dir_all(self.prefix.join(dir))?;
         }

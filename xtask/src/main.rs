@@ -97,6 +97,10 @@ enum GatewayAction {
         port: u16,
         #[arg(long, default_value_t = 1)]
         workers: u32,
+        /// Plant a regression by configuration: this function of /api/quote
+        /// (quote_parse, quote_price or quote_render) does 20% more work.
+        #[arg(long, value_name = "FUNCTION", default_value = "")]
+        slower: String,
     },
     Down,
     Status {
@@ -140,9 +144,9 @@ fn gateway(action: GatewayAction) -> Result<()> {
     let prefix = Config::default().prefix;
     let current = Config::load(&prefix).unwrap_or_default();
     match action {
-        GatewayAction::Up { stock_luajit, port, workers } => {
+        GatewayAction::Up { stock_luajit, port, workers, slower } => {
             let luajit = if stock_luajit { LuaJitBuild::Stock } else { LuaJitBuild::Debug };
-            let config = Config { port, backend_port: port + 1, workers, luajit, ..Config::default() };
+            let config = Config { port, backend_port: port + 1, workers, luajit, slower, ..Config::default() };
             let status = config.up()?;
             println!("{}", serde_json::to_string_pretty(&status)?);
             Ok(())

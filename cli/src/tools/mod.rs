@@ -3,8 +3,10 @@
 
 pub mod alloc;
 pub mod cpu;
+pub mod diff;
 pub mod doctor;
 pub mod epoll_loop;
+pub mod gate;
 pub mod gc;
 pub mod offcpu;
 pub mod run_args;

@@ -44,6 +44,14 @@ M.planted = {
     block_sleep_ms = 20,
     slow_upstream_ms = 50,
     leak_bytes = 256,
+    -- /api/quote: loop iterations per stage (about 40/30/30 of its CPU).
+    quote = { parse = 400000, price = 300000, render = 300000 },
 }
+
+-- A planted regression switched on by configuration (nginx.conf's
+-- `env GATEWAY_SLOWER=...`, from `cargo xtask gateway up --slower NAME`): the
+-- function named does slower_factor times its work. Empty means none.
+M.slower = os.getenv("GATEWAY_SLOWER") or ""
+M.slower_factor = 1.2
 
 return M

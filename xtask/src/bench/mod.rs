@@ -194,6 +194,7 @@ fn prepare() -> Result<(Bench, Running)> {
         backend_port: port + 1,
         workers: 1,
         luajit: LuaJitBuild::Debug,
+        ..Config::default()
     };
     Ok((bench, Running::start(config)?))
 }

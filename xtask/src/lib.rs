@@ -6,5 +6,6 @@ pub mod dist;
 pub mod gateway;
 pub mod load;
 pub mod paths;
+pub mod perf_gate;
 pub mod planted;
 pub mod setup;

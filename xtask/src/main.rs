@@ -12,7 +12,7 @@ use xtask::{
     cmd, dist,
     gateway::{Config, LuaJitBuild},
     load::Load,
-    paths, setup,
+    paths, perf_gate, setup,
 };
 
 /// `10s`, `500ms`, `2m`: the same syntax as ljprobe's own options.
@@ -80,6 +80,19 @@ enum Task {
         #[arg(long, default_value_t = 99)]
         freq: u32,
     },
+    /// The CI regression job on the bundled gateway (docs/ci.md): profile /api/quote under
+    /// fixed load and judge it with `ljprobe gate` against gateway/perf/'s baseline; exits 1 on a regression.
+    PerfGate {
+        /// Plant a regression first (`gateway up --slower`, e.g. quote_price): the job must fail.
+        #[arg(long, value_name = "FUNCTION", default_value = "")]
+        slower: String,
+        /// Record the baseline (gateway/perf/quote.cpu.folded) instead of judging.
+        #[arg(long)]
+        update_baseline: bool,
+        /// How long to profile.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        duration: Duration,
+    },
     /// Measure what profiling costs the gateway (docs/bench.md).
     Bench {
         #[command(subcommand)]
@@ -128,6 +141,15 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Task::Bench { what } => bench::run(what),
+        Task::PerfGate { slower, update_baseline, duration } => {
+            setup::run()?;
+            let passed = perf_gate::run(&perf_gate::Options { slower, update_baseline, duration })?;
+            if !passed {
+                eprintln!("perf-gate: a function got more expensive than the baseline allows (target/perf-gate/gate.md)");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Task::Dist { measure, duration, rounds, freq } => {
             if measure {
                 setup::run()?;

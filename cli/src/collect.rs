@@ -127,6 +127,13 @@ pub async fn run(
     watch(run, RING_TICK, &mut Ring { ring, lost, sink, what }).await
 }
 
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// No live line: several runs share the terminal (`report`).
+pub fn quiet_live_line() {
+    QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Ticks `source` every `period` until the duration ends, Ctrl-C, or every
 /// target process has exited, following the target set meanwhile.
 pub async fn watch(run: Run<'_>, period: Duration, source: &mut impl Source) -> Result<Collected> {
@@ -142,7 +149,7 @@ pub async fn watch(run: Run<'_>, period: Duration, source: &mut impl Source) -> 
         duration.as_secs_f64()
     );
     let deadline = tokio::time::Instant::from_std(start + duration);
-    let live = std::io::stderr().is_terminal();
+    let live = std::io::stderr().is_terminal() && !QUIET.load(std::sync::atomic::Ordering::Relaxed);
     let every = |d: Duration| (d.as_nanos() / period.as_nanos().max(1)).max(1) as u64;
     let (exit_every, status_every, follow_every) = (every(EXIT_EVERY), every(STATUS_EVERY), every(FOLLOW_EVERY));
     let mut tick = tokio::time::interval(period);

@@ -1,6 +1,7 @@
 //! Harness for the end-to-end tests: the real `ljprobe` binary, a real gateway per
 //! test on free loopback ports, and checks on what a user would read.
 
+pub mod chromium;
 pub mod luajit;
 
 use std::{
@@ -101,7 +102,6 @@ pub fn gateway_slower(name: &str, luajit: LuaJitBuild, workers: u32, slower: &st
         workers,
         luajit,
         slower: slower.to_string(),
-        ..Config::default()
     };
     // A gateway left over from a killed run would hold this prefix's pid file.
     let _ = config.down();

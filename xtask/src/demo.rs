@@ -92,6 +92,24 @@ pub fn run() -> Result<()> {
         .context("cannot run ljprobe")?;
     let _ = churn_wrk.kill();
     let _ = churn_wrk.wait();
+
+    // Everything at once: the planted problems under mixed load, one page.
+    let mixed: Vec<_> = ["/hot/nyi", "/block/sleep", "/alloc/churn"]
+        .iter()
+        .map(|r| Load { route: r.to_string(), connections: 1, rate: None, ..load.clone() }.spawn())
+        .collect::<Result<_>>()?;
+    thread::sleep(Duration::from_secs(1));
+    let report_dir = out_dir.join("ljprobe-report");
+    println!("\n=== ljprobe report --pid {} --duration 5s (cpu, offcpu, epoll-loop, gc and alloc together, one page) ===", gw.master());
+    let page = Command::new(paths::ljprobe_bin())
+        .args(["report", "--pid", &gw.master().to_string(), "--duration", "5s", "--out"])
+        .arg(&report_dir)
+        .status()
+        .context("cannot run ljprobe")?;
+    for mut w in mixed {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
     println!("\n=== load ===");
     match requests_per_sec(&report) {
         Some(rps) => println!("the gateway served {} at {rps:.0} requests/sec", load.route),
@@ -113,8 +131,11 @@ pub fn run() -> Result<()> {
     if alloc.success() {
         println!("alloc: open {}: alloc_churn_work holds the bytes, most in lj_buf_tostr (the csv string built by ..)", alloc_svg.display());
     }
+    if page.success() {
+        println!("report: open {} in a browser: the findings first, then every graph", report_dir.join("index.html").display());
+    }
     drop(gw);
-    if !doctor.success() || !cpu.success() || !offcpu.success() || !epoll.success() || !gc.success() || !alloc.success() {
+    if !doctor.success() || !cpu.success() || !offcpu.success() || !epoll.success() || !gc.success() || !alloc.success() || !page.success() {
         anyhow::bail!("ljprobe failed against the gateway (see above)");
     }
     Ok(())

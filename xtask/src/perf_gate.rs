@@ -83,16 +83,19 @@ pub fn run(o: &Options) -> Result<bool> {
     if !baseline().exists() {
         bail!("no baseline at {}: record one with `cargo xtask perf-gate --update-baseline`", baseline().display());
     }
+    // Relative paths: the Markdown for the pull request names them.
+    let rel = |p: &std::path::Path| p.strip_prefix(paths::root()).map(|r| r.to_path_buf()).unwrap_or_else(|_| p.to_path_buf());
     let status = Command::new(&ljprobe)
+        .current_dir(paths::root())
         .args(["gate", "--baseline"])
-        .arg(baseline())
+        .arg(rel(&baseline()))
         .arg("--current")
-        .arg(&current)
+        .arg(rel(&current))
         .args(["--max-regress", "5%", "--functions", "^quote_"])
         .arg("--svg")
-        .arg(out.join("gate.svg"))
+        .arg(rel(&out.join("gate.svg")))
         .arg("--markdown")
-        .arg(out.join("gate.md"))
+        .arg(rel(&out.join("gate.md")))
         .status()
         .context("cannot run ljprobe gate")?;
     match status.code() {

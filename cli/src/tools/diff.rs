@@ -167,8 +167,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let (before, after) = (load(&args.before)?, load(&args.after)?);
     check_comparable(&before, &after)?;
     let normalize = !args.no_normalize;
-    let tool = after.tool.as_deref().unwrap_or("profile");
-    let lines = write_svg(&svg_path, &before, &after, normalize, &format!("ljprobe diff: {tool}"))?;
+    let title = after.tool.as_deref().map_or("ljprobe diff".to_string(), |t| format!("ljprobe diff: {t}"));
+    let lines = write_svg(&svg_path, &before, &after, normalize, &title)?;
     if let Some(path) = &args.folded {
         crate::output::write(path, (lines.join("\n") + "\n").as_bytes())?;
     }

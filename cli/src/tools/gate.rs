@@ -181,7 +181,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let (base, cur) = (load(&args.baseline)?, load(&args.current)?);
     super::diff::check_comparable(&base, &cur)?;
-    let title = format!("ljprobe gate: {}", cur.tool.as_deref().unwrap_or("profile"));
+    let title = cur.tool.as_deref().map_or("ljprobe gate".to_string(), |t| format!("ljprobe gate: {t}"));
     super::diff::write_svg(&svg_path, &base, &cur, true, &title)?;
     let changes = diff::compare(&base.side, &cur.side);
     let regs = regressions(&changes, args.max_regress, args.confidence, args.min_share, args.functions.as_ref());

@@ -9,4 +9,5 @@ pub mod epoll_loop;
 pub mod gate;
 pub mod gc;
 pub mod offcpu;
+pub mod report;
 pub mod run_args;

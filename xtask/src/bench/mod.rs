@@ -27,6 +27,7 @@ use xtask::{
 mod alloc;
 mod cpu;
 mod offcpu;
+mod report;
 mod soak;
 mod tools;
 
@@ -60,6 +61,15 @@ pub enum What {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
         rounds: u32,
     },
+    /// `ljprobe report` (cpu, offcpu, epoll-loop, gc and alloc together) beside
+    /// `ljprobe cpu` alone, on /hot/jit and on the cheap /health: throughput and
+    /// the worker's CPU per request, as ratios to interleaved unprofiled runs.
+    Report {
+        #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        rounds: u32,
+    },
     /// `ljprobe cpu --stack mixed` and `ljprobe offcpu` on the worker, together,
     /// for a long run under sustained mixed load: ljprobe's own CPU share, peak
     /// RSS and RSS growth, records per second and lost records.
@@ -78,6 +88,7 @@ pub fn run(what: What) -> Result<()> {
         What::Cpu { duration, rounds } => cpu::run(duration, rounds),
         What::Offcpu { duration, rounds } => offcpu::run(duration, rounds),
         What::Alloc { duration, rounds } => alloc::run(duration, rounds),
+        What::Report { duration, rounds } => report::run(duration, rounds),
         What::Soak { duration, every } => soak::run(duration, every),
     }
 }

@@ -26,6 +26,8 @@ pub enum Tool {
     /// A bpftrace uprobe on the worker's `lj_alloc_f` that only counts calls:
     /// the least any per-allocation probe costs.
     BpftraceAllocCount,
+    /// `ljprobe report` on the master: cpu, offcpu, epoll-loop, gc and alloc together.
+    LjprobeReport,
 }
 
 impl Tool {
@@ -41,6 +43,7 @@ impl Tool {
             Tool::LjprobeGc { exact: false } => "ljprobe gc".into(),
             Tool::LjprobeGc { exact: true } => "ljprobe gc --exact".into(),
             Tool::BpftraceAllocCount => "bpftrace count allocf".into(),
+            Tool::LjprobeReport => "ljprobe report".into(),
         }
     }
 
@@ -82,6 +85,11 @@ impl Tool {
             Tool::PerfSwitch => perf("sched:sched_switch", None),
             Tool::LjprobeAlloc { all } => ljprobe(if all { &["alloc", "--all"] } else { &["alloc"] }),
             Tool::LjprobeGc { exact } => ljprobe(if exact { &["gc", "--exact"] } else { &["gc"] }),
+            Tool::LjprobeReport => {
+                let mut c = Command::new(&bench.ljprobe);
+                c.args(["report", "--pid", &master, "--duration", &duration, "--out"]).arg(bench.out.join("report"));
+                c
+            }
             Tool::BpftraceAllocCount => {
                 let worker = gw.worker();
                 let lib = ljprobe_host::proc::maps(worker)
@@ -109,6 +117,10 @@ impl Tool {
             Tool::LjprobeAlloc { .. } => Some((json()?["events"].as_u64()?, "allocator calls while attached")),
             Tool::LjprobeGc { .. } => Some((json()?["samples"].as_u64()?, "samples")),
             Tool::BpftraceAllocCount => None,
+            Tool::LjprobeReport => {
+                let cpu: serde_json::Value = serde_json::from_str(&fs::read_to_string(bench.out.join("report/cpu.json")).ok()?).ok()?;
+                Some((cpu["samples"].as_u64()?, "cpu samples"))
+            }
         }
     }
 }

@@ -4,10 +4,11 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result};
-use ljprobe_flamegraph::{svg, Folded, Frame};
+use ljprobe_flamegraph::{pprof, svg, Folded, Frame};
 use serde::Serialize;
 
 use crate::collect::Collected;
@@ -23,13 +24,17 @@ pub struct Outputs {
     /// Summary a script can read ("-" for standard output).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Gzipped pprof profile (profile.proto) for go tool pprof, Pyroscope or Grafana.
+    #[arg(long, value_name = "FILE")]
+    pub pprof: Option<PathBuf>,
 }
 
 impl Outputs {
     /// Refuses an unsafe output path (see `output`) before the run rather than after it.
     pub fn check(&self, default_svg: &str) -> Result<()> {
         crate::output::check(self.svg.as_deref().unwrap_or(Path::new(default_svg)))?;
-        for path in self.folded.iter().chain(self.json.iter().filter(|p| p.as_os_str() != "-")) {
+        let json = self.json.iter().filter(|p| p.as_os_str() != "-");
+        for path in self.folded.iter().chain(self.pprof.iter()).chain(json) {
             crate::output::check(path)?;
         }
         Ok(())
@@ -51,6 +56,17 @@ pub struct Profile {
     pub extra: serde_json::Map<String, serde_json::Value>,
     /// Lines for the terminal after the top frames.
     pub notes: Vec<String>,
+    pub pprof: PprofKind,
+}
+
+/// What the weights measure, in the sample types `--pprof` writes.
+pub enum PprofKind {
+    /// Samples at `freq` Hz: a count, and the CPU time they stand for.
+    Cpu { freq: u64 },
+    /// Microseconds blocked.
+    OffCpu,
+    /// The same allocations weighed both ways; the one `unit` names is shown first.
+    Alloc { by_bytes: Folded, by_count: Folded },
 }
 
 #[derive(Serialize)]
@@ -88,6 +104,8 @@ struct Summary<'a> {
     svg: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     folded: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pprof: Option<String>,
     #[serde(flatten)]
     extra: &'a serde_json::Map<String, serde_json::Value>,
 }
@@ -117,6 +135,9 @@ pub fn write(out: &Outputs, p: &Profile) -> Result<()> {
         p.folded.write(&mut buf)?;
         crate::output::write(path, &buf)?;
     }
+    if let Some(path) = &out.pprof {
+        crate::output::write(path, &pprof_file(p))?;
+    }
 
     let total = p.folded.total().max(1) as f64;
     // Functions add up over the lines they ran (`--lines` keeps them in the
@@ -136,6 +157,9 @@ pub fn write(out: &Outputs, p: &Profile) -> Result<()> {
     );
     if let Some(path) = &out.folded {
         println!("  folded stacks: {}", path.display());
+    }
+    if let Some(path) = &out.pprof {
+        println!("  pprof: {}", path.display());
     }
     for t in top.iter().take(5) {
         println!("  {:>5.1}%  {}", t.self_share * 100.0, t.frame);
@@ -167,6 +191,7 @@ pub fn write(out: &Outputs, p: &Profile) -> Result<()> {
             top_lines,
             svg: svg_path.display().to_string(),
             folded: out.folded.as_ref().map(|f| f.display().to_string()),
+            pprof: out.pprof.as_ref().map(|f| f.display().to_string()),
             extra: &p.extra,
         };
         if write_json(path, &summary)? {
@@ -174,6 +199,38 @@ pub fn write(out: &Outputs, p: &Profile) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The profile as pprof's gzipped profile.proto, in the sample types of its kind.
+fn pprof_file(p: &Profile) -> Vec<u8> {
+    let col = |type_, unit, folded, scale| pprof::Column { type_, unit, folded, scale };
+    let f = &p.folded;
+    let (columns, period, default_type) = match &p.pprof {
+        PprofKind::Cpu { freq } => {
+            let ns = 1e9 / (*freq).max(1) as f64;
+            let columns = vec![col("samples", "count", f, 1.0), col("cpu", "nanoseconds", f, ns)];
+            (columns, Some(("cpu", "nanoseconds", ns.round() as i64)), Some("cpu"))
+        }
+        // Every block counted, none sampled out.
+        PprofKind::OffCpu => (vec![col("off-cpu", "nanoseconds", f, 1000.0)], Some(("off-cpu", "nanoseconds", 1)), None),
+        // The period type Go's heap profiles have, which Pyroscope's memory
+        // types name; how it sampled is in the JSON summary.
+        PprofKind::Alloc { by_bytes, by_count } => {
+            let columns = vec![col("alloc_objects", "count", by_count, 1.0), col("alloc_space", "bytes", by_bytes, 1.0)];
+            (columns, Some(("space", "bytes", 0)), Some(if p.unit == "bytes" { "alloc_space" } else { "alloc_objects" }))
+        }
+    };
+    let elapsed_ns = (p.collected.elapsed_secs * 1e9) as i64;
+    let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+    pprof::Pprof {
+        columns,
+        duration_secs: p.collected.elapsed_secs,
+        time_nanos: now_ns.saturating_sub(elapsed_ns),
+        period,
+        default_type,
+        comments: vec![p.title.clone()],
+    }
+    .gzipped()
 }
 
 /// The 20 heaviest innermost functions (Lua or C) of `folded`, lines folded

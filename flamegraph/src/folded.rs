@@ -17,6 +17,11 @@ impl Folded {
         self.total += weight;
     }
 
+    /// Each distinct stack (root first) with its weight, in no order.
+    pub fn stacks(&self) -> impl Iterator<Item = (&[Frame], u64)> {
+        self.stacks.iter().map(|(s, &w)| (s.as_slice(), w))
+    }
+
     /// Every distinct frame that occurs in any stack.
     pub fn frames(&self) -> std::collections::BTreeSet<&Frame> {
         self.stacks.keys().flatten().collect()

@@ -6,6 +6,7 @@ pub mod folded;
 pub mod histogram;
 pub mod linechart;
 pub mod model;
+pub mod pprof;
 pub mod svg;
 
 pub use folded::Folded;

@@ -39,7 +39,7 @@ fn report_of_mixed_load_renders_and_names_the_planted_problems() {
     let findings: Vec<&str> = page.dom.split("class=\"finding").skip(1).map(|f| &f[..f.find("</li>").unwrap_or(f.len())]).collect();
     assert!(!findings.is_empty(), "no findings in the page");
     let text = findings.join("\n");
-    for (route, says) in [("/hot/nyi", "of CPU"), ("/block/sleep", "blocks the worker"), ("/alloc/churn", "allocates")] {
+    for (route, says) in [("/hot/nyi", "of CPU"), ("/block/sleep", "blocks the worker"), ("/alloc/churn", "allocate")] {
         let p = planted::for_route(route).unwrap();
         let file = p.file.rsplit('/').next().unwrap();
         let found = findings.iter().any(|f| f.contains(&p.function) && f.contains(&format!("{file}:{}", p.line)) && f.contains(says));

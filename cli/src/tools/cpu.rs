@@ -63,6 +63,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         default_svg,
         extra: [("inlined".to_string(), inlined)].into_iter().collect(),
         notes: vec![],
+        pprof: report::PprofKind::Cpu { freq: args.freq },
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -128,6 +128,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         default_svg,
         extra: extra.as_object().cloned().unwrap_or_default(),
         notes,
+        pprof: report::PprofKind::OffCpu,
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -85,7 +85,7 @@ pub fn write(r: Run) -> anyhow::Result<()> {
         notes.push(format!("{} events had no room in the kernel's buffers or stack map", r.lost));
     }
     let extra = json!({
-        "weight": unit,
+        "weighed_by": unit,
         "sampling": s,
         "events": s.probe_hits,
         "recorded": w.recorded,
@@ -121,6 +121,7 @@ pub fn write(r: Run) -> anyhow::Result<()> {
         default_svg: r.default_svg,
         extra,
         notes,
+        pprof: report::PprofKind::Alloc { by_bytes: w.by_bytes, by_count: w.by_count },
     })
 }
 

@@ -168,17 +168,35 @@ pub fn gc(out: &Output) -> Vec<Finding> {
     }]
 }
 
-/// Who allocates most of the Lua heap's bytes.
+/// Who allocates most of the Lua heap's bytes: every function with a fifth
+/// of them or more (up to three), the largest first.
 pub fn alloc(out: &Output) -> Vec<Finding> {
     let Some(j) = &out.json else { return vec![] };
-    let Some(top) = j.get("top_by_bytes").and_then(Value::as_array).and_then(|a| a.first()) else { return vec![] };
-    let (Some(frame), Some(share)) = (top["frame"].as_str(), top["self_share"].as_f64()) else { return vec![] };
+    let Some(top) = j.get("top_by_bytes").and_then(Value::as_array) else { return vec![] };
+    let big: Vec<(&str, f64)> = top
+        .iter()
+        .filter_map(|t| Some((t["frame"].as_str()?, t["self_share"].as_f64()?)))
+        .filter(|(_, share)| *share >= 0.2)
+        .take(3)
+        .collect();
+    let Some(&(_, first)) = big.first() else { return vec![] };
     let rate = num(j, &["rate_per_sec", "bytes"]).unwrap_or(0.0);
     let resize = num(j, &["table_resizes", "bytes"]).unwrap_or(0.0) / num(j, &["bytes"]).unwrap_or(f64::INFINITY).max(1.0);
+    let who: Vec<String> = big.iter().map(|(f, share)| format!("{} {}", display(f), pct(*share))).collect();
+    let (verb, sum) = if big.len() == 1 { ("allocates", first) } else { ("allocate", big.iter().map(|b| b.1).sum()) };
     vec![Finding {
-        severity: severity(share * (rate / 50e6).min(1.0), 0.5, 0.1),
-        text: format!("{} allocates {} of the bytes the Lua heap takes in ({:.0} MB/s in all).", display(frame), pct(share), rate / 1e6),
-        evidence: format!("alloc: {} of the bytes were tables growing; {}", pct(resize), j["sampling"]["estimated_by"].as_str().map(|e| format!("totals from {e}")).unwrap_or_default()),
+        severity: severity(first * (rate / 50e6).min(1.0), 0.5, 0.1),
+        text: format!(
+            "{} {verb} {} of the bytes the Lua heap takes in ({:.0} MB/s in all).",
+            who.join(" and "),
+            pct(sum),
+            rate / 1e6
+        ),
+        evidence: format!(
+            "alloc: {} of the bytes were tables growing; {}",
+            pct(resize),
+            j["sampling"]["estimated_by"].as_str().map(|e| format!("totals from {e}")).unwrap_or_default()
+        ),
         section: "alloc".into(),
     }]
 }
@@ -278,6 +296,11 @@ mod tests {
         assert_eq!(spots[0].c_callee, Some(("gsub [builtin]".into(), 30)));
         assert_eq!(spots[1].compiled, 40);
         let f = cpu(&Output { json: None, stacks: Some(s) });
+        let j: Value = serde_json::json!({"top_by_bytes": [
+            {"frame": "a /x/a.lua:3", "self_share": 0.7}, {"frame": "b /x/b.lua:9", "self_share": 0.25}, {"frame": "c /x/c.lua:1", "self_share": 0.05}],
+            "rate_per_sec": {"bytes": 4e8}, "bytes": 1e9, "table_resizes": {"bytes": 1e8}});
+        let a = alloc(&Output { json: Some(j), stacks: None });
+        assert_eq!(a[0].text, "`a` (a.lua:3) 70% and `b` (b.lua:9) 25% allocate 95% of the bytes the Lua heap takes in (400 MB/s in all).");
         assert!(f[0].text.starts_with("`work` (w.lua:5) takes 60% of CPU and runs interpreted"), "{}", f[0].text);
         assert!(f[1].text.contains("runs 100% compiled"), "{}", f[1].text);
     }

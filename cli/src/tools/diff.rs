@@ -74,8 +74,10 @@ pub fn load(path: &Path) -> Result<Run> {
     let stacks = Stacks::parse(&folded_text).map_err(|e| anyhow::anyhow!("{} is not folded stacks: {e}", folded_path.display()))?;
     let unit = json.get("unit").and_then(|u| u.as_str()).unwrap_or("samples").to_string();
     // Weights in microseconds or bytes are not independent draws; the events
-    // they came from are.
-    let samples = json.get("samples").and_then(|s| s.as_u64()).filter(|&s| s > 0).unwrap_or(stacks.total);
+    // they came from are: blocks for offcpu (its records), and for alloc the
+    // allocations it recorded (its records are distinct stacks).
+    let count = |k: &str| json.get(k).and_then(|s| s.as_u64()).filter(|&s| s > 0);
+    let samples = count("recorded").or_else(|| count("samples")).unwrap_or(stacks.total);
     let tool = json.get("tool").and_then(|t| t.as_str()).map(str::to_string);
     Ok(Run { path: path.to_path_buf(), side: Side { stacks, samples }, unit, tool })
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::{measure, print_cpu_ratios, print_goals, print_ratios, tools::Tool, Suite};
+use super::{measure, print_bpf, print_cpu_ratios, print_goals, print_ratios, tools::Tool, Suite};
 
 fn tools() -> Vec<Tool> {
     vec![
@@ -51,6 +51,7 @@ pub fn run(duration: Duration, rounds: u32) -> Result<()> {
             rps[1] >= rps[2] - 0.01,
         ));
         goals.push((format!("{r}: gc adds <= 1% CPU a request"), format!("+{:.1}%", more(3)), more(3) <= 1.0));
+        print_bpf(suite, m, rounds);
         m.own.print();
     }
     print_goals(&goals);

@@ -119,6 +119,8 @@ pub struct Measured {
     /// adds to each request, whether or not the worker is saturated.
     pub baseline_cpu: Vec<f64>,
     pub cpu_ratios: Vec<Vec<f64>>,
+    /// Per tool, its BPF programs' run time as a share of one CPU, per round.
+    pub bpf: Vec<Vec<Option<f64>>>,
     pub own: OwnCost,
     /// Context switches per second during a baseline run: the whole machine's
     /// and the gateway worker's.
@@ -163,6 +165,7 @@ pub fn measure(suite: &Suite, duration: Duration, rounds: u32) -> Result<Measure
     let switches = before.rates(gw.worker());
     let mut ratios: Vec<Vec<f64>> = vec![vec![]; suite.tools.len()];
     let mut cpu_ratios: Vec<Vec<f64>> = vec![vec![]; suite.tools.len()];
+    let mut bpf: Vec<Vec<Option<f64>>> = vec![vec![]; suite.tools.len()];
     for round in 1..=rounds {
         for (i, tool) in suite.tools.iter().enumerate() {
             let with = bench.throughput(&gw, &load(duration), Some(tool))?;
@@ -180,11 +183,12 @@ pub fn measure(suite: &Suite, duration: Duration, rounds: u32) -> Result<Measure
             );
             ratios[i].push(ratio);
             cpu_ratios[i].push(cpu_ratio);
+            bpf[i].push(with.bpf_share);
         }
     }
 
     let own = bench.own_cost(&gw, &load(Duration::from_secs(30)), &suite.own_cost)?;
-    Ok(Measured { baselines, ratios, baseline_cpu, cpu_ratios, own, switches })
+    Ok(Measured { baselines, ratios, baseline_cpu, cpu_ratios, bpf, own, switches })
 }
 
 /// Ctrl-C handling, setup, a release build of ljprobe, and the gateway (1 worker,
@@ -192,6 +196,11 @@ pub fn measure(suite: &Suite, duration: Duration, rounds: u32) -> Result<Measure
 fn prepare() -> Result<(Bench, Running)> {
     unsafe { libc::signal(libc::SIGINT, on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t) };
     setup::run()?;
+    // The kernel times BPF programs only with this on (a few ns a run); the
+    // benches report those times beside the noisy ratios.
+    if let Err(e) = fs::write("/proc/sys/kernel/bpf_stats_enabled", "1") {
+        eprintln!("bench: cannot turn on BPF statistics ({e}): no BPF run times");
+    }
     // Release: the overhead of a debug build of ljprobe's user space is not the product's.
     cmd::run(Command::new("cargo").args(["build", "--release", "--package", "ljprobe"]).current_dir(paths::root()))?;
     let bench = Bench { ljprobe: paths::target().join("release/ljprobe"), out: paths::target().join("bench") };
@@ -236,6 +245,9 @@ pub struct Sample {
     pub rps: f64,
     /// The worker's CPU time per request, in microseconds.
     pub cpu_us: f64,
+    /// Time inside the profiler's BPF programs as a share of one CPU, from the
+    /// kernel's BPF statistics (exact; excludes the trap of a uprobe).
+    pub bpf_share: Option<f64>,
 }
 
 pub struct Bench {
@@ -247,6 +259,7 @@ impl Bench {
     /// One wrk run, with `tool` covering it when given: requests/sec, and the
     /// worker's CPU time per request.
     fn throughput(&self, gw: &Running, load: &Load, tool: Option<&Tool>) -> Result<Sample> {
+        let spawned = Instant::now();
         let profiler = match tool {
             Some(t) => {
                 // Lead before, a second of slack after: the profiler outlasts wrk.
@@ -260,6 +273,8 @@ impl Bench {
         let cpu_before = proc::cpu_time(gw.worker()).unwrap_or_default();
         let report = wrk(load)?;
         let cpu = proc::cpu_time(gw.worker()).unwrap_or_default().saturating_sub(cpu_before);
+        // Read while the programs are still loaded: their counters go with them.
+        let bpf_share = profiler.as_ref().and_then(Kid::id).and_then(bpf_run_time).map(|t| t.as_secs_f64() / spawned.elapsed().as_secs_f64());
         if let (Some(kid), Some(t)) = (profiler, tool) {
             let out = kid.finish()?;
             let events = t.events(self, &String::from_utf8_lossy(&out.stderr));
@@ -269,7 +284,7 @@ impl Bench {
         check_interrupted()?;
         let rps = requests_per_sec(&report).with_context(|| format!("wrk reported no requests/sec:\n{report}"))?;
         let requests = (rps * load.duration.as_secs_f64()).max(1.0);
-        Ok(Sample { rps, cpu_us: cpu.as_secs_f64() * 1e6 / requests })
+        Ok(Sample { rps, cpu_us: cpu.as_secs_f64() * 1e6 / requests, bpf_share })
     }
 
     /// `tool` for 30 s under load: its own CPU time and peak RSS, from wait4's
@@ -340,6 +355,10 @@ fn wrk(load: &Load) -> Result<String> {
 struct Kid(Option<Child>);
 
 impl Kid {
+    fn id(&self) -> Option<u32> {
+        self.0.as_ref().map(Child::id)
+    }
+
     fn spawn(mut c: Command) -> Result<Kid> {
         eprintln!("+ {}", cmd::describe(&c));
         // Piped and read only at exit: both profilers write a few lines at most.
@@ -447,6 +466,33 @@ pub fn print_cpu_ratios(suite: &Suite, m: &Measured, rounds: u32) -> Vec<f64> {
         println!("{:<24}{cells}{med:>9.3}   (+{:.1}%)", tool.label(), (med - 1.0) * 100.0);
     }
     medians
+}
+
+/// The BPF run-time table: per tool, the share of one CPU spent inside its
+/// programs in each round, and the median.
+pub fn print_bpf(suite: &Suite, m: &Measured, rounds: u32) {
+    let rounds_hdr: String = (1..=rounds).map(|r| format!("{:>9}", format!("round {r}"))).collect();
+    println!("\n{:<24}{rounds_hdr}{:>9}", "BPF run time, % of a CPU", "median");
+    for (tool, r) in suite.tools.iter().zip(&m.bpf) {
+        let known: Vec<f64> = r.iter().flatten().map(|x| x * 100.0).collect();
+        if known.is_empty() {
+            println!("{:<24}{:>w$}", tool.label(), "-", w = 9 * (rounds as usize + 1));
+            continue;
+        }
+        let cells: String = r.iter().map(|x| x.map_or(format!("{:>9}", "-"), |x| format!("{:>9.3}", x * 100.0))).collect();
+        println!("{:<24}{cells}{:>9.3}", tool.label(), median(&known));
+    }
+}
+
+/// Total run time of the BPF programs process `pid` holds, from `bpftool prog
+/// show` (its `pids` field names the holders; `run_time_ns` needs
+/// kernel.bpf_stats_enabled).
+fn bpf_run_time(pid: u32) -> Option<Duration> {
+    let out = cmd::output(Command::new("bpftool").args(["prog", "show", "--json"])).ok()?;
+    let progs: Vec<serde_json::Value> = serde_json::from_str(&out).ok()?;
+    let held = |p: &serde_json::Value| p["pids"].as_array().is_some_and(|v| v.iter().any(|h| h["pid"].as_u64() == Some(pid as u64)));
+    let ns: u64 = progs.iter().filter(|p| held(p)).filter_map(|p| p["run_time_ns"].as_u64()).sum();
+    progs.iter().any(held).then(|| Duration::from_nanos(ns))
 }
 
 /// Goals as (what, measured, met), printed as a table.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::{measure, print_goals, print_ratios, tools::Tool, Suite};
+use super::{measure, print_bpf, print_goals, print_ratios, tools::Tool, Suite};
 
 fn tools() -> Vec<Tool> {
     vec![Tool::LjprobeOffcpu("lua"), Tool::LjprobeOffcpu("mixed"), Tool::LjprobeEpollLoop, Tool::PerfSwitch]
@@ -41,6 +41,7 @@ pub fn run(duration: Duration, rounds: u32) -> Result<()> {
             // Within the noise of one sitting (see docs/bench.md) counts as no worse.
             med[0] >= med[3] - 0.01,
         ));
+        print_bpf(suite, m, rounds);
         m.own.print();
     }
     print_goals(&goals);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::{measure, print_cpu_ratios, print_ratios, tools::Tool, Suite};
+use super::{measure, print_bpf, print_cpu_ratios, print_ratios, tools::Tool, Suite};
 
 pub fn run(duration: Duration, rounds: u32) -> Result<()> {
     let tools = || vec![Tool::LjprobeReport, Tool::LjprobeCpu(99)];
@@ -22,6 +22,7 @@ pub fn run(duration: Duration, rounds: u32) -> Result<()> {
         println!("\n--- {} with wrk -c{} ---", suite.route, suite.connections);
         print_ratios(suite, m, rounds);
         print_cpu_ratios(suite, m, rounds);
+        print_bpf(suite, m, rounds);
         m.own.print();
     }
     Ok(())

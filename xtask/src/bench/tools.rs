@@ -10,6 +10,11 @@ use super::Bench;
 pub enum Tool {
     /// `ljprobe cpu --freq N` on the master (all workers).
     LjprobeCpu(u32),
+    /// `ljprobe cpu --stack mixed --freq N` on the master.
+    LjprobeCpuMixed(u32),
+    /// `bpftrace -e 'profile:hz:N /pid == W/ { @[ustack] = count(); }'`: a
+    /// per-CPU sampling BPF program with user stacks, the reference for ljprobe's.
+    BpftraceProfile(u32),
     /// `perf record -e cpu-clock -F N --call-graph dwarf` on the worker.
     PerfCpu(u32),
     /// `ljprobe offcpu --stack S` on the master.
@@ -34,6 +39,8 @@ impl Tool {
     pub fn label(&self) -> String {
         match self {
             Tool::LjprobeCpu(hz) => format!("ljprobe {hz} Hz"),
+            Tool::LjprobeCpuMixed(hz) => format!("ljprobe mixed {hz} Hz"),
+            Tool::BpftraceProfile(hz) => format!("bpftrace ustack {hz} Hz"),
             Tool::PerfCpu(hz) => format!("perf {hz} Hz"),
             Tool::LjprobeOffcpu(stack) => format!("ljprobe offcpu {stack}"),
             Tool::LjprobeEpollLoop => "ljprobe epoll-loop".into(),
@@ -77,6 +84,14 @@ impl Tool {
         };
         match *self {
             Tool::LjprobeCpu(hz) => ljprobe(&["cpu", "--freq", &hz.to_string()]),
+            Tool::LjprobeCpuMixed(hz) => ljprobe(&["cpu", "--stack", "mixed", "--freq", &hz.to_string()]),
+            Tool::BpftraceProfile(hz) => {
+                let script = format!("profile:hz:{hz} /pid == {}/ {{ @[ustack] = count(); }} interval:s:{secs} {{ exit(); }}", gw.worker());
+                let mut c = Command::new("bpftrace");
+                // The map of stacks printed at exit would be megabytes of no use here.
+                c.args(["-q", "-e", &script]).env("BPFTRACE_MAX_MAP_KEYS", "65536");
+                c
+            }
             // cpu-clock is the event ljprobe uses; without a PMU perf falls back
             // to it anyway, with one it would otherwise take `cycles`.
             Tool::PerfCpu(hz) => perf("cpu-clock", Some(hz)),
@@ -110,7 +125,8 @@ impl Tool {
     pub fn events(&self, bench: &Bench, stderr: &str) -> Option<(u64, &'static str)> {
         let json = || -> Option<serde_json::Value> { serde_json::from_str(&fs::read_to_string(self.json(bench)).ok()?).ok() };
         match self {
-            Tool::LjprobeCpu(_) => Some((json()?["samples"].as_u64()?, "samples")),
+            Tool::LjprobeCpu(_) | Tool::LjprobeCpuMixed(_) => Some((json()?["samples"].as_u64()?, "samples")),
+            Tool::BpftraceProfile(_) => None,
             Tool::LjprobeOffcpu(_) => Some((json()?["blocks"].as_u64()?, "blocks")),
             Tool::LjprobeEpollLoop => Some((json()?["iterations"].as_u64()?, "iterations")),
             Tool::PerfCpu(_) | Tool::PerfSwitch => Some((perf_samples(stderr)?, "samples")),

@@ -257,6 +257,12 @@ pub fn cpu_time(pid: u32) -> Option<std::time::Duration> {
 }
 
 /// The same for every thread of `pid`, summed (zero once it is gone).
+/// The thread ids of process `pid` (empty if it is gone).
+pub fn threads(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return vec![] };
+    tasks.filter_map(|t| t.ok()?.file_name().to_str()?.parse().ok()).collect()
+}
+
 pub fn threads_cpu_time(pid: u32) -> std::time::Duration {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return std::time::Duration::ZERO };
     let ns: u64 = tasks

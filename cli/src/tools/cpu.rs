@@ -41,7 +41,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     // start with the run.
     let mut builder = StackBuilder::new(args.stacks.stack, args.stacks.kernel, args.stacks.per_worker, &aim.processes, aim.luajit_path())?
         .with_lines(args.stacks.lines);
-    attach::cpu_clock(&mut ebpf, "cpu_sample", args.freq)?;
+    attach::cpu_clock(&mut ebpf, "cpu_sample", args.freq, Some(&aim.pids))?;
     let mut ring = aya::maps::RingBuf::try_from(ebpf.take_map("SAMPLES").context("SAMPLES map missing")?)?;
     let lost_map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map missing")?)?;
     let lost = move || bpf::per_cpu_total(&lost_map, 0);

@@ -163,7 +163,7 @@ async fn find_vms(procs: &[&TargetProcess], wait: Duration) -> Result<HashMap<u3
     let layout: VmLayout = procs[0].luajit.as_ref().map(|l| l.layout.offsets).context("no LuaJIT")?;
     let pids: Vec<u32> = procs.iter().map(|p| p.process.pid).collect();
     bpf::aim(&mut ebpf, &pids, layout)?;
-    attach::cpu_clock(&mut ebpf, "doctor_sample", 499)?;
+    attach::cpu_clock(&mut ebpf, "doctor_sample", 499, None)?;
     for p in procs {
         let lj = p.luajit.as_ref().context("no LuaJIT")?;
         let hooks: Vec<&str> = API_HOOKS.iter().copied().filter(|f| lj.api.iter().any(|a| a == f)).collect();

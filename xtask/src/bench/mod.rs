@@ -260,6 +260,7 @@ impl Bench {
     /// worker's CPU time per request.
     fn throughput(&self, gw: &Running, load: &Load, tool: Option<&Tool>) -> Result<Sample> {
         let spawned = Instant::now();
+        let programs_before = tool.map(|_| bpf_programs());
         let profiler = match tool {
             Some(t) => {
                 // Lead before, a second of slack after: the profiler outlasts wrk.
@@ -274,7 +275,7 @@ impl Bench {
         let report = wrk(load)?;
         let cpu = proc::cpu_time(gw.worker()).unwrap_or_default().saturating_sub(cpu_before);
         // Read while the programs are still loaded: their counters go with them.
-        let bpf_share = profiler.as_ref().and_then(Kid::id).and_then(bpf_run_time).map(|t| t.as_secs_f64() / spawned.elapsed().as_secs_f64());
+        let bpf_share = programs_before.as_ref().and_then(bpf_run_time).map(|t| t.as_secs_f64() / spawned.elapsed().as_secs_f64());
         if let (Some(kid), Some(t)) = (profiler, tool) {
             let out = kid.finish()?;
             let events = t.events(self, &String::from_utf8_lossy(&out.stderr));
@@ -355,10 +356,6 @@ fn wrk(load: &Load) -> Result<String> {
 struct Kid(Option<Child>);
 
 impl Kid {
-    fn id(&self) -> Option<u32> {
-        self.0.as_ref().map(Child::id)
-    }
-
     fn spawn(mut c: Command) -> Result<Kid> {
         eprintln!("+ {}", cmd::describe(&c));
         // Piped and read only at exit: both profilers write a few lines at most.
@@ -484,15 +481,21 @@ pub fn print_bpf(suite: &Suite, m: &Measured, rounds: u32) {
     }
 }
 
-/// Total run time of the BPF programs process `pid` holds, from `bpftool prog
-/// show` (its `pids` field names the holders; `run_time_ns` needs
-/// kernel.bpf_stats_enabled).
-fn bpf_run_time(pid: u32) -> Option<Duration> {
-    let out = cmd::output(Command::new("bpftool").args(["prog", "show", "--json"])).ok()?;
-    let progs: Vec<serde_json::Value> = serde_json::from_str(&out).ok()?;
-    let held = |p: &serde_json::Value| p["pids"].as_array().is_some_and(|v| v.iter().any(|h| h["pid"].as_u64() == Some(pid as u64)));
-    let ns: u64 = progs.iter().filter(|p| held(p)).filter_map(|p| p["run_time_ns"].as_u64()).sum();
-    progs.iter().any(held).then(|| Duration::from_nanos(ns))
+/// The BPF programs loaded now: id -> run time so far (`run_time_ns` needs
+/// kernel.bpf_stats_enabled). Debian's bpftool does not say which process
+/// holds a program, so a profiler's programs are those that appeared after
+/// it started.
+fn bpf_programs() -> std::collections::HashMap<u64, u64> {
+    let Ok(out) = cmd::output(Command::new("bpftool").args(["prog", "show", "--json"])) else { return Default::default() };
+    let progs: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_default();
+    progs.iter().filter_map(|p| Some((p["id"].as_u64()?, p["run_time_ns"].as_u64().unwrap_or(0)))).collect()
+}
+
+/// Run time of the programs that are in `now` and were not in `before`.
+fn bpf_run_time(before: &std::collections::HashMap<u64, u64>) -> Option<Duration> {
+    let now = bpf_programs();
+    let new: Vec<u64> = now.iter().filter(|(id, _)| !before.contains_key(id)).map(|(_, ns)| *ns).collect();
+    (!new.is_empty()).then(|| Duration::from_nanos(new.iter().sum()))
 }
 
 /// Goals as (what, measured, met), printed as a table.

@@ -79,7 +79,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         }
     }
     tracepoint::attach(&mut ebpf, "loop_switch", "sched", "sched_switch")?;
-    attach::cpu_clock(&mut ebpf, "loop_sample", args.freq)?;
+    attach::cpu_clock(&mut ebpf, "loop_sample", args.freq, Some(&aim.pids))?;
     let mut loops = Loops::new(builder, config.stack_after_ns);
     let lost = || bpf::per_cpu_total(&lost_map, 0);
     let run = collect::Run { ebpf: &mut ebpf, aim: &aim, duration: args.run.duration, what: "events" };

@@ -92,7 +92,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         eprintln!("ljprobe: note: {n}");
     }
     let states = PerCpuArray::try_from(ebpf.take_map("STATES").context("STATES map missing")?)?;
-    attach::cpu_clock(&mut ebpf, "gc_sample", args.freq)?;
+    attach::cpu_clock(&mut ebpf, "gc_sample", args.freq, Some(&aim.pids))?;
     let cycles = aya::maps::HashMap::try_from(ebpf.take_map("CYCLES").context("CYCLES map missing")?)?;
     let mut poller = Poller::new(vms, GC_21_GC64_X86_64, states, cycles, watch, args.interval);
     let run = collect::Run { ebpf: &mut ebpf, aim: &aim, duration: args.run.duration, what: "samples" };

@@ -92,6 +92,13 @@ pub struct Side {
     pub samples: u64,
 }
 
+impl Side {
+    /// Stacks whose weights are the samples themselves (a CPU profile).
+    pub fn counted(stacks: Stacks) -> Side {
+        Side { samples: stacks.total, stacks }
+    }
+}
+
 /// How a function's share moved between two profiles.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Change {
@@ -229,8 +236,7 @@ mod tests {
     use super::*;
 
     fn side(text: &str) -> Side {
-        let stacks = Stacks::parse(text).unwrap();
-        Side { samples: stacks.total, stacks }
+        Side::counted(Stacks::parse(text).unwrap())
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub fn load(path: &Path) -> Result<Run> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     if !text.trim_start().starts_with('{') {
         let stacks = Stacks::parse(&text).map_err(|e| anyhow::anyhow!("{} is not folded stacks: {e}", path.display()))?;
-        return Ok(Run { path: path.to_path_buf(), side: Side { samples: stacks.total, stacks }, unit: "samples".into(), tool: None });
+        return Ok(Run { path: path.to_path_buf(), side: Side::counted(stacks), unit: "samples".into(), tool: None });
     }
     let json: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is neither folded stacks nor JSON", path.display()))?;
@@ -123,19 +123,16 @@ impl RunInfo {
     }
 }
 
+/// `a.folded (100 samples) -> b.folded (120 samples)`.
+fn span(before: &Run, after: &Run) -> String {
+    let one = |r: &Run| format!("{} ({} {})", r.path.display(), r.side.stacks.total, r.unit);
+    format!("{} -> {}", one(before), one(after))
+}
+
 /// Writes the differential flame graph of `before` -> `after` to `path`.
 pub fn write_svg(path: &Path, before: &Run, after: &Run, normalize: bool, title: &str) -> Result<Vec<String>> {
     let lines = diff::differential_lines(&before.side.stacks, &after.side.stacks, normalize);
-    let subtitle = format!(
-        "{} ({} {}) -> {} ({} {}){}",
-        before.path.display(),
-        before.side.stacks.total,
-        before.unit,
-        after.path.display(),
-        after.side.stacks.total,
-        after.unit,
-        if normalize { ", normalized" } else { "" }
-    );
+    let subtitle = format!("{}{}", span(before, after), if normalize { ", normalized" } else { "" });
     let mut buf = Vec::new();
     diff::render_svg(&lines, title, &subtitle, &after.unit, &mut buf).context("rendering the differential flame graph")?;
     crate::output::write(path, &buf)?;
@@ -176,16 +173,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let changes = diff::compare(&before.side, &after.side);
 
-    println!(
-        "ljprobe diff: {} ({} {}) -> {} ({} {}); differential flame graph: {}",
-        before.path.display(),
-        before.side.stacks.total,
-        before.unit,
-        after.path.display(),
-        after.side.stacks.total,
-        after.unit,
-        svg_path.display()
-    );
+    println!("ljprobe diff: {}; differential flame graph: {}", span(&before, &after), svg_path.display());
     println!("  biggest changes in share (self, total):");
     for c in changes.iter().take(args.top) {
         println!(

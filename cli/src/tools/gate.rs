@@ -227,8 +227,7 @@ mod tests {
     use ljprobe_flamegraph::diff::{Side, Stacks};
 
     fn side(text: &str) -> Side {
-        let stacks = Stacks::parse(text).unwrap();
-        Side { samples: stacks.total, stacks }
+        Side::counted(Stacks::parse(text).unwrap())
     }
 
     #[test]

@@ -52,6 +52,8 @@ fn report_of_mixed_load_renders_and_names_the_planted_problems() {
 #[test]
 fn report_refuses_a_wrong_pid_in_one_sentence() {
     let dir = out_dir().join("report-bad");
+    let _ = fs::remove_dir_all(&dir);
     let o = ljprobe(&["report", "--pid", "999999999", "--duration", "1s", "--out", dir.to_str().unwrap()]);
     assert_one_sentence(&o, "999999999");
+    assert!(!dir.exists(), "no directory is made for a run that cannot happen");
 }

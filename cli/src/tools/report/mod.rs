@@ -89,10 +89,11 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     if dir.is_symlink() || dir.is_file() {
         bail!("cannot write the report into {}: it is not a directory", dir.display());
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    // Said once, before five tools would each say it.
+    // Said once, before five tools would each say it, and before a directory
+    // is made for a run that cannot happen.
     crate::system::require_privileges()?;
     crate::target::Target::open(args.pid)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tools = if args.tools.is_empty() { Tool::ALL.to_vec() } else { args.tools.clone() };
     // Five live lines on one terminal would overwrite each other.
     crate::collect::quiet_live_line();

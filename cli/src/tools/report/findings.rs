@@ -101,7 +101,8 @@ fn pct(x: f64) -> String {
     if x >= 0.1 { format!("{:.0}%", x * 100.0) } else { format!("{:.1}%", x * 100.0) }
 }
 
-fn num(v: &Value, path: &[&str]) -> Option<f64> {
+/// The number at `path` in a summary, if there is one.
+pub(super) fn num(v: &Value, path: &[&str]) -> Option<f64> {
     path.iter().try_fold(v, |v, k| v.get(k))?.as_f64()
 }
 

@@ -70,7 +70,7 @@ fn section(dir: &Path, r: &Ran) -> Section {
         s.lines.push("The tool wrote no summary.".into());
         return s;
     };
-    let secs = f(j, "duration_secs");
+    let secs = f(j, &["duration_secs"]);
     match r.tool {
         Tool::Cpu => {
             s.lines.push(format!("{} samples at {} Hz in {secs:.1} s, {} lost.", u(j, "samples"), u(j, "frequency"), u(j, "lost_samples")));
@@ -78,7 +78,7 @@ fn section(dir: &Path, r: &Ran) -> Section {
             s.tables.push(top_table("Functions by self share (Lua or C, innermost)", j.get("top_frames"), "samples", 1.0));
         }
         Tool::Offcpu => {
-            s.lines.push(format!("{:.2} s blocked in {} blocks over {secs:.1} s (blocks shorter than {} us left out).", f(j, "blocked_us") / 1e6, u(j, "blocks"), u(j, "min_block_us")));
+            s.lines.push(format!("{:.2} s blocked in {} blocks over {secs:.1} s (blocks shorter than {} us left out).", f(j, &["blocked_us"]) / 1e6, u(j, "blocks"), u(j, "min_block_us")));
             s.tables.push(top_table("Where the blocked time is (innermost function)", j.get("top_frames"), "ms", 1e-3));
         }
         Tool::EpollLoop => {
@@ -86,17 +86,17 @@ fn section(dir: &Path, r: &Ran) -> Section {
                 "{} iterations, {} of them at least {:.0} ms; long iterations: {:.0} ms on CPU, {:.0} ms blocked, {:.0} ms waiting for a CPU.",
                 u(j, "iterations"),
                 u(j, "long_iterations"),
-                f(j, "threshold_us") / 1e3,
-                j["long_iteration_time"]["on_cpu_ms"].as_f64().unwrap_or(0.0),
-                j["long_iteration_time"]["blocked_ms"].as_f64().unwrap_or(0.0),
-                j["long_iteration_time"]["runnable_ms"].as_f64().unwrap_or(0.0)
+                f(j, &["threshold_us"]) / 1e3,
+                f(j, &["long_iteration_time", "on_cpu_ms"]),
+                f(j, &["long_iteration_time", "blocked_ms"]),
+                f(j, &["long_iteration_time", "runnable_ms"])
             ));
             let rows = j["culprits"].as_array().map(Vec::as_slice).unwrap_or_default().iter().map(|c| {
                 vec![
                     c["frame"].as_str().unwrap_or("?").to_string(),
                     c["iterations"].to_string(),
-                    format!("{:.0}%", c["share"].as_f64().unwrap_or(0.0) * 100.0),
-                    format!("{:.1}", c["max_ms"].as_f64().unwrap_or(0.0)),
+                    format!("{:.0}%", f(c, &["share"]) * 100.0),
+                    format!("{:.1}", f(c, &["max_ms"])),
                 ]
             });
             s.tables.push(Table {
@@ -108,22 +108,22 @@ fn section(dir: &Path, r: &Ran) -> Section {
         Tool::Gc => {
             s.lines.push(format!(
                 "Heap {:.1} MB -> {:.1} MB (min {:.1}, max {:.1}); {} cycles{}; {:.1} MB/s allocated; the collector took {:.0}% of the VM's CPU samples.",
-                f(j, "heap_start_bytes") / 1e6,
-                f(j, "heap_end_bytes") / 1e6,
-                f(j, "heap_min_bytes") / 1e6,
-                f(j, "heap_max_bytes") / 1e6,
+                f(j, &["heap_start_bytes"]) / 1e6,
+                f(j, &["heap_end_bytes"]) / 1e6,
+                f(j, &["heap_min_bytes"]) / 1e6,
+                f(j, &["heap_max_bytes"]) / 1e6,
                 u(j, "cycles"),
                 if j["exact"].as_bool() == Some(true) { "" } else { " at least" },
-                f(j, "alloc_bytes_per_sec") / 1e6,
-                f(j, "gc_share") * 100.0
+                f(j, &["alloc_bytes_per_sec"]) / 1e6,
+                f(j, &["gc_share"]) * 100.0
             ));
         }
         Tool::Alloc => {
             s.lines.push(format!(
                 "{:.1} MB/s in {:.0} calls/s; {:.1} MB/s of it tables growing; totals estimated by {}.",
-                j["rate_per_sec"]["bytes"].as_f64().unwrap_or(0.0) / 1e6,
-                j["rate_per_sec"]["calls"].as_f64().unwrap_or(0.0),
-                j["table_resizes"]["bytes"].as_f64().unwrap_or(0.0) / secs.max(1e-9) / 1e6,
+                f(j, &["rate_per_sec", "bytes"]) / 1e6,
+                f(j, &["rate_per_sec", "calls"]),
+                f(j, &["table_resizes", "bytes"]) / secs.max(1e-9) / 1e6,
                 j["sampling"]["estimated_by"].as_str().unwrap_or("counting every call")
             ));
             s.tables.push(top_table("Lua functions by bytes allocated", j.get("top_by_bytes"), "MB", 1e-6));
@@ -132,8 +132,9 @@ fn section(dir: &Path, r: &Ran) -> Section {
     s
 }
 
-fn f(j: &Value, k: &str) -> f64 {
-    j.get(k).and_then(Value::as_f64).unwrap_or(0.0)
+/// A summary's number at `path`, 0 where it has none (a line still reads).
+fn f(j: &Value, path: &[&str]) -> f64 {
+    findings::num(j, path).unwrap_or(0.0)
 }
 
 fn u(j: &Value, k: &str) -> String {
@@ -154,10 +155,10 @@ fn top_table(caption: &str, frames: Option<&Value>, unit: &str, scale: f64) -> T
     let rows = frames.and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default().iter().take(10).map(|t| {
         vec![
             t["frame"].as_str().unwrap_or("?").to_string(),
-            format!("{:.1}%", t["self_share"].as_f64().unwrap_or(0.0) * 100.0),
-            format!("{:.1}%", t["total_share"].as_f64().unwrap_or(0.0) * 100.0),
+            format!("{:.1}%", f(t, &["self_share"]) * 100.0),
+            format!("{:.1}%", f(t, &["total_share"]) * 100.0),
             // Counts are whole; milliseconds and megabytes keep a decimal.
-            format!("{:.*}", if scale == 1.0 { 0 } else { 1 }, t["self"].as_f64().unwrap_or(0.0) * scale),
+            format!("{:.*}", if scale == 1.0 { 0 } else { 1 }, f(t, &["self"]) * scale),
         ]
     });
     Table {

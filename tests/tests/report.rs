@@ -57,3 +57,13 @@ fn report_refuses_a_wrong_pid_in_one_sentence() {
     assert_one_sentence(&o, "999999999");
     assert!(!dir.exists(), "no directory is made for a run that cannot happen");
 }
+
+#[test]
+fn report_refuses_a_process_without_lua_in_one_sentence() {
+    let mut sleeper = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let dir = out_dir().join("report-no-lua");
+    let o = ljprobe(&["report", "--pid", &sleeper.id().to_string(), "--duration", "1s", "--out", dir.to_str().unwrap()]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_one_sentence(&o, "no LuaJIT mapped");
+}

@@ -92,7 +92,9 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     // Said once, before five tools would each say it, and before a directory
     // is made for a run that cannot happen.
     crate::system::require_privileges()?;
-    crate::target::Target::open(args.pid)?;
+    // Every tool of the report looks at Lua: a process without a Lua VM is
+    // refused as `gc` refuses it, not answered with a page of refusals.
+    crate::target::aim::Aim::open(args.pid, true, "; for C stacks alone, use `ljprobe cpu --stack c`", "")?;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tools = if args.tools.is_empty() { Tool::ALL.to_vec() } else { args.tools.clone() };
     // Five live lines on one terminal would overwrite each other.

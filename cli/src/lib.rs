@@ -7,6 +7,7 @@
 //! module per command, each beside its kernel program `probes-ebpf/src/<tool>.rs`.
 
 pub mod bpf;
+pub mod clock;
 pub mod collect;
 pub mod kallsyms;
 pub mod lua;

@@ -47,6 +47,8 @@ enum Command {
     Gc(tools::gc::Args),
     /// Allocation flame graph: which Lua code allocates on the heap, by bytes or count, with table growth.
     Alloc(tools::alloc::Args),
+    /// Per-request latency of nginx: percentiles per location, and where each request's time went (phase, CPU, blocked, waiting).
+    Latency(tools::latency::Args),
     /// Run cpu, offcpu, epoll-loop, gc and alloc together and write one page of what they found (DIR/index.html).
     Report(tools::report::Args),
     /// Differential flame graph of two runs of a stack tool, and the functions that changed most.
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
         .filter_module("epoll_loop", level)
         .filter_module("gc", level)
         .filter_module("alloc", level)
+        .filter_module("latency", level)
         .format_timestamp(None)
         .init();
 
@@ -111,6 +114,7 @@ fn main() -> ExitCode {
             Command::EpollLoop(args) => tools::epoll_loop::run(args).await,
             Command::Gc(args) => tools::gc::run(args).await,
             Command::Alloc(args) => tools::alloc::run(args).await,
+            Command::Latency(args) => tools::latency::run(args).await,
             Command::Report(args) => tools::report::run(args).await,
             Command::Diff(args) => tools::diff::run(args),
             Command::Gate(args) => tools::gate::run(args).map_err(|e| anyhow::Error::new(Gate(e))),

@@ -446,6 +446,19 @@ fn splice(native: Vec<(Frame, bool)>, lua: Vec<Frame>) -> Vec<Frame> {
     out
 }
 
+/// The innermost Lua function of a stack, else its innermost frame that is
+/// not a wait (a VM state, "no Lua running"), else the wait itself (preempted).
+pub fn culprit_frame(stack: &[Frame]) -> Frame {
+    stack
+        .iter()
+        .rev()
+        .find(|f| matches!(f, Frame::Lua { .. }))
+        .or_else(|| stack.iter().rev().find(|f| !matches!(f, Frame::Wait(_))))
+        .or_else(|| stack.last())
+        .cloned()
+        .unwrap_or_else(|| Frame::Vm("[no stack]".into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

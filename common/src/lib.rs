@@ -3,6 +3,8 @@
 //! read the same bytes out of BPF maps.
 #![no_std]
 
+pub mod latency;
+
 /// Where LuaJIT keeps what the probes read, in bytes. User space fills it from the
 /// target's DWARF or from a built-in layout; the kernel only follows it.
 #[repr(C)]

@@ -4,6 +4,7 @@
 pub mod diff;
 pub mod folded;
 pub mod histogram;
+pub mod latency_rows;
 pub mod linechart;
 pub mod model;
 pub mod pprof;

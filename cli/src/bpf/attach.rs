@@ -106,3 +106,37 @@ pub fn uprobes(ebpf: &mut Ebpf, program: &str, object: &Path, functions: &[&str]
     }
     Ok(attached)
 }
+
+/// Uprobes attached per target process, for a process that joins later.
+type Followed = (String, std::path::PathBuf, Vec<String>);
+static PER_PROCESS: Mutex<Vec<Followed>> = Mutex::new(Vec::new());
+
+/// `uprobes` on each target, and on each process that joins the run
+/// (`joined`). Fails if a function attaches to none of them: the tool's
+/// picture would silently miss what it stands for.
+pub fn uprobes_followed(ebpf: &mut Ebpf, program: &str, object: &Path, functions: &[&str], pids: &[u32]) -> Result<()> {
+    for f in functions {
+        let attached: usize = pids.iter().map(|&pid| uprobes(ebpf, program, object, &[f], pid)).sum::<Result<usize>>()?;
+        if attached == 0 {
+            anyhow::bail!("cannot put a uprobe on {f} in {} (run with -vv for the kernel's reason)", object.display());
+        }
+    }
+    let functions = functions.iter().map(|f| f.to_string()).collect();
+    PER_PROCESS.lock().unwrap_or_else(|e| e.into_inner()).push((program.to_string(), object.to_path_buf(), functions));
+    Ok(())
+}
+
+/// The per-process uprobes of `uprobes_followed`, on a process that became a
+/// target during the run.
+pub fn uprobes_joined(ebpf: &mut Ebpf, pid: u32) -> Result<()> {
+    let followed = PER_PROCESS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for (program, object, functions) in followed {
+        // Several tools may run in one process (`report`): only this one's program.
+        if ebpf.program(&program).is_none() {
+            continue;
+        }
+        let functions: Vec<&str> = functions.iter().map(String::as_str).collect();
+        uprobes(ebpf, &program, &object, &functions, pid)?;
+    }
+    Ok(())
+}

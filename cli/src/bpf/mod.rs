@@ -78,6 +78,7 @@ pub fn follow(ebpf: &mut Ebpf, p: &Process, aim: &Aim) -> Result<Option<u64>> {
     let mut targets: HashMap<_, u32, u8> = HashMap::try_from(ebpf.map_mut("TARGETS").context("TARGETS map missing")?)?;
     targets.insert(p.pid, 1, 0)?;
     attach::sample_joined(ebpf, p.pid)?;
+    attach::uprobes_joined(ebpf, p.pid)?;
     seed(ebpf, p, aim)
 }
 

@@ -18,3 +18,6 @@ pub static GC: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gc
 
 /// `probes-ebpf/src/alloc.rs`
 pub static ALLOC: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/alloc"));
+
+/// `probes-ebpf/src/latency.rs`
+pub static LATENCY: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/latency"));

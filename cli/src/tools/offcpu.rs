@@ -212,7 +212,7 @@ impl Blocks {
         min_block_ns: u64,
         include_idle: bool,
     ) -> u64 {
-        let now = monotonic_ns();
+        let now = crate::clock::monotonic_ns();
         let lua = pending.iter().filter_map(|i| i.ok()).map(|(tid, s)| (tid, s, None));
         let native = pending_native.iter().filter_map(|i| i.ok()).map(|(tid, r)| (tid, r.sample, Some(r.native)));
         let mut n = 0;
@@ -242,10 +242,3 @@ fn us(ns: u64) -> u64 {
     (ns + 500) / 1000
 }
 
-/// The clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}

@@ -43,6 +43,7 @@ M.planted = {
     alloc_churn_rows = 2000,
     block_sleep_ms = 20,
     slow_upstream_ms = 50,
+    slow_access_ms = 30,
     leak_bytes = 256,
     -- /api/quote: loop iterations per stage (about 40/30/30 of its CPU).
     quote = { parse = 400000, price = 300000, render = 300000 },

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use ljprobe_common::{LoopEnd, LoopHead, LoopStack, LOOP_ITERATION, LOOP_OFF_CPU, LOOP_ON_CPU};
 use ljprobe_flamegraph::Frame;
 
-use crate::stacks::{wait_frame, StackBuilder};
+use crate::stacks::{culprit_frame, wait_frame, StackBuilder};
 
 /// What held one long iteration: its heaviest Lua function.
 #[derive(Default)]
@@ -143,17 +143,4 @@ impl Loops {
             c.stack_ns = *ns;
         }
     }
-}
-
-/// The innermost Lua function of a stack, else its innermost frame that is
-/// not a wait (a VM state, "no Lua running"), else the wait itself (preempted).
-fn culprit_frame(stack: &[Frame]) -> Frame {
-    stack
-        .iter()
-        .rev()
-        .find(|f| matches!(f, Frame::Lua { .. }))
-        .or_else(|| stack.iter().rev().find(|f| !matches!(f, Frame::Wait(_))))
-        .or_else(|| stack.last())
-        .cloned()
-        .unwrap_or_else(|| Frame::Vm("[no stack]".into()))
 }

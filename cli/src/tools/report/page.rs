@@ -302,7 +302,7 @@ fn num(v: f64) -> String {
 /// Sentences (findings, evidence, summary lines): escaped, with `quoted`
 /// names set as code, as the terminal output quotes them.
 fn prose(s: &str) -> String {
-    if s.matches('`').count() % 2 != 0 {
+    if !s.matches('`').count().is_multiple_of(2) {
         return esc(s);
     }
     let mut o = String::new();

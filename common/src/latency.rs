@@ -133,7 +133,8 @@ pub struct LatHead {
     pub kind: u32,
     pub tgid: u32,
     pub tid: u32,
-    pub _pad: u32,
+    /// Stacks: the request's phase when taken.
+    pub phase: u32,
     /// The request (`ngx_http_request_t *` of the main request).
     pub r: u64,
 }

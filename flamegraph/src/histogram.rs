@@ -88,6 +88,11 @@ impl Log2Histogram {
         }
     }
 
+    /// The count of bucket `i` (0 past the last).
+    pub fn count(&self, i: usize) -> u64 {
+        self.counts.get(i).copied().unwrap_or(0)
+    }
+
     pub fn total(&self) -> u64 {
         self.counts.iter().fold(0, |t, &n| t.saturating_add(n))
     }

@@ -196,6 +196,13 @@ fn runs(config: &LatencyConfig, tid: u32, r: u64, now: u64) -> Option<*mut LatRe
     }
 }
 
+/// The phase request `r` is in.
+#[inline(always)]
+fn phase_of(r: u64) -> u32 {
+    // SAFETY: copied out immediately.
+    unsafe { REQS.get(&r) }.map_or(PHASE_READ, |q| q.phase)
+}
+
 /// The running request, if any, stops running (already settled).
 #[inline(always)]
 fn left(t: *mut LatThread, now: u64) {
@@ -222,11 +229,14 @@ fn event(r: u64, phase: Option<u32>) {
     let now = unsafe { bpf_ktime_get_ns() };
     let main = main_of(config, r);
     let Some(req) = runs(config, pid_tgid as u32, main, now) else { return };
-    // A subrequest's phases are not its main request's.
+    // A subrequest's phases are not its main request's; phases only go forward
+    // (run_phases says "rewrite" when the phases go on after a wait in access).
     if let Some(p) = phase {
-        if main == r {
-            // SAFETY: as in `runs`.
-            unsafe { (*req).phase = p };
+        // SAFETY: as in `runs`.
+        unsafe {
+            if main == r && p > (*req).phase {
+                (*req).phase = p;
+            }
         }
     }
 }
@@ -244,11 +254,11 @@ pub fn lat_create(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Functions whose first argument is the request they run:
-/// `ngx_http_core_run_phases`, `ngx_http_finalize_request`, ...
+/// `ngx_http_core_run_phases(r)`: the request's phases start (its header is
+/// read: rewrite begins) or go on (after a wait in rewrite or access).
 #[uprobe]
 pub fn lat_runs(ctx: ProbeContext) -> u32 {
-    event(ctx.arg::<u64>(0).unwrap_or(0), None);
+    event(ctx.arg::<u64>(0).unwrap_or(0), Some(PHASE_REWRITE));
     0
 }
 
@@ -257,13 +267,6 @@ pub fn lat_runs(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn lat_lua_runs(ctx: ProbeContext) -> u32 {
     event(ctx.arg::<u64>(1).unwrap_or(0), None);
-    0
-}
-
-/// `ngx_http_core_find_config_phase`: the location is found, rewrite begins.
-#[uprobe]
-pub fn lat_rewrite(ctx: ProbeContext) -> u32 {
-    event(ctx.arg::<u64>(0).unwrap_or(0), Some(PHASE_REWRITE));
     0
 }
 
@@ -320,7 +323,7 @@ pub fn lat_free(ctx: ProbeContext) -> u32 {
     // SAFETY: a reserved record we own until submit; `req` stays valid until removed below.
     unsafe {
         let e = &mut *entry.as_mut_ptr();
-        e.head = LatHead { kind: LAT_END, tgid: (pid_tgid >> 32) as u32, tid: pid_tgid as u32, _pad: 0, r };
+        e.head = LatHead { kind: LAT_END, tgid: (pid_tgid >> 32) as u32, tid: pid_tgid as u32, phase: (*req).phase, r };
         e.start_ns = (*req).start_ns;
         e.end_ns = now;
         e.flags = (*req).flags;
@@ -467,7 +470,7 @@ fn switched_out(switch: &Switch, now: u64) {
     };
     // SAFETY: this CPU's scratch record; nothing else runs on it meanwhile.
     unsafe {
-        (*rec).head = LatHead { kind: LAT_OFF_CPU, tgid: (pid_tgid >> 32) as u32, tid, _pad: 0, r: cur };
+        (*rec).head = LatHead { kind: LAT_OFF_CPU, tgid: (pid_tgid >> 32) as u32, tid, phase: phase_of(cur), r: cur };
         (*rec).ns = now;
         (*rec).syscall = regs::syscall(&regs);
         capture::lua(&mut (*rec).lua, pid_tgid, layout, &regs, &VMS);
@@ -524,7 +527,7 @@ pub fn lat_sample(ctx: PerfEventContext) -> u32 {
     // SAFETY: a reserved record we own until submit.
     unsafe {
         let rec = &mut *entry.as_mut_ptr();
-        rec.head = LatHead { kind: LAT_ON_CPU, tgid: (pid_tgid >> 32) as u32, tid: pid_tgid as u32, _pad: 0, r: cur };
+        rec.head = LatHead { kind: LAT_ON_CPU, tgid: (pid_tgid >> 32) as u32, tid: pid_tgid as u32, phase: phase_of(cur), r: cur };
         rec.ns = config.sample_ns;
         rec.syscall = -1;
         capture::lua(&mut rec.lua, pid_tgid, layout, &regs, &VMS);

@@ -93,6 +93,27 @@ pub fn run() -> Result<()> {
     let _ = churn_wrk.kill();
     let _ = churn_wrk.wait();
 
+    // Which requests are slow, and where their time goes: one connection per
+    // route, so each route's time is its own.
+    let routes = ["/health", "/hot/jit", "/block/sleep", "/slow/upstream", "/slow/access", "/api/backend/echo?delay_ms=10"];
+    let latency_load: Vec<_> = routes
+        .iter()
+        .map(|r| Load { route: r.to_string(), connections: 1, rate: Some(20), ..load.clone() }.spawn())
+        .collect::<Result<_>>()?;
+    thread::sleep(Duration::from_secs(1));
+    let latency_svg = out_dir.join("ljprobe-latency.svg");
+    println!("\n=== ljprobe latency --pid {} --duration 4s (per-request latency by location, and where it went) ===", gw.master());
+    let latency = Command::new(paths::ljprobe_bin())
+        .args(["latency", "--pid", &gw.master().to_string(), "--duration", "4s", "--slowest", "3"])
+        .arg("--svg")
+        .arg(&latency_svg)
+        .status()
+        .context("cannot run ljprobe")?;
+    for mut w in latency_load {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+
     // Everything at once: the planted problems under mixed load, one page.
     let mixed: Vec<_> = ["/hot/nyi", "/block/sleep", "/alloc/churn"]
         .iter()
@@ -131,11 +152,14 @@ pub fn run() -> Result<()> {
     if alloc.success() {
         println!("alloc: open {}: alloc_churn_work holds the bytes, most in lj_buf_tostr (the csv string built by ..)", alloc_svg.display());
     }
+    if latency.success() {
+        println!("latency: open {}: per location its latency histogram and where the time went (phase, CPU, blocked, waiting)", latency_svg.display());
+    }
     if page.success() {
         println!("report: open {} in a browser: the findings first, then every graph", report_dir.join("index.html").display());
     }
     drop(gw);
-    if !doctor.success() || !cpu.success() || !offcpu.success() || !epoll.success() || !gc.success() || !alloc.success() || !page.success() {
+    if !doctor.success() || !cpu.success() || !offcpu.success() || !epoll.success() || !gc.success() || !alloc.success() || !latency.success() || !page.success() {
         anyhow::bail!("ljprobe failed against the gateway (see above)");
     }
     Ok(())

@@ -1,4 +1,4 @@
-//! `cargo xtask bench cpu|offcpu|alloc`: what profiling costs the gateway's throughput;
+//! `cargo xtask bench cpu|offcpu|alloc|report|latency`: what profiling costs the gateway's throughput;
 //! `bench soak`: ljprobe's own CPU and memory over a long run (soak.rs).
 //!
 //! Absolute requests/sec depend on the machine and on whatever else runs on it, so
@@ -26,6 +26,7 @@ use xtask::{
 
 mod alloc;
 mod cpu;
+mod latency;
 mod offcpu;
 mod report;
 mod soak;
@@ -70,6 +71,16 @@ pub enum What {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
         rounds: u32,
     },
+    /// `ljprobe latency` (with and without its on-CPU samples) beside a bpftrace
+    /// uprobe that only counts requests, on the cheap /health at the gateway's
+    /// full rate and on /hot/jit: throughput and the worker's CPU per request,
+    /// as ratios to interleaved unprofiled runs; BPF run time; own cost.
+    Latency {
+        #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        rounds: u32,
+    },
     /// `ljprobe cpu --stack mixed` and `ljprobe offcpu` on the worker, together,
     /// for a long run under sustained mixed load: ljprobe's own CPU share, peak
     /// RSS and RSS growth, records per second and lost records.
@@ -89,6 +100,7 @@ pub fn run(what: What) -> Result<()> {
         What::Offcpu { duration, rounds } => offcpu::run(duration, rounds),
         What::Alloc { duration, rounds } => alloc::run(duration, rounds),
         What::Report { duration, rounds } => report::run(duration, rounds),
+        What::Latency { duration, rounds } => latency::run(duration, rounds),
         What::Soak { duration, every } => soak::run(duration, every),
     }
 }

@@ -33,6 +33,11 @@ pub enum Tool {
     BpftraceAllocCount,
     /// `ljprobe report` on the master: cpu, offcpu, epoll-loop, gc and alloc together.
     LjprobeReport,
+    /// `ljprobe latency --freq N` on the master (0: no on-CPU samples).
+    LjprobeLatency(u32),
+    /// A bpftrace uprobe on the worker's `ngx_http_free_request` that only
+    /// counts calls: the least a probe that sees every request costs.
+    BpftraceRequestCount,
 }
 
 impl Tool {
@@ -51,6 +56,8 @@ impl Tool {
             Tool::LjprobeGc { exact: true } => "ljprobe gc --exact".into(),
             Tool::BpftraceAllocCount => "bpftrace count allocf".into(),
             Tool::LjprobeReport => "ljprobe report".into(),
+            Tool::LjprobeLatency(hz) => format!("ljprobe latency {hz} Hz"),
+            Tool::BpftraceRequestCount => "bpftrace count free_request".into(),
         }
     }
 
@@ -105,6 +112,16 @@ impl Tool {
                 c.args(["report", "--pid", &master, "--duration", &duration, "--out"]).arg(bench.out.join("report"));
                 c
             }
+            Tool::LjprobeLatency(hz) => ljprobe(&["latency", "--freq", &hz.to_string()]),
+            Tool::BpftraceRequestCount => {
+                let script = format!(
+                    "uprobe:/usr/sbin/nginx:ngx_http_free_request /pid == {}/ {{ @requests = count(); }} interval:s:{secs} {{ exit(); }}",
+                    gw.worker()
+                );
+                let mut c = Command::new("bpftrace");
+                c.args(["-e", &script]);
+                c
+            }
             Tool::BpftraceAllocCount => {
                 let worker = gw.worker();
                 let lib = ljprobe_host::proc::maps(worker)
@@ -132,7 +149,8 @@ impl Tool {
             Tool::PerfCpu(_) | Tool::PerfSwitch => Some((perf_samples(stderr)?, "samples")),
             Tool::LjprobeAlloc { .. } => Some((json()?["events"].as_u64()?, "allocator calls while attached")),
             Tool::LjprobeGc { .. } => Some((json()?["samples"].as_u64()?, "samples")),
-            Tool::BpftraceAllocCount => None,
+            Tool::BpftraceAllocCount | Tool::BpftraceRequestCount => None,
+            Tool::LjprobeLatency(_) => Some((json()?["requests"].as_u64()?, "requests")),
             Tool::LjprobeReport => {
                 let cpu: serde_json::Value = serde_json::from_str(&fs::read_to_string(bench.out.join("report/cpu.json")).ok()?).ok()?;
                 Some((cpu["samples"].as_u64()?, "cpu samples"))

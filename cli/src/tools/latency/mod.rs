@@ -81,8 +81,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     // its whole life is seen.
     let exe = &nginx.exe;
     let mut probes: Vec<(&str, &std::path::Path, Vec<&str>)> = vec![
-        ("lat_runs", exe, nginx::RUNS.to_vec()),
-        ("lat_rewrite", exe, vec![nginx::REWRITE]),
+        ("lat_runs", exe, vec![nginx::RUNS]),
         ("lat_access", exe, vec![nginx::ACCESS]),
         ("lat_content", exe, vec![nginx::CONTENT]),
         ("lat_upstream", exe, vec![nginx::UPSTREAM]),

@@ -6,7 +6,8 @@ use std::{io::Write, path::PathBuf};
 use anyhow::{Context, Result};
 use ljprobe_common::latency::{KIND_CPU, LAT_KINDS, LAT_PHASES, LAT_SLOTS};
 use ljprobe_flamegraph::{
-    histogram::Bucket,
+    histogram::{Bucket, BUCKETS},
+    Log2Histogram,
     latency_rows::{write_rows_svg, GroupRow, RowsSvgOptions},
 };
 use serde::Serialize;
@@ -88,8 +89,27 @@ struct GroupJson {
     /// nginx's own timings of the requests' upstream tries (mean ms), for
     /// groups that went to one themselves (`proxy_pass`).
     upstream: Option<UpstreamJson>,
+    /// Per phase, the Lua function its sampled and blocked time was spent in
+    /// most (innermost frame), and that time over all the group's requests.
+    lua_by_phase: Vec<LuaInPhase>,
     /// Log2 buckets of latency, bucket i = [2^(i-1), 2^i) µs.
     histogram: Vec<Bucket>,
+}
+
+#[derive(Serialize)]
+struct LuaInPhase {
+    phase: &'static str,
+    function: String,
+    ms: f64,
+}
+
+fn lua_by_phase(g: &Group) -> Vec<LuaInPhase> {
+    (0..LAT_PHASES)
+        .filter_map(|p| {
+            let (f, ns) = g.lua_by_phase.iter().filter(|((ph, _), _)| *ph as usize == p).max_by_key(|(_, ns)| **ns)?;
+            Some(LuaInPhase { phase: PHASES[p], function: f.1.label(), ms: ms(*ns) })
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -190,6 +210,7 @@ fn group_json(key: &str, g: &Group, secs: f64) -> GroupJson {
             first_byte_ms: header.zip(connect).map(|(h, c)| (h - c).max(0.0)),
             response_ms: Some(r),
         }),
+        lua_by_phase: lua_by_phase(g),
         histogram: g.hist.buckets(),
     }
 }
@@ -206,6 +227,35 @@ fn slow_json(r: &Request) -> SlowJson {
         held_by: r.held_by.as_ref().map(|(f, _)| f.label()),
         held_ms: r.held_by.as_ref().map(|(_, ns)| ms(*ns)),
         upstream: r.upstream,
+    }
+}
+
+/// The buckets from the first to the last any group has a request in.
+fn common_range(groups: &[&Group]) -> Option<(usize, usize)> {
+    let first = groups.iter().filter_map(|g| (0..BUCKETS).find(|&i| g.hist.count(i) > 0)).min()?;
+    let last = groups.iter().filter_map(|g| (0..BUCKETS).rev().find(|&i| g.hist.count(i) > 0)).max()?;
+    Some((first, last))
+}
+
+/// A group's histogram on one line: a bar per log2 bucket, as high as its
+/// share of the group's fullest bucket.
+fn strip(g: &Group, (first, last): (usize, usize)) -> String {
+    const BARS: [char; 9] = [' ', '▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let max = (first..=last).map(|i| g.hist.count(i)).max().unwrap_or(0).max(1);
+    (first..=last)
+        .map(|i| match g.hist.count(i) {
+            0 => '·',
+            n => BARS[((n * 8).div_ceil(max) as usize).clamp(1, 8)],
+        })
+        .collect()
+}
+
+fn bucket_label(i: usize) -> String {
+    let (lo, _) = Log2Histogram::bounds(i);
+    match lo {
+        l if l < 1000 => format!("{l}us"),
+        l if l < 1_000_000 => format!("{}ms", l / 1000),
+        l => format!("{}s", l / 1_000_000),
     }
 }
 
@@ -271,15 +321,24 @@ pub fn write(args: &Args, r: &Report) -> Result<()> {
     } else {
         let by = format!("{:?}", args.by).to_uppercase();
         let width = groups.iter().map(|g| g.key.len()).max().unwrap_or(0).clamp(by.len(), 40);
+        let range = common_range(&order.iter().map(|(_, g)| *g).collect::<Vec<_>>()).unwrap_or((0, 0));
         writeln!(
             out,
-            "{by:<width$} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-            "COUNT", "RATE/S", "P50", "P90", "P99", "P99.9", "MAX"
+            "{by:<width$} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  LOG2 HISTOGRAM {}..{}",
+            "COUNT",
+            "RATE/S",
+            "P50",
+            "P90",
+            "P99",
+            "P99.9",
+            "MAX",
+            bucket_label(range.0),
+            bucket_label(range.1)
         )?;
-        for g in &groups {
+        for (g, (_, group)) in groups.iter().zip(&order) {
             writeln!(
                 out,
-                "{:<width$} {:>8} {:>8.1} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                "{:<width$} {:>8} {:>8.1} {:>8} {:>8} {:>8} {:>8} {:>8}  {}",
                 g.key,
                 g.count,
                 g.rate_per_s,
@@ -287,12 +346,17 @@ pub fn write(args: &Args, r: &Report) -> Result<()> {
                 human(g.p90_ms),
                 human(g.p99_ms),
                 human(g.p999_ms),
-                human(g.max_ms)
+                human(g.max_ms),
+                strip(group, range)
             )?;
         }
         writeln!(out, "where the time went, mean per request (parts of at least 1%):")?;
         for g in &groups {
             writeln!(out, "  {:<width$} {:>8}: {}", g.key, human(g.mean_ms), parts_line(&g.parts))?;
+            if !g.lua_by_phase.is_empty() {
+                let lua: Vec<String> = g.lua_by_phase.iter().map(|l| format!("{}: {}", l.phase, l.function)).collect();
+                writeln!(out, "  {:<width$} {:>8}  Lua most seen: {}", "", "", lua.join("; "))?;
+            }
             if let Some(u) = &g.upstream {
                 let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}ms"));
                 writeln!(

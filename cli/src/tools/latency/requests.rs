@@ -25,8 +25,10 @@ pub enum GroupBy {
 struct Held {
     lua_samples: u64,
     c_samples: u64,
-    /// Time on the worker (sampled on the CPU, or blocked) per innermost Lua function.
+    /// Time on the worker (sampled on the CPU, or blocked) per innermost Lua
+    /// function, and per phase and innermost Lua function.
     by_function: HashMap<Frame, u64>,
+    by_phase: HashMap<(u32, Frame), u64>,
 }
 
 /// One request that ended.
@@ -63,6 +65,9 @@ pub struct Group {
     pub c_samples: u64,
     /// Sums over the requests with an upstream timing of each kind, and how many.
     pub upstream_ms: [(u64, u64); 3],
+    /// Per phase, the time its stacks stood for, per innermost Lua function:
+    /// which Lua code each phase ran.
+    pub lua_by_phase: HashMap<(u32, Frame), u64>,
 }
 
 impl Group {
@@ -163,7 +168,12 @@ impl Requests {
         }
         let wait = (s.head.kind == LAT_OFF_CPU).then(|| wait_frame(s.syscall, false));
         let stack = self.builder.build(&s.lua, None, wait);
-        let frame = if outside_lua { Frame::Vm("[nginx C code, no Lua running]".into()) } else { culprit_frame(&stack) };
+        if outside_lua {
+            *held.by_function.entry(Frame::Vm("[nginx C code, no Lua running]".into())).or_default() += s.ns;
+            return;
+        }
+        let frame = culprit_frame(&stack);
+        *held.by_phase.entry((s.head.phase, frame.clone())).or_default() += s.ns;
         *held.by_function.entry(frame).or_default() += s.ns;
     }
 
@@ -180,6 +190,7 @@ impl Requests {
             return;
         }
         let text = |b: &[u8], n: u32| String::from_utf8_lossy(&b[..(n as usize).min(b.len())]).into_owned();
+        let by_phase = held.by_phase;
         let r = Request {
             worker: e.head.tgid,
             method: text(&e.method, e.method_len),
@@ -212,6 +223,9 @@ impl Requests {
             *sum += ns;
         }
         g.lua_samples += r.lua_samples;
+        for (k, ns) in by_phase {
+            *g.lua_by_phase.entry(k).or_default() += ns;
+        }
         g.c_samples += r.c_samples;
         if let Some(u) = r.upstream {
             for (slot, v) in g.upstream_ms.iter_mut().zip([u.connect_ms, u.header_ms, u.response_ms]) {

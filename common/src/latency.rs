@@ -79,6 +79,9 @@ pub struct LatencyConfig {
     pub realtime_offset_ns: u64,
     /// Blocks shorter than this send no stack.
     pub stack_after_ns: u64,
+    /// Non-zero (`--sample`): follow only requests whose creation was seen,
+    /// the others run untracked.
+    pub sampled: u64,
 }
 
 /// `LatReq::flags`: an upstream or subrequest was started since the request last ran.
@@ -184,4 +187,5 @@ pub struct LatStack {
 mod pod {
     // SAFETY: plain `repr(C)` integers with explicit padding; every bit pattern is valid.
     unsafe impl aya::Pod for super::LatencyConfig {}
+    unsafe impl aya::Pod for super::LatReq {}
 }

@@ -144,6 +144,8 @@ fn request(config: &LatencyConfig, r: u64, now: u64) -> Option<*mut LatReq> {
                 (*fresh).start_ns = at;
                 let _ = CREATED.remove(&c);
             }
+            // Sampled: only requests created while the create probe was open.
+            None if config.sampled != 0 => return None,
             None => {
                 let sec = read_u64(r + n.r_start_sec as u64).unwrap_or(0);
                 let msec = read_u64(r + n.r_start_msec as u64).unwrap_or(0);

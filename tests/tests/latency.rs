@@ -76,12 +76,18 @@ fn on_cpu(kind: &str) -> bool {
 /// requests, then stops it (Ctrl-C) once the access log has them all.
 /// Returns the summary and the access-log lines of those requests.
 fn traced(gw: &Running, name: &str, drive: impl FnOnce()) -> (Value, Vec<Logged>, String) {
+    traced_with(gw, name, &[], drive)
+}
+
+fn traced_with(gw: &Running, name: &str, extra: &[&str], drive: impl FnOnce()) -> (Value, Vec<Logged>, String) {
     let json = out_dir().join(format!("{name}.json"));
     let svg = out_dir().join(format!("{name}.svg"));
     let master = gw.master().to_string();
     let mut logged = String::new();
+    let mut args = vec!["latency", "--pid", &master, "--duration", "120s", "--json", json.to_str().unwrap(), "--svg", svg.to_str().unwrap()];
+    args.extend_from_slice(extra);
     let o = ljprobe_then(
-        &["latency", "--pid", &master, "--duration", "120s", "--json", json.to_str().unwrap(), "--svg", svg.to_str().unwrap()],
+        &args,
         |pid| {
             // What was logged before the run is flushed first, then left out.
             std::thread::sleep(Duration::from_millis(2500));
@@ -198,6 +204,33 @@ fn a_request_behind_a_blocking_one_waits_behind_it() {
     let p = xtask::planted::for_route("/block/sleep").unwrap();
     let by = held["held_by"].as_str().unwrap_or("");
     assert!(by.contains(&p.function) && by.contains(&format!(":{}", p.line)), "held by {by}, not {}:{}", p.function, p.line);
+}
+
+#[test]
+fn sampled_counts_are_scaled_to_what_nginx_took() {
+    let gw = gateway("latency-sampled", LuaJitBuild::Debug);
+    // Long enough for several windows (one every 5 s), the same mix all along.
+    let (s, log, out) = traced_with(&gw, "latency-sampled", &["--sample", "40"], || {
+        let until = std::time::Instant::now() + Duration::from_secs(16);
+        while std::time::Instant::now() < until {
+            for _ in 0..4 {
+                get(&gw, "/health");
+            }
+            get(&gw, "/slow/access?ms=2");
+        }
+    });
+    let sampling = &s["sampling"];
+    assert!(sampling["windows"].as_u64().unwrap() >= 2, "several windows: {sampling}");
+    let followed = sampling["followed"].as_u64().unwrap();
+    let taken = sampling["taken_by_nginx"].as_u64().expect("Debian's nginx counts its requests (stub_status)");
+    assert!(followed > 0 && followed < taken, "some requests followed, not all: {sampling}");
+    for route in ["/health", "/slow/access"] {
+        let truth = log.iter().filter(|l| l.route == route).count() as f64;
+        let estimate = group(&s, route)["estimated_count"].as_f64().unwrap();
+        assert!((estimate - truth).abs() <= truth * 0.15, "{route}: estimated {estimate:.0} requests, the access log has {truth}:\n{out}");
+    }
+    let access = group(&s, "/slow/access");
+    assert!(part_ms(access, "access", |k| k == "waiting (yielded)") >= 1.5, "a sampled request is followed whole:\n{out}");
 }
 
 #[test]

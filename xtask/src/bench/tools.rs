@@ -33,8 +33,8 @@ pub enum Tool {
     BpftraceAllocCount,
     /// `ljprobe report` on the master: cpu, offcpu, epoll-loop, gc and alloc together.
     LjprobeReport,
-    /// `ljprobe latency --freq N` on the master (0: no on-CPU samples).
-    LjprobeLatency(u32),
+    /// `ljprobe latency --freq 99` on the master, every request or `--sample PERCENT`.
+    LjprobeLatency(Option<u32>),
     /// A bpftrace uprobe on the worker's `ngx_http_free_request` that only
     /// counts calls: the least a probe that sees every request costs.
     BpftraceRequestCount,
@@ -56,7 +56,8 @@ impl Tool {
             Tool::LjprobeGc { exact: true } => "ljprobe gc --exact".into(),
             Tool::BpftraceAllocCount => "bpftrace count allocf".into(),
             Tool::LjprobeReport => "ljprobe report".into(),
-            Tool::LjprobeLatency(hz) => format!("ljprobe latency {hz} Hz"),
+            Tool::LjprobeLatency(None) => "ljprobe latency".into(),
+            Tool::LjprobeLatency(Some(p)) => format!("ljprobe latency --sample {p}"),
             Tool::BpftraceRequestCount => "bpftrace count free_request".into(),
         }
     }
@@ -112,7 +113,8 @@ impl Tool {
                 c.args(["report", "--pid", &master, "--duration", &duration, "--out"]).arg(bench.out.join("report"));
                 c
             }
-            Tool::LjprobeLatency(hz) => ljprobe(&["latency", "--freq", &hz.to_string()]),
+            Tool::LjprobeLatency(None) => ljprobe(&["latency"]),
+            Tool::LjprobeLatency(Some(p)) => ljprobe(&["latency", "--sample", &p.to_string()]),
             Tool::BpftraceRequestCount => {
                 let script = format!(
                     "uprobe:/usr/sbin/nginx:ngx_http_free_request /pid == {}/ {{ @requests = count(); }} interval:s:{secs} {{ exit(); }}",

@@ -9,18 +9,28 @@
 mod nginx;
 mod report;
 mod requests;
+mod windows;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
-use aya::maps::{Array, PerCpuArray, RingBuf};
+use std::os::fd::{AsFd, AsRawFd};
+
+use aya::{
+    maps::{Array, PerCpuArray, RingBuf},
+    programs::UProbe,
+};
 use ljprobe_common::latency::LatencyConfig;
 
 pub use self::requests::GroupBy;
-use self::{nginx::Nginx, requests::Requests};
+use self::{
+    nginx::Nginx,
+    requests::Requests,
+    windows::{Probe, Windows},
+};
 use super::run_args::RunArgs;
 use crate::{
-    bpf::{self, attach, objects, tracepoint},
+    bpf::{self, attach, objects, perf_link::uprobe_pmu, tracepoint},
     clock, collect,
     stacks::{StackBuilder, StackKind},
     target::{aim::Aim, Process},
@@ -44,12 +54,47 @@ pub struct Args {
     /// time into Lua and C and name the Lua function that held it (0: none).
     #[arg(long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     freq: u64,
+    /// Follow only the requests that begin in windows covering PERCENT of the
+    /// time: the cost at high request rates falls with it (docs/latency.md#cost);
+    /// counts and rates are scaled up by nginx's own count of requests.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(1..=100))]
+    sample: Option<u32>,
     /// Latency histograms and breakdowns, one row per group [default: ljprobe-latency-<pid>.svg].
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
     /// Summary a script can read ("-" for standard output).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+}
+
+/// The program on each probed function (`nginx.rs` says why these), the
+/// one that sees requests begin last.
+const PROGRAMS: [(&str, &str); 7] = [
+    (nginx::RUNS, "lat_runs"),
+    (nginx::ACCESS, "lat_access"),
+    (nginx::CONTENT, "lat_content"),
+    (nginx::UPSTREAM, "lat_upstream"),
+    (nginx::FREE, "lat_free"),
+    (nginx::LUA_RUNS, "lat_lua_runs"),
+    (nginx::CREATE, "lat_create"),
+];
+
+/// `--sample`: the uprobes open in windows (`windows.rs`) instead of for the
+/// whole run, and the kernel follows only the requests that began in one.
+fn sampled(ebpf: &mut aya::Ebpf, probes: &[(&str, &std::path::Path, &str, u64)], pids: &[u32], percent: u32) -> Result<Windows> {
+    let mut config: Array<_, LatencyConfig> = Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?;
+    let mut c = config.get(&0, 0)?;
+    c.sampled = 1;
+    config.set(0, c, 0)?;
+    let mut windowed = Vec::new();
+    for (program, object, function, offset) in probes {
+        let prog: &mut UProbe = ebpf.program_mut(program).with_context(|| format!("program {program} missing"))?.try_into()?;
+        prog.load().map_err(|e| bpf::program_error(&format!("loading {program}"), e))?;
+        let prog_fd = prog.fd()?.as_fd().as_raw_fd();
+        windowed.push(Probe { object: object.to_path_buf(), offset: *offset, prog_fd, starts: *function == nginx::CREATE });
+    }
+    let reqs = aya::maps::HashMap::try_from(ebpf.take_map("REQS").context("REQS map missing")?)?;
+    Ok(Windows::start(uprobe_pmu()?, windowed, pids, f64::from(percent) / 100.0, reqs)?)
 }
 
 /// Blocks shorter than this send no stack: they cannot hold much of a request.
@@ -71,26 +116,13 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         sample_ns: 1_000_000_000 / args.freq.max(1),
         realtime_offset_ns: clock::realtime_offset_ns(),
         stack_after_ns: STACK_AFTER.as_nanos() as u64,
+        sampled: 0,
     };
     Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?.set(0, config, 0)?;
     let mut ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
     let lost_map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map missing")?)?;
     let builder = StackBuilder::new(StackKind::Lua, false, false, &aim.processes, aim.luajit_path())?;
 
-    // Everything but the start of requests first: a request counts only if
-    // its whole life is seen.
-    let exe = &nginx.exe;
-    let mut probes: Vec<(&str, &std::path::Path, Vec<&str>)> = vec![
-        ("lat_runs", exe, vec![nginx::RUNS]),
-        ("lat_access", exe, vec![nginx::ACCESS]),
-        ("lat_content", exe, vec![nginx::CONTENT]),
-        ("lat_upstream", exe, vec![nginx::UPSTREAM]),
-        ("lat_free", exe, vec![nginx::FREE]),
-    ];
-    if let Some(lua) = &nginx.lua_module {
-        probes.push(("lat_lua_runs", lua, vec![nginx::LUA_RUNS]));
-    }
-    probes.push(("lat_create", exe, vec![nginx::CREATE]));
     for call in ["epoll_wait", "epoll_pwait", "epoll_pwait2"] {
         if tracepoint::exists("syscalls", &format!("sys_enter_{call}")) {
             tracepoint::attach(&mut ebpf, "lat_wait_enter", "syscalls", &format!("sys_enter_{call}"))?;
@@ -101,16 +133,35 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     if args.freq > 0 {
         attach::cpu_clock(&mut ebpf, "lat_sample", args.freq, Some(&aim.pids))?;
     }
-    for (program, object, functions) in &probes {
-        attach::uprobes_followed(&mut ebpf, program, object, functions, &aim.pids)?;
+    // In this order: everything but the start of requests first, so that a
+    // request counts only if its whole life is seen.
+    let mut probes: Vec<(&str, &std::path::Path, &str, u64)> = Vec::new();
+    for (function, program) in PROGRAMS {
+        if let Some((object, _, offset)) = nginx.offsets.iter().find(|(_, f, _)| f == &function) {
+            probes.push((program, object, function, *offset));
+        }
     }
+    let windows = match args.sample {
+        None => {
+            for (program, object, function, _) in &probes {
+                attach::uprobes_followed(&mut ebpf, program, object, &[function], &aim.pids)?;
+            }
+            None
+        }
+        Some(percent) => Some(sampled(&mut ebpf, &probes, &aim.pids, percent)?),
+    };
+    let taken_before = nginx.requests_taken(&process);
     let attached_ns = clock::monotonic_ns();
 
     let min_ns = args.min.map_or(0, |d| d.as_nanos() as u64);
     let mut requests = Requests::new(builder, args.by, min_ns, args.slowest, attached_ns);
+    requests.on_join = windows.as_ref().map(Windows::joined);
     let lost = || bpf::per_cpu_total(&lost_map, 0);
     let run = collect::Run { ebpf: &mut ebpf, aim: &aim, duration: args.run.duration, what: "records" };
-    let mut collected = collect::run(run, &mut ring, lost, &mut requests).await?;
+    let collected = collect::run(run, &mut ring, lost, &mut requests).await;
+    let stats = windows.map(Windows::finish);
+    let mut collected = collected?;
+    let taken = taken_before.zip(nginx.requests_taken(&process)).map(|(a, b)| b.saturating_sub(a));
     drop(ebpf);
     collected.records += collect::drain(&mut ring, &mut |bytes: &[u8]| requests.record(bytes));
     collected.lost = lost();
@@ -124,6 +175,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         );
     }
     let title = format!("ljprobe latency: PID {} ({}), {}", args.run.pid, aim.root.comm, nginx.version);
-    report::write(&args, &report::Report { title, pids: collected.pids_seen.clone(), requests, collected })?;
+    let sampling = args.sample.zip(stats).map(|(percent, stats)| report::Sampling::new(percent, stats, taken, requests.ended, collected.elapsed_secs));
+    report::write(&args, &report::Report { title, pids: collected.pids_seen.clone(), requests, collected, sampling })?;
     Ok(ExitCode::SUCCESS)
 }

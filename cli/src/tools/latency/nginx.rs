@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use ljprobe_common::latency::NginxLayout;
-use object::{Object, ObjectSymbol};
+use object::{Object, ObjectSegment, ObjectSymbol};
 
 use crate::{
     lua::{Memory, ProcMem},
@@ -56,9 +56,13 @@ pub struct Nginx {
     /// The program as the target maps it, for uprobes.
     pub exe: PathBuf,
     pub version: String,
-    /// lua-nginx-module's object, if loaded (a module `.so` or built in).
-    pub lua_module: Option<PathBuf>,
     pub layout: NginxLayout,
+    /// The probed functions: their object (nginx, or lua-nginx-module's if
+    /// loaded) and file offset (for probes opened and closed by hand, `--sample`).
+    pub offsets: Vec<(PathBuf, &'static str, u64)>,
+    /// Where `ngx_stat_requests` (stub_status's count of every request the
+    /// server took, in shared memory) is in the program, if it has one.
+    stat_requests: Option<u64>,
 }
 
 impl Nginx {
@@ -99,8 +103,41 @@ impl Nginx {
         let core = exported("ngx_http_core_module").context("nginx does not export ngx_http_core_module")?;
         let mut layout = layout;
         layout.core_ctx_index = core_ctx_index(p, &exe, core.address())?;
-        Ok(Nginx { exe, version, lua_module: lua_module(p), layout })
+        let mut offsets: Vec<(PathBuf, &'static str, u64)> = [RUNS, CREATE, FREE, ACCESS, CONTENT, UPSTREAM]
+            .iter()
+            .filter_map(|f| Some((exe.clone(), *f, file_offset(&file, exported(f)?.address())?)))
+            .collect();
+        // lua-nginx-module's object, if loaded (a module `.so` or built in).
+        if let Some(lua) = &lua_module(p) {
+            let data = elf::read_file(&p.host_path(&lua.to_string_lossy()))?;
+            let so = object::File::parse(&*data)?;
+            let sym = so.dynamic_symbols().find(|s| s.is_definition() && s.name() == Ok(LUA_RUNS));
+            if let Some(off) = sym.and_then(|s| file_offset(&so, s.address())) {
+                offsets.push((lua.clone(), LUA_RUNS, off));
+            }
+        }
+        let stat_requests = exported("ngx_stat_requests").map(|s| s.address());
+        Ok(Nginx { exe, version, layout, offsets, stat_requests })
     }
+
+    /// The number of requests nginx has taken so far, all workers together
+    /// (stub_status's counter), if this build counts them.
+    pub fn requests_taken(&self, p: &Process) -> Option<u64> {
+        let exe = self.exe.to_string_lossy();
+        let maps = p.maps().ok()?;
+        let base = maps.iter().filter(|m| m.file() == Some(&*exe)).map(|m| m.start.saturating_sub(m.offset)).min()?;
+        let mem = ProcMem::open(p.pid).ok()?;
+        let counter = mem.read_u64(base + self.stat_requests?)?;
+        mem.read_u64(counter)
+    }
+}
+
+/// Where the byte at virtual address `addr` lies in the file.
+fn file_offset(file: &object::File, addr: u64) -> Option<u64> {
+    file.segments().find_map(|seg| {
+        let (off, size) = seg.file_range();
+        (addr >= seg.address() && addr - seg.address() < size).then(|| addr - seg.address() + off)
+    })
 }
 
 fn has(data: &[u8], needle: &[u8]) -> bool {

@@ -31,6 +31,37 @@ pub struct Report {
     pub pids: Vec<u32>,
     pub requests: Requests,
     pub collected: Collected,
+    pub sampling: Option<Sampling>,
+}
+
+/// How a `--sample` run was sampled, and the factor from the requests
+/// followed to all of them.
+#[derive(Serialize, Clone, Copy)]
+pub struct Sampling {
+    percent: u32,
+    windows: u64,
+    /// How long requests could begin followed, in all.
+    open_secs: f64,
+    followed: u64,
+    /// nginx's own count of the requests it took meanwhile (stub_status's),
+    /// if its build keeps one.
+    taken_by_nginx: Option<u64>,
+    /// Requests still going 2 s after their window closed: left out.
+    abandoned: u64,
+    /// Counts and rates are multiplied by this: nginx's count over the
+    /// requests followed, or the run's length over the time open.
+    scale: f64,
+}
+
+impl Sampling {
+    pub fn new(percent: u32, stats: super::windows::Stats, taken: Option<u64>, followed: u64, secs: f64) -> Sampling {
+        let open_secs = stats.open.as_secs_f64();
+        let scale = match taken {
+            Some(t) if followed > 0 => t as f64 / followed as f64,
+            _ => secs / open_secs.max(1e-9),
+        };
+        Sampling { percent, windows: stats.windows, open_secs, followed, taken_by_nginx: taken, abandoned: stats.abandoned, scale }
+    }
 }
 
 /// One part of a request's time: a phase and a kind, on-CPU time split into
@@ -74,7 +105,9 @@ fn parts(ns: &[u64; LAT_SLOTS], lua_samples: u64, c_samples: u64, per: f64) -> V
 #[derive(Serialize)]
 struct GroupJson {
     key: String,
+    /// Requests followed; with `--sample`, `estimated_count` is all of them.
     count: u64,
+    estimated_count: f64,
     rate_per_s: f64,
     mean_ms: f64,
     p50_ms: f64,
@@ -142,6 +175,8 @@ struct Summary<'a> {
     stopped_by: collect::StopReason,
     by: super::GroupBy,
     requests: u64,
+    /// With `--sample`: how, and the factor to all requests.
+    sampling: Option<Sampling>,
     /// In flight when the run began (their start was not seen): left out.
     began_before_run: u64,
     /// Shorter than `--min`: left out.
@@ -183,7 +218,7 @@ fn human(ms: f64) -> String {
     }
 }
 
-fn group_json(key: &str, g: &Group, secs: f64) -> GroupJson {
+fn group_json(key: &str, g: &Group, secs: f64, scale: f64) -> GroupJson {
     let n = g.count().max(1) as f64;
     let total: u64 = g.ns.iter().sum();
     let mean = |(sum, k): (u64, u64)| (k > 0).then(|| sum as f64 / k as f64);
@@ -191,7 +226,8 @@ fn group_json(key: &str, g: &Group, secs: f64) -> GroupJson {
     GroupJson {
         key: key.to_string(),
         count: g.count(),
-        rate_per_s: g.count() as f64 / secs.max(1e-9),
+        estimated_count: g.count() as f64 * scale,
+        rate_per_s: g.count() as f64 * scale / secs.max(1e-9),
         mean_ms: ms(total) / n,
         p50_ms: ms(g.quantile_ns(0.5)),
         p90_ms: ms(g.quantile_ns(0.9)),
@@ -278,7 +314,8 @@ pub fn write(args: &Args, r: &Report) -> Result<()> {
     let secs = c.elapsed_secs;
     let mut order: Vec<(&String, &Group)> = r.requests.groups.iter().collect();
     order.sort_by(|a, b| b.1.count().cmp(&a.1.count()).then(a.0.cmp(b.0)));
-    let groups: Vec<GroupJson> = order.iter().map(|(k, g)| group_json(k, g, secs)).collect();
+    let scale = r.sampling.map_or(1.0, |s| s.scale);
+    let groups: Vec<GroupJson> = order.iter().map(|(k, g)| group_json(k, g, secs, scale)).collect();
     let slowest: Vec<SlowJson> = r.requests.slowest.iter().map(slow_json).collect();
     let counted: u64 = groups.iter().map(|g| g.count).sum();
 
@@ -315,7 +352,19 @@ pub fn write(args: &Args, r: &Report) -> Result<()> {
     if r.requests.under_min > 0 {
         note += &format!("; {} under --min left out", r.requests.under_min);
     }
-    writeln!(out, "{counted} requests in {secs:.1}s ({:.1}/s){note}", counted as f64 / secs.max(1e-9))?;
+    match &r.sampling {
+        None => writeln!(out, "{counted} requests in {secs:.1}s ({:.1}/s){note}", counted as f64 / secs.max(1e-9))?,
+        Some(s) => {
+            let of = s.taken_by_nginx.map_or_else(|| format!("about {:.0}", counted as f64 * scale), |t| t.to_string());
+            writeln!(
+                out,
+                "{counted} requests followed in {secs:.1}s, those that began in {} windows covering {}% of the time, of {of} nginx took ({:.1}/s); counts and rates below are scaled by {scale:.1}{note}",
+                s.windows,
+                s.percent,
+                counted as f64 * scale / secs.max(1e-9)
+            )?;
+        }
+    }
     if groups.is_empty() {
         writeln!(out, "  (no request ended during the run: was the server busy?)")?;
     } else {
@@ -340,7 +389,7 @@ pub fn write(args: &Args, r: &Report) -> Result<()> {
                 out,
                 "{:<width$} {:>8} {:>8.1} {:>8} {:>8} {:>8} {:>8} {:>8}  {}",
                 g.key,
-                g.count,
+                g.estimated_count.round() as u64,
                 g.rate_per_s,
                 human(g.p50_ms),
                 human(g.p90_ms),
@@ -407,6 +456,7 @@ pub fn write(args: &Args, r: &Report) -> Result<()> {
             stopped_by: c.stopped_by,
             by: args.by,
             requests: counted,
+            sampling: r.sampling,
             began_before_run: r.requests.began_before,
             under_min: r.requests.under_min,
             implausible: r.requests.implausible,

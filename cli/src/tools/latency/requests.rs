@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use ljprobe_common::{
-    latency::{LatEnd, LatHead, LatStack, LAT_END, LAT_KINDS, LAT_NO_MS, LAT_OFF_CPU, LAT_ON_CPU, LAT_SLOTS, REQ_NGINX_START},
+    latency::{LatEnd, LatHead, LatStack, KIND_BLOCKED, KIND_CPU, KIND_PREEMPTED, LAT_END, LAT_KINDS, LAT_PHASES, LAT_NO_MS, LAT_OFF_CPU, LAT_ON_CPU, LAT_SLOTS, REQ_NGINX_START},
     STACK_NOT_IN_LUA, STACK_NO_VM,
 };
 use ljprobe_flamegraph::{Frame, Log2Histogram};
@@ -105,6 +105,8 @@ pub struct Requests {
     /// Described with fields that do not look like a request's: the layout
     /// does not fit (see `plausible`).
     pub implausible: u64,
+    /// Told of each process that joins the run (`--sample`'s windows).
+    pub on_join: Option<std::sync::mpsc::Sender<u32>>,
 }
 
 impl crate::collect::Sink for Requests {
@@ -113,6 +115,9 @@ impl crate::collect::Sink for Requests {
     }
 
     fn joined(&mut self, p: &crate::target::Process) -> anyhow::Result<()> {
+        if let Some(tx) = &self.on_join {
+            let _ = tx.send(p.pid);
+        }
         self.builder.add_process(p)
     }
 }
@@ -132,6 +137,7 @@ impl Requests {
             began_before: 0,
             under_min: 0,
             implausible: 0,
+            on_join: None,
         }
     }
 
@@ -201,7 +207,9 @@ impl Requests {
             ns: e.ns,
             lua_samples: held.lua_samples,
             c_samples: held.c_samples,
-            held_by: held.by_function.into_iter().max_by_key(|(_, ns)| *ns),
+            // A sample stands for a whole period (10 ms at 99 Hz): a request
+            // held no longer than it ran.
+            held_by: held.by_function.into_iter().max_by_key(|(_, ns)| *ns).map(|(f, ns)| (f, ns.min(on_worker(&e.ns)))),
             upstream: (e.upstreams > 0).then(|| {
                 let ms = |v: u64| (v != LAT_NO_MS).then_some(v);
                 Upstream { tries: e.upstreams, connect_ms: ms(e.connect_ms), header_ms: ms(e.header_ms), response_ms: ms(e.response_ms) }
@@ -271,6 +279,11 @@ fn plausible(r: &Request) -> bool {
     let method_ok = r.method.is_empty() || r.method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_');
     let uri_ok = r.uri.is_empty() || r.uri.starts_with('/') || r.uri == "*";
     method_ok && uri_ok && r.status < 1000
+}
+
+/// Time the worker spent running the request (on the CPU, blocked, preempted).
+fn on_worker(ns: &[u64; LAT_SLOTS]) -> u64 {
+    (0..LAT_PHASES).flat_map(|p| [KIND_CPU, KIND_BLOCKED, KIND_PREEMPTED].map(|k| ns[slot(p, k as usize)])).sum()
 }
 
 /// Slot of (phase, kind) in the sums.

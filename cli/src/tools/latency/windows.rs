@@ -1,0 +1,160 @@
+//! `--sample PERCENT`: every probe on a request path costs a trap into the
+//! kernel per call, whatever its program does, so at tens of thousands of
+//! requests a second following every request costs the worker more than the
+//! requests themselves (docs/latency.md#cost). Sampled, the probe that sees
+//! requests begin opens only PERCENT of the time, in short windows; the probes
+//! that follow a request open with it and stay open until every request that
+//! began in the window has ended, then close until the next window. Which
+//! requests are followed depends only on when they began, not on how long they
+//! took, so the percentiles are those of all requests.
+
+use std::{
+    os::fd::RawFd,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc::{channel, Receiver, Sender},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap as BpfMap, MapData};
+use ljprobe_common::latency::LatReq;
+
+use crate::bpf::perf_link::{Link, Site};
+
+/// One window per period. Opening and closing the probes is not free for the
+/// target: measured here on /health at 70k requests a second, each
+/// open-and-close of the seven cost the worker about 0.2 s of throughput
+/// (20% at one window a second, 5% at one every 4 s, with the probes on a
+/// function no request calls), besides the traps while they are open. Closing
+/// waits out an RCU grace period (~0.1 s) holding a lock that opening the
+/// same uprobe again waits for, so short periods also open late. Every 5 s:
+/// sampled runs are meant to be long.
+pub const PERIOD: Duration = Duration::from_secs(5);
+/// A request still going this long after its window closed is given up (a
+/// long poll, a websocket), so that the probes can close.
+const LINGER: Duration = Duration::from_secs(2);
+const POLL: Duration = Duration::from_millis(1);
+
+/// A probe to open in each process: a program on a function of an object.
+#[derive(Clone)]
+pub struct Probe {
+    pub object: PathBuf,
+    pub offset: u64,
+    pub prog_fd: RawFd,
+    /// The probe that sees requests begin (opens only in windows).
+    pub starts: bool,
+}
+
+#[derive(Default, Clone, Copy, Debug)]
+pub struct Stats {
+    pub windows: u64,
+    /// How long the starting probe was open, in all.
+    pub open: Duration,
+    /// Requests still going when their probes had to close: left out.
+    pub abandoned: u64,
+}
+
+pub struct Windows {
+    stop: Arc<AtomicBool>,
+    joined: Sender<u32>,
+    thread: JoinHandle<Stats>,
+}
+
+impl Windows {
+    /// Starts the windows on processes `pids`; `reqs` is the kernel's map of
+    /// followed requests in flight.
+    pub fn start(pmu: u32, probes: Vec<Probe>, pids: &[u32], share: f64, reqs: BpfMap<MapData, u64, LatReq>) -> std::io::Result<Windows> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (joined, inbox) = channel();
+        let (s, pids) = (stop.clone(), pids.to_vec());
+        let thread = std::thread::Builder::new()
+            .name("latency-windows".into())
+            .spawn(move || serve(pmu, &probes, pids, share, reqs, &s, &inbox))?;
+        Ok(Windows { stop, joined, thread })
+    }
+
+    /// A process that joined the run (a new nginx worker).
+    pub fn joined(&self) -> Sender<u32> {
+        self.joined.clone()
+    }
+
+    pub fn finish(self) -> Stats {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.thread().unpark();
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+fn open(pmu: u32, probes: &[Probe], pids: &[u32], starts: bool) -> Vec<Link> {
+    let mut links = Vec::new();
+    for &pid in pids {
+        for p in probes.iter().filter(|p| p.starts == starts) {
+            let link = Site::new(pid, &p.object, p.offset).and_then(|site| Link::uprobe(pmu, &site, p.prog_fd));
+            match link {
+                Ok(l) => links.push(l),
+                Err(e) => log::debug!("{e:#}"),
+            }
+        }
+    }
+    links
+}
+
+/// Closing a uprobe waits out an RCU grace period (~0.1 s here): off this
+/// thread, so the next window opens on time, and each in its own, so that
+/// they wait together.
+fn close(links: Vec<Link>, closing: &mut Vec<JoinHandle<()>>) {
+    closing.retain(|c| !c.is_finished());
+    closing.extend(links.into_iter().map(|l| std::thread::spawn(move || drop(l))));
+}
+
+fn serve(pmu: u32, probes: &[Probe], mut pids: Vec<u32>, share: f64, mut reqs: BpfMap<MapData, u64, LatReq>, stop: &AtomicBool, inbox: &Receiver<u32>) -> Stats {
+    let mut stats = Stats::default();
+    let mut closing = Vec::new();
+    let window = PERIOD.mul_f64(share);
+    // One wake-up per nap: a thread waking every millisecond on a busy
+    // machine took the worker's CPU often enough to halve its throughput.
+    let nap = |until: Instant| {
+        let left = until.saturating_duration_since(Instant::now());
+        if !left.is_zero() && !stop.load(Ordering::Relaxed) {
+            std::thread::park_timeout(left);
+        }
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let began = Instant::now();
+        pids.extend(inbox.try_iter());
+        let follow = open(pmu, probes, &pids, false);
+        let start = open(pmu, probes, &pids, true);
+        let opened = Instant::now();
+        nap(opened + window);
+        close(start, &mut closing);
+        stats.open += opened.elapsed();
+        stats.windows += 1;
+        // The requests that began in the window end with their probes open.
+        let lingering = Instant::now();
+        while reqs.keys().next().is_some() && lingering.elapsed() < LINGER && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(POLL);
+        }
+        let left: Vec<u64> = reqs.keys().filter_map(Result::ok).collect();
+        for r in &left {
+            let _ = reqs.remove(r);
+        }
+        stats.abandoned += left.len() as u64;
+        close(follow, &mut closing);
+        log::debug!(
+            "window: opened in {:?}, open {:?}, lingered {:?}, {} left",
+            opened - began,
+            window,
+            lingering.elapsed(),
+            left.len()
+        );
+        nap(began + PERIOD);
+    }
+    for c in closing {
+        let _ = c.join();
+    }
+    stats
+}

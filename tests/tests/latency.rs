@@ -209,7 +209,7 @@ fn a_request_behind_a_blocking_one_waits_behind_it() {
 #[test]
 fn sampled_counts_are_scaled_to_what_nginx_took() {
     let gw = gateway("latency-sampled", LuaJitBuild::Debug);
-    // Long enough for several windows (one every 5 s), the same mix all along.
+    // Long enough for two windows (one every 10 s), the same mix all along.
     let (s, log, out) = traced_with(&gw, "latency-sampled", &["--sample", "40"], || {
         let until = std::time::Instant::now() + Duration::from_secs(16);
         while std::time::Instant::now() < until {

@@ -3,7 +3,8 @@
 //! requests a second, where a per-request probe weighs most) and on /hot/jit
 //! (about 10 ms of Lua a request), beside a bpftrace uprobe that only counts
 //! requests: the least any tool that sees each request can cost. Sampled
-//! runs (`--sample`) are measured at 5% and 1%.
+//! runs (`--sample`) are measured at 5% and 1%; their windows come every
+//! 10 s, so run with `--duration 20s` or more for two per run.
 
 use std::time::Duration;
 

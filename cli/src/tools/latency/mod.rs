@@ -55,8 +55,9 @@ pub struct Args {
     #[arg(long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     freq: u64,
     /// Follow only the requests that begin in windows covering PERCENT of the
-    /// time: the cost at high request rates falls with it (docs/latency.md#cost);
-    /// counts and rates are scaled up by nginx's own count of requests.
+    /// time (one window every 10 s: run for a minute or more): the cost at high
+    /// request rates falls with it (docs/latency.md#cost); counts and rates are
+    /// scaled up by nginx's own count of requests.
     #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(1..=100))]
     sample: Option<u32>,
     /// Latency histograms and breakdowns, one row per group [default: ljprobe-latency-<pid>.svg].

@@ -25,15 +25,15 @@ use ljprobe_common::latency::LatReq;
 
 use crate::bpf::perf_link::{Link, Site};
 
-/// One window per period. Opening and closing the probes is not free for the
-/// target: measured here on /health at 70k requests a second, each
-/// open-and-close of the seven cost the worker about 0.2 s of throughput
-/// (20% at one window a second, 5% at one every 4 s, with the probes on a
-/// function no request calls), besides the traps while they are open. Closing
-/// waits out an RCU grace period (~0.1 s) holding a lock that opening the
-/// same uprobe again waits for, so short periods also open late. Every 5 s:
-/// sampled runs are meant to be long.
-pub const PERIOD: Duration = Duration::from_secs(5);
+/// One window per period. Opening and closing a uprobe is not free for the
+/// target: measured here on /health at 60-70k requests a second, with the
+/// probes on a function no request calls, opening and closing one probe once
+/// a second cost the worker about 3% of its throughput, all seven about 30%,
+/// whatever the window's length (the traps while open come on top). Closing
+/// also waits out an RCU grace period (~0.1 s) holding a lock that opening
+/// the same uprobe again waits for. So windows are rare: one every 10 s, and
+/// sampled runs are meant to be long (a minute or more).
+pub const PERIOD: Duration = Duration::from_secs(10);
 /// A request still going this long after its window closed is given up (a
 /// long poll, a websocket), so that the probes can close.
 const LINGER: Duration = Duration::from_secs(2);

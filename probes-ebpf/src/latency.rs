@@ -15,7 +15,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf},
     macros::{map, perf_event, tracepoint, uprobe},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{PerfEventContext, ProbeContext, TracePointContext},
 };
 use ljprobe_common::{
@@ -50,9 +50,10 @@ static THREADS: HashMap<u32, LatThread> = HashMap::with_max_entries(1024, 0);
 #[map]
 static REQS: HashMap<u64, LatReq> = HashMap::with_max_entries(65536, 0);
 
-/// When each connection's current request was created, until its first event.
+/// When each connection's current request was created, until its first event
+/// (not LRU either: see `REQS`; a connection's next request overwrites it).
 #[map]
-static CREATED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+static CREATED: HashMap<u64, u64> = HashMap::with_max_entries(65536, 0);
 
 /// A new request's state is built here (the BPF stack holds 512 bytes).
 #[map]

@@ -73,6 +73,16 @@ pub fn check(path: &Path) -> Result<()> {
     }
 }
 
+/// `check` for a tool's SVG and, unless it goes to standard output ("-"),
+/// its JSON summary.
+pub fn check_svg_json(svg: &Path, json: Option<&Path>) -> Result<()> {
+    check(svg)?;
+    match json {
+        Some(path) if path.as_os_str() != "-" => check(path),
+        _ => Ok(()),
+    }
+}
+
 /// The user who ran `sudo`: (uid, gid), when ljprobe is root and both
 /// `SUDO_UID` and `SUDO_GID` are numbers (other than root's).
 pub fn invoking_user() -> Option<(u32, u32)> {

@@ -28,11 +28,7 @@ fn svg_path(args: &Args) -> PathBuf {
 
 /// Refuses an unsafe output path (see `crate::output`) before the run rather than after it.
 pub fn check(args: &Args) -> Result<()> {
-    crate::output::check(&svg_path(args))?;
-    match &args.json {
-        Some(path) if path.as_os_str() != "-" => crate::output::check(path),
-        _ => Ok(()),
-    }
+    crate::output::check_svg_json(&svg_path(args), args.json.as_deref())
 }
 
 /// The whole run, from the summed series.

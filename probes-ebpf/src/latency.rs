@@ -125,9 +125,12 @@ fn thread(tid: u32) -> Option<*mut LatThread> {
 }
 
 /// The state of request `r`, made on its first event: its start is when its
-/// connection created it, if seen, else nginx's own start time.
+/// connection created it, if seen, else nginx's own start time. The time
+/// from then to this first event is its reading of the header: on the CPU
+/// since the current loop iteration began (`iter_ns`), waiting for the
+/// client before that (a header that came in pieces).
 #[inline(always)]
-fn request(config: &LatencyConfig, r: u64, now: u64) -> Option<*mut LatReq> {
+fn request(config: &LatencyConfig, r: u64, now: u64, iter_ns: u64) -> Option<*mut LatReq> {
     if let Some(req) = REQS.get_ptr_mut(&r) {
         return Some(req);
     }
@@ -155,6 +158,12 @@ fn request(config: &LatencyConfig, r: u64, now: u64) -> Option<*mut LatReq> {
                 (*fresh).flags = REQ_NGINX_START;
             }
         }
+        let start = (*fresh).start_ns;
+        let running_from = if iter_ns > start && iter_ns < now { iter_ns } else { start };
+        let (waited, ran) = (running_from - start, now.saturating_sub(running_from));
+        let i = |kind: u32| PHASE_READ as usize * LAT_KINDS + kind as usize;
+        (*fresh).ns[i(KIND_WAIT)] = waited;
+        (*fresh).ns[i(KIND_CPU)] = ran;
         let _ = REQS.insert(&r, &*fresh, 0);
     }
     REQS.get_ptr_mut(&r)
@@ -180,7 +189,7 @@ fn runs(config: &LatencyConfig, tid: u32, r: u64, now: u64) -> Option<*mut LatRe
             return REQS.get_ptr_mut(&r);
         }
         left(t, now);
-        let req = request(config, r, now)?;
+        let req = request(config, r, now, (*t).iter_ns)?;
         let left_ns = (*req).left_ns;
         if left_ns != 0 {
             let waited = now.saturating_sub(left_ns);

@@ -192,8 +192,10 @@ fn two_tools_on_one_worker_both_work() {
     let url = gw.config.url();
     let load = |route: &str, rate| Load { url: url.clone(), route: route.into(), duration: Duration::from_secs(20), connections: 1, rate }.spawn().unwrap();
     // Light enough that the worker seldom waits for a CPU: the blocked time
-    // is the sleep's, and the samples the hot loop's.
-    let mut loads = [load("/hot/jit?n=0.2", Some(20)), load("/block/sleep", Some(20))];
+    // is the sleep's, and the samples the hot loop's. Heavy enough for about
+    // fifty samples of it in 5 s at 99 Hz: at a fifth of this (n=0.2), 19
+    // samples once put only 9 in it, beside 5 of nginx's own C code.
+    let mut loads = [load("/hot/jit?n=0.5", Some(20)), load("/block/sleep", Some(20))];
     thread::sleep(Duration::from_secs(1));
     let worker = gw.worker().to_string();
     let run = |tool: &'static str, name: &'static str| {

@@ -230,17 +230,18 @@ fn left(t: *mut LatThread, now: u64) {
     }
 }
 
-/// An event of request `arg` on this thread, and the phase it enters if any.
+/// An event of request `r` on this thread, and the phase it enters if any.
+/// Returns the state of its main request.
 #[inline(always)]
-fn event(r: u64, phase: Option<u32>) {
+fn event(r: u64, phase: Option<u32>) -> Option<*mut LatReq> {
     let pid_tgid = bpf_get_current_pid_tgid();
     if r == 0 || !target(pid_tgid) {
-        return;
+        return None;
     }
-    let Some(config) = CONFIG.get(0) else { return };
+    let config = CONFIG.get(0)?;
     let now = unsafe { bpf_ktime_get_ns() };
     let main = main_of(config, r);
-    let Some(req) = runs(config, pid_tgid as u32, main, now) else { return };
+    let req = runs(config, pid_tgid as u32, main, now)?;
     // A subrequest's phases are not its main request's; phases only go forward
     // (run_phases says "rewrite" when the phases go on after a wait in access).
     if let Some(p) = phase {
@@ -251,6 +252,7 @@ fn event(r: u64, phase: Option<u32>) {
             }
         }
     }
+    Some(req)
 }
 
 /// `ngx_http_create_request(c)`.
@@ -270,7 +272,7 @@ pub fn lat_create(ctx: ProbeContext) -> u32 {
 /// read: rewrite begins) or go on (after a wait in rewrite or access).
 #[uprobe]
 pub fn lat_runs(ctx: ProbeContext) -> u32 {
-    event(ctx.arg::<u64>(0).unwrap_or(0), Some(PHASE_REWRITE));
+    let _ = event(ctx.arg::<u64>(0).unwrap_or(0), Some(PHASE_REWRITE));
     0
 }
 
@@ -278,21 +280,21 @@ pub fn lat_runs(ctx: ProbeContext) -> u32 {
 /// starts or resumes (after `ngx.sleep`, a cosocket, a subrequest).
 #[uprobe]
 pub fn lat_lua_runs(ctx: ProbeContext) -> u32 {
-    event(ctx.arg::<u64>(1).unwrap_or(0), None);
+    let _ = event(ctx.arg::<u64>(1).unwrap_or(0), None);
     0
 }
 
 /// `ngx_http_core_post_rewrite_phase`: preaccess and access begin.
 #[uprobe]
 pub fn lat_access(ctx: ProbeContext) -> u32 {
-    event(ctx.arg::<u64>(0).unwrap_or(0), Some(PHASE_ACCESS));
+    let _ = event(ctx.arg::<u64>(0).unwrap_or(0), Some(PHASE_ACCESS));
     0
 }
 
 /// `ngx_http_core_content_phase`.
 #[uprobe]
 pub fn lat_content(ctx: ProbeContext) -> u32 {
-    event(ctx.arg::<u64>(0).unwrap_or(0), Some(PHASE_CONTENT));
+    let _ = event(ctx.arg::<u64>(0).unwrap_or(0), Some(PHASE_CONTENT));
     0
 }
 
@@ -300,14 +302,9 @@ pub fn lat_content(ctx: ProbeContext) -> u32 {
 /// subrequest of it goes to an upstream; its waits from here are for it.
 #[uprobe]
 pub fn lat_upstream(ctx: ProbeContext) -> u32 {
-    let r = ctx.arg::<u64>(0).unwrap_or(0);
-    event(r, Some(PHASE_UPSTREAM));
-    let Some(config) = CONFIG.get(0) else { return 0 };
-    if r != 0 && target(bpf_get_current_pid_tgid()) {
-        if let Some(req) = REQS.get_ptr_mut(&main_of(config, r)) {
-            // SAFETY: as in `runs`.
-            unsafe { (*req).flags |= REQ_UPSTREAM };
-        }
+    if let Some(req) = event(ctx.arg::<u64>(0).unwrap_or(0), Some(PHASE_UPSTREAM)) {
+        // SAFETY: as in `runs`.
+        unsafe { (*req).flags |= REQ_UPSTREAM };
     }
     0
 }

@@ -4,7 +4,7 @@
 use std::{borrow::Cow, collections::BTreeSet, fs::File, io::Read, path::Path};
 
 use anyhow::{bail, Context, Result};
-use object::{CompressionFormat, Object, ObjectSection, ObjectSymbol};
+use object::{CompressionFormat, Object, ObjectSection, ObjectSegment, ObjectSymbol};
 
 /// Largest object file read whole. nginx, LuaJIT and their debug files are a
 /// few MB to a few hundred; anything bigger is not worth holding in memory.
@@ -42,6 +42,28 @@ pub fn section_bytes<'d>(section: &impl ObjectSection<'d>) -> Result<Cow<'d, [u8
         _ => bail!("section compressed with {:?}: its decompression cannot be bounded", compressed.format),
     }
     Ok(compressed.decompress()?)
+}
+
+/// Where the byte at link-time address `addr` lies in the file, if the file
+/// holds it (not `.bss`).
+pub fn file_offset(file: &object::File, addr: u64) -> Option<u64> {
+    file.segments().find_map(|seg| {
+        let (off, size) = seg.file_range();
+        (addr >= seg.address() && addr - seg.address() < size).then(|| addr - seg.address() + off)
+    })
+}
+
+/// How far from its link-time addresses the object at `path` is loaded in a
+/// process whose mappings are `maps`: where its first loadable segment is
+/// mapped, less that segment's page-aligned address (0 for a non-PIE
+/// executable). A link-time address plus this is the address in the process,
+/// for every segment, `.bss` included.
+pub fn load_bias(file: &object::File, maps: &[ljprobe_host::proc::Mapping], path: &str) -> Option<u64> {
+    let first = file.segments().next()?;
+    let (offset, _) = first.file_range();
+    let page = |a: u64| a & !0xfff;
+    let m = maps.iter().find(|m| m.file() == Some(path) && m.offset == page(offset))?;
+    m.start.checked_sub(page(first.address()))
 }
 
 #[derive(Debug, Default, Clone)]

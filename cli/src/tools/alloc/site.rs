@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use object::{Object, ObjectSegment, ObjectSymbol};
+use object::{Object, ObjectSymbol};
 
 use crate::{
     bpf::perf_link::Site,
@@ -70,11 +70,7 @@ fn resize_range(p: &Process, lj: &LuaJit, maps: &[ljprobe_host::proc::Mapping]) 
     // file's segments carry no code.
     let code = crate::target::elf::read_file(&lj.host_path).ok()?;
     let code_obj = object::File::parse(&*code).ok()?;
-    let seg = code_obj.segments().find(|s| {
-        let (a, n) = (s.address(), s.size());
-        sym.address() >= a && sym.address() < a + n
-    })?;
-    let file_off = sym.address() - seg.address() + seg.file_range().0;
+    let file_off = crate::target::elf::file_offset(&code_obj, sym.address())?;
     let m = maps.iter().find(|m| {
         m.file() == Some(lj.path.as_str()) && m.executable() && file_off >= m.offset && file_off < m.offset + (m.end - m.start)
     })?;

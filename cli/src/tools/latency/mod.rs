@@ -81,12 +81,9 @@ const PROGRAMS: [(&str, &str); 7] = [
 ];
 
 /// `--sample`: the uprobes open in windows (`windows.rs`) instead of for the
-/// whole run, and the kernel follows only the requests that began in one.
+/// whole run (and `LatencyConfig::sampled` has the kernel follow only the
+/// requests that began in one).
 fn sampled(ebpf: &mut aya::Ebpf, probes: &[(&str, &std::path::Path, &str, u64)], pids: &[u32], percent: u32) -> Result<Windows> {
-    let mut config: Array<_, LatencyConfig> = Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?;
-    let mut c = config.get(&0, 0)?;
-    c.sampled = 1;
-    config.set(0, c, 0)?;
     let mut windowed = Vec::new();
     for (program, object, function, offset) in probes {
         let prog: &mut UProbe = ebpf.program_mut(program).with_context(|| format!("program {program} missing"))?.try_into()?;
@@ -117,7 +114,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         sample_ns: 1_000_000_000 / args.freq.max(1),
         realtime_offset_ns: clock::realtime_offset_ns(),
         stack_after_ns: STACK_AFTER.as_nanos() as u64,
-        sampled: 0,
+        sampled: u64::from(args.sample.is_some()),
     };
     Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?.set(0, config, 0)?;
     let mut ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;

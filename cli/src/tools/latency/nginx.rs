@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use ljprobe_common::latency::NginxLayout;
-use object::{Object, ObjectSegment, ObjectSymbol};
+use object::{Object, ObjectSymbol};
 
 use crate::{
     lua::{Memory, ProcMem},
@@ -53,15 +53,13 @@ pub const UPSTREAM: &str = "ngx_http_upstream_init";
 pub const LUA_RUNS: &str = "ngx_http_lua_run_thread";
 
 pub struct Nginx {
-    /// The program as the target maps it, for uprobes.
-    pub exe: PathBuf,
     pub version: String,
     pub layout: NginxLayout,
     /// The probed functions: their object (nginx, or lua-nginx-module's if
     /// loaded) and file offset (for probes opened and closed by hand, `--sample`).
     pub offsets: Vec<(PathBuf, &'static str, u64)>,
     /// Where `ngx_stat_requests` (stub_status's count of every request the
-    /// server took, in shared memory) is in the program, if it has one.
+    /// server took, in shared memory) is in the process, if it has one.
     stat_requests: Option<u64>,
 }
 
@@ -101,43 +99,35 @@ impl Nginx {
             }
         }
         let core = exported("ngx_http_core_module").context("nginx does not export ngx_http_core_module")?;
+        let bias = elf::load_bias(&file, &p.maps()?, &p.exe).with_context(|| format!("PID {} does not map {}", p.pid, exe.display()))?;
         let mut layout = layout;
-        layout.core_ctx_index = core_ctx_index(p, &exe, core.address())?;
+        layout.core_ctx_index = core_ctx_index(p, bias + core.address())?;
         let mut offsets: Vec<(PathBuf, &'static str, u64)> = [RUNS, CREATE, FREE, ACCESS, CONTENT, UPSTREAM]
             .iter()
-            .filter_map(|f| Some((exe.clone(), *f, file_offset(&file, exported(f)?.address())?)))
+            .filter_map(|f| Some((exe.clone(), *f, elf::file_offset(&file, exported(f)?.address())?)))
             .collect();
         // lua-nginx-module's object, if loaded (a module `.so` or built in).
         if let Some(lua) = &lua_module(p) {
             let data = elf::read_file(&p.host_path(&lua.to_string_lossy()))?;
             let so = object::File::parse(&*data)?;
             let sym = so.dynamic_symbols().find(|s| s.is_definition() && s.name() == Ok(LUA_RUNS));
-            if let Some(off) = sym.and_then(|s| file_offset(&so, s.address())) {
+            if let Some(off) = sym.and_then(|s| elf::file_offset(&so, s.address())) {
                 offsets.push((lua.clone(), LUA_RUNS, off));
             }
         }
-        let stat_requests = exported("ngx_stat_requests").map(|s| s.address());
-        Ok(Nginx { exe, version, layout, offsets, stat_requests })
+        let stat_requests = exported("ngx_stat_requests").map(|s| bias + s.address());
+        Ok(Nginx { version, layout, offsets, stat_requests })
     }
 
     /// The number of requests nginx has taken so far, all workers together
     /// (stub_status's counter), if this build counts them.
+    /// `p` is the process `find` looked at (or a process it forked: the
+    /// program is where `find` saw it).
     pub fn requests_taken(&self, p: &Process) -> Option<u64> {
-        let exe = self.exe.to_string_lossy();
-        let maps = p.maps().ok()?;
-        let base = maps.iter().filter(|m| m.file() == Some(&*exe)).map(|m| m.start.saturating_sub(m.offset)).min()?;
         let mem = ProcMem::open(p.pid).ok()?;
-        let counter = mem.read_u64(base + self.stat_requests?)?;
+        let counter = mem.read_u64(self.stat_requests?)?;
         mem.read_u64(counter)
     }
-}
-
-/// Where the byte at virtual address `addr` lies in the file.
-fn file_offset(file: &object::File, addr: u64) -> Option<u64> {
-    file.segments().find_map(|seg| {
-        let (off, size) = seg.file_range();
-        (addr >= seg.address() && addr - seg.address() < size).then(|| addr - seg.address() + off)
-    })
 }
 
 fn has(data: &[u8], needle: &[u8]) -> bool {
@@ -153,20 +143,10 @@ fn version(data: &[u8]) -> Option<String> {
 }
 
 /// `ngx_http_core_module.ctx_index` in the live process: the first word of
-/// the module struct, read where the program is loaded.
-fn core_ctx_index(p: &Process, exe: &Path, sym_addr: u64) -> Result<u32> {
-    let maps = p.maps()?;
-    let exe_str = exe.to_string_lossy();
-    let base = maps
-        .iter()
-        .filter(|m| m.file() == Some(&*exe_str))
-        .map(|m| m.start.saturating_sub(m.offset))
-        .min()
-        .with_context(|| format!("PID {} does not map {}", p.pid, exe.display()))?;
+/// the module struct, at `addr` there.
+fn core_ctx_index(p: &Process, addr: u64) -> Result<u32> {
     let mem = ProcMem::open(p.pid)?;
-    let index = mem
-        .read_u64(base + sym_addr)
-        .with_context(|| format!("cannot read ngx_http_core_module in PID {}", p.pid))?;
+    let index = mem.read_u64(addr).with_context(|| format!("cannot read ngx_http_core_module in PID {}", p.pid))?;
     if index > 64 {
         bail!("ngx_http_core_module.ctx_index reads {index} in PID {}: the layout does not fit this nginx", p.pid);
     }

@@ -47,6 +47,8 @@ enum Command {
     Gc(tools::gc::Args),
     /// Allocation flame graph: which Lua code allocates on the heap, by bytes or count, with table growth.
     Alloc(tools::alloc::Args),
+    /// Snapshot of the Lua heap: every object by type, the biggest holders named by their path from a root.
+    Heap(tools::heap::Args),
     /// Per-request latency of nginx: percentiles per location, and where each request's time went (phase, CPU, blocked, waiting).
     Latency(tools::latency::Args),
     /// Run cpu, offcpu, epoll-loop, gc and alloc together and write one page of what they found (DIR/index.html).
@@ -114,6 +116,7 @@ fn main() -> ExitCode {
             Command::EpollLoop(args) => tools::epoll_loop::run(args).await,
             Command::Gc(args) => tools::gc::run(args).await,
             Command::Alloc(args) => tools::alloc::run(args).await,
+            Command::Heap(args) => tools::heap::run(args).await,
             Command::Latency(args) => tools::latency::run(args).await,
             Command::Report(args) => tools::report::run(args).await,
             Command::Diff(args) => tools::diff::run(args),

@@ -37,6 +37,12 @@ fn colour(frame: &Frame) -> Color {
 }
 
 pub fn render(folded: &Folded, opts: &SvgOptions, out: impl Write) -> io::Result<()> {
+    render_with_legend(folded, opts, None, out)
+}
+
+/// `render`, with the colour legend given for graphs whose frames are not
+/// code (`ljprobe heap`: path steps and object types).
+pub fn render_with_legend(folded: &Folded, opts: &SvgOptions, legend: Option<&str>, out: impl Write) -> io::Result<()> {
     let mut palette = PaletteMap::default();
     // inferno's root frame ("all", named "" inside); its default yellow would read
     // as kernel in our legend.
@@ -47,7 +53,11 @@ pub fn render(folded: &Folded, opts: &SvgOptions, out: impl Write) -> io::Result
     let mut options = Options::default();
     options.title = opts.title.clone();
     let wait = folded.frames().into_iter().any(|f| matches!(f, Frame::Wait(_)));
-    let legend = if wait { format!("{LEGEND}, {WAIT_LEGEND}") } else { LEGEND.to_string() };
+    let legend = match legend {
+        Some(l) => l.to_string(),
+        None if wait => format!("{LEGEND}, {WAIT_LEGEND}"),
+        None => LEGEND.to_string(),
+    };
     options.subtitle = Some(format!("{} ({legend})", opts.subtitle));
     options.count_name = opts.count_name.clone();
     options.deterministic = true;

@@ -12,10 +12,13 @@
 mod bc;
 mod callsite;
 mod cache;
+mod copy;
 mod frame;
 mod funcname;
 mod gc_state;
 mod gcstr;
+pub mod heap;
+mod heap_layout;
 mod layout;
 mod mem;
 mod proto;
@@ -28,6 +31,8 @@ mod trace_call;
 #[allow(unused_imports)]
 pub use bc::Op;
 pub use callsite::call_target;
+pub use copy::MemCopy;
+pub use heap_layout::{HeapLayout, HEAP_OPENRESTY_21_GC64};
 #[allow(unused_imports)]
 pub use frame::RawFrame;
 #[allow(unused_imports)]

@@ -8,6 +8,7 @@ pub mod follow;
 pub mod layout;
 pub mod layout_dwarf;
 pub mod luajit;
+pub mod pause;
 pub mod process;
 pub mod vm_scan;
 

@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod epoll_loop;
 pub mod gate;
 pub mod gc;
+pub mod heap;
 pub mod latency;
 pub mod offcpu;
 pub mod report;

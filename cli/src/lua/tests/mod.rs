@@ -12,6 +12,7 @@ mod bounds;
 pub(crate) mod image;
 mod live;
 mod prop;
+mod heap;
 mod trace;
 mod unit;
 

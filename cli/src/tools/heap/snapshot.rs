@@ -1,0 +1,111 @@
+//! One consistent picture of a process's Lua heap: stop it while its main
+//! thread waits (in `epoll_wait` for an nginx worker), copy the private
+//! writable memory that holds the heap, let it run. The walk then reads the
+//! copy, however long it takes, and the target only pays for the copy.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::{
+    lua::{MemCopy, Memory, ProcMem},
+    target::{
+        pause::{Moment, Paused, EPOLL_WAITS},
+        Process,
+    },
+};
+
+/// Bytes copied per read of `/proc/PID/mem`.
+const CHUNK: usize = 8 << 20;
+/// How long to wait for the target to sit in a wait before stopping it anyway.
+const PATIENCE: Duration = Duration::from_secs(1);
+
+pub struct Snapshot {
+    pub mem: MemCopy,
+    pub how: How,
+}
+
+/// How the copy was made, for the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct How {
+    /// "waiting in epoll_wait", "waiting in system call N", "running".
+    pub stopped_while: String,
+    pub paused_ms: f64,
+    /// Every byte was copied while the target stood still.
+    pub consistent: bool,
+    pub copied_bytes: u64,
+    /// Bytes copied after `--max-pause` let the target run again.
+    pub copied_live_bytes: u64,
+    pub copy_ms: f64,
+    /// Times the target was stopped and let go again because it was busy.
+    pub retries: u32,
+}
+
+pub fn take(p: &Process, max_pause: Duration) -> Result<Snapshot> {
+    let waits: &[i64] = if p.is_nginx_worker() { &EPOLL_WAITS } else { &[] };
+    let maps = p.maps()?;
+    let regions: Vec<(u64, u64)> = maps
+        .iter()
+        .filter(|m| m.perms.starts_with("rw") && m.perms.ends_with('p') && matches!(m.path.as_deref(), None | Some("[heap]")))
+        .map(|m| (m.start, m.end))
+        .collect();
+    let src = ProcMem::open(p.pid)?;
+    // Buffers written now, so no page of ljprobe's faults in while the target waits.
+    let mut buffers: Vec<(u64, Vec<u8>)> = regions
+        .iter()
+        .map(|&(start, end)| {
+            let mut v = Vec::with_capacity((end - start) as usize);
+            v.resize((end - start) as usize, 1u8);
+            (start, v)
+        })
+        .collect();
+    let paused = Paused::when_waiting(p.pid, waits, PATIENCE)?;
+    let mut paused = Some(paused);
+    let stopped_while = match &paused.as_ref().expect("just set").moment {
+        Moment::Waiting(nr) => match usize::try_from(*nr).ok().and_then(syscalls::Sysno::new) {
+            Some(sys) => format!("waiting in {}", sys.name()),
+            None => format!("waiting in system call {nr}"),
+        },
+        Moment::Running => "running (it never waited within a second)".to_string(),
+    };
+    let retries = paused.as_ref().map_or(0, |p| p.tries);
+    let copy_started = Instant::now();
+    let mut mem = MemCopy::default();
+    let mut live = 0u64;
+    let mut paused_for = Duration::ZERO;
+    for (start, mut bytes) in buffers.drain(..) {
+        for (i, chunk) in bytes.chunks_mut(CHUNK).enumerate() {
+            let at = start + (i * CHUNK) as u64;
+            if paused.is_none() {
+                live += chunk.len() as u64;
+            }
+            if !src.read(at, chunk) {
+                // A mapping that went away or cannot be read: what was read stays zero.
+                chunk.fill(0);
+            }
+            if let Some(p) = &paused {
+                if p.held() >= max_pause {
+                    paused_for = p.held();
+                    paused = None;
+                }
+            }
+        }
+        mem.add(start, bytes);
+    }
+    if let Some(p) = paused.take() {
+        paused_for = p.held();
+    }
+    Ok(Snapshot {
+        how: How {
+            stopped_while,
+            paused_ms: paused_for.as_secs_f64() * 1e3,
+            consistent: live == 0,
+            copied_bytes: mem.bytes(),
+            copied_live_bytes: live,
+            copy_ms: copy_started.elapsed().as_secs_f64() * 1e3,
+            retries,
+        },
+        mem,
+    })
+}

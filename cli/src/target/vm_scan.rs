@@ -25,9 +25,14 @@ const MAX_CANDIDATES: usize = 1 << 12;
 pub fn find_global_state(pid: u32, maps: &[Mapping], layout: &VmLayout, luajit_code: &[(u64, u64)]) -> Option<u64> {
     let mem = ProcMem::open(pid).ok()?;
     let mut scanned = 0u64;
-    let private_data = maps.iter().filter(|m| {
-        m.perms.starts_with("rw") && m.perms.ends_with('p') && matches!(m.path.as_deref(), None | Some("[heap]"))
-    });
+    let mut private_data: Vec<&Mapping> = maps
+        .iter()
+        .filter(|m| m.perms.starts_with("rw") && m.perms.ends_with('p') && matches!(m.path.as_deref(), None | Some("[heap]")))
+        .collect();
+    // Smallest first: GG_State is among the VM's first allocations, in a
+    // small early mapping, while a big heap grows in ever larger ones that
+    // would use up the scan's budget first.
+    private_data.sort_by_key(|m| (m.end - m.start, std::cmp::Reverse(m.start)));
     let mut buf = vec![0u8; CHUNK];
     let mut verified = 0;
     for m in private_data {

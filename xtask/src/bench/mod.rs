@@ -1,4 +1,4 @@
-//! `cargo xtask bench cpu|offcpu|alloc|report|latency`: what profiling costs the gateway's throughput;
+//! `cargo xtask bench cpu|offcpu|alloc|report|latency|heap`: what profiling costs the gateway's throughput;
 //! `bench soak`: ljprobe's own CPU and memory over a long run (soak.rs).
 //!
 //! Absolute requests/sec depend on the machine and on whatever else runs on it, so
@@ -26,6 +26,7 @@ use xtask::{
 
 mod alloc;
 mod cpu;
+mod heap;
 mod latency;
 mod offcpu;
 mod report;
@@ -81,6 +82,16 @@ pub enum What {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
         rounds: u32,
     },
+    /// `ljprobe heap` on standalone LuaJIT heaps of about 10 MB, 100 MB and
+    /// 1 GB (pause, copy, walk, ljprobe's RSS), then the gateway's throughput
+    /// with a snapshot of its worker every second, as ratios to interleaved
+    /// runs without.
+    Heap {
+        #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        rounds: u32,
+    },
     /// `ljprobe cpu --stack mixed` and `ljprobe offcpu` on the worker, together,
     /// for a long run under sustained mixed load: ljprobe's own CPU share, peak
     /// RSS and RSS growth, records per second and lost records.
@@ -101,6 +112,7 @@ pub fn run(what: What) -> Result<()> {
         What::Alloc { duration, rounds } => alloc::run(duration, rounds),
         What::Report { duration, rounds } => report::run(duration, rounds),
         What::Latency { duration, rounds } => latency::run(duration, rounds),
+        What::Heap { duration, rounds } => heap::run(duration, rounds),
         What::Soak { duration, every } => soak::run(duration, every),
     }
 }

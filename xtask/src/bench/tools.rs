@@ -38,6 +38,9 @@ pub enum Tool {
     /// A bpftrace uprobe on the worker's `ngx_http_free_request` that only
     /// counts calls: the least a probe that sees every request costs.
     BpftraceRequestCount,
+    /// `ljprobe heap` on the worker once a second: a snapshot (a pause of
+    /// the worker for the copy) every second, the run through.
+    LjprobeHeapEverySecond,
 }
 
 impl Tool {
@@ -59,6 +62,7 @@ impl Tool {
             Tool::LjprobeLatency(None) => "ljprobe latency".into(),
             Tool::LjprobeLatency(Some(p)) => format!("ljprobe latency --sample {p}"),
             Tool::BpftraceRequestCount => "bpftrace count free_request".into(),
+            Tool::LjprobeHeapEverySecond => "ljprobe heap every 1 s".into(),
         }
     }
 
@@ -124,6 +128,18 @@ impl Tool {
                 c.args(["-e", &script]);
                 c
             }
+            Tool::LjprobeHeapEverySecond => {
+                let heap = format!(
+                    "{} heap --pid {} --svg {} --json {}",
+                    bench.ljprobe.display(),
+                    gw.worker(),
+                    svg.display(),
+                    self.json(bench).display()
+                );
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("end=$(($(date +%s) + {secs})); n=0; while [ $(date +%s) -lt $end ]; do {heap} >/dev/null && n=$((n+1)); sleep 1; done; echo snapshots $n >&2")]);
+                c
+            }
             Tool::BpftraceAllocCount => {
                 let worker = gw.worker();
                 let lib = ljprobe_host::proc::maps(worker)
@@ -152,6 +168,7 @@ impl Tool {
             Tool::LjprobeAlloc { .. } => Some((json()?["events"].as_u64()?, "allocator calls while attached")),
             Tool::LjprobeGc { .. } => Some((json()?["samples"].as_u64()?, "samples")),
             Tool::BpftraceAllocCount | Tool::BpftraceRequestCount => None,
+            Tool::LjprobeHeapEverySecond => Some((stderr.rsplit_once("snapshots ")?.1.trim().parse().ok()?, "snapshots")),
             Tool::LjprobeLatency(_) => Some((json()?["requests"].as_u64()?, "requests")),
             Tool::LjprobeReport => {
                 let cpu: serde_json::Value = serde_json::from_str(&fs::read_to_string(bench.out.join("report/cpu.json")).ok()?).ok()?;

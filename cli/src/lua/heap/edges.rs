@@ -3,7 +3,7 @@
 //! what each is called, so a path from a root can be written out.
 
 use super::objects::{Kind, Obj, Vm};
-use crate::lua::{mem::MAX_READ, Memory};
+use crate::lua::Memory;
 
 /// How a parent holds a child.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -42,6 +42,24 @@ pub fn tv_itype(v: u64) -> u32 {
 
 pub const TV_NIL: u64 = u64::MAX;
 
+/// Largest array read at once: a table's parts can be bigger than one read allows.
+const CHUNK_ITEMS: u64 = 1 << 16;
+
+/// Calls `f(i, item)` for `count` items of `size` bytes from `addr`, read a
+/// chunk at a time; stops at the first chunk that cannot be read.
+fn chunked<M: Memory>(mem: &M, addr: u64, count: u64, size: u64, mut f: impl FnMut(u64, &[u8])) {
+    let mut done = 0;
+    while done < count {
+        let n = (count - done).min(CHUNK_ITEMS);
+        let Some(at) = (done * size).checked_add(addr) else { return };
+        let Some(bytes) = mem.read_bytes(at, (n * size) as usize) else { return };
+        for (i, item) in bytes.chunks_exact(size as usize).enumerate() {
+            f(done + i as u64, item);
+        }
+        done += n;
+    }
+}
+
 impl<M: Memory> Vm<'_, M> {
     /// Calls `f(child, edge)` for each reference `o` holds that keeps its
     /// child alive (a weak table's weak side is left out).
@@ -59,26 +77,20 @@ impl<M: Memory> Vm<'_, M> {
                     f(meta, Edge::Metatable);
                 }
                 let asize = u64::from(u32_at(h.tab_asize));
-                if asize > 0 && asize * 8 <= MAX_READ as u64 {
-                    if let Some(arr) = mem.read_bytes(u64_at(h.tab_array), (asize * 8) as usize) {
-                        if marked & h.weakval == 0 {
-                            for (i, v) in arr.chunks_exact(8).enumerate() {
-                                if let Some(c) = tv_gc(u64::from_ne_bytes(v.try_into().expect("8"))) {
-                                    f(c, Edge::Index(i as u32));
-                                }
-                            }
+                if asize > 0 && marked & h.weakval == 0 {
+                    chunked(mem, u64_at(h.tab_array), asize, 8, |i, v| {
+                        if let Some(c) = tv_gc(u64::from_ne_bytes(v.try_into().expect("8"))) {
+                            f(c, Edge::Index(i as u32));
                         }
-                    }
+                    });
                 }
                 let hmask = u64::from(u32_at(l.tab_hmask));
-                let nodes = (hmask + 1) * l.node_size;
-                if hmask > 0 && nodes <= MAX_READ as u64 {
-                    let Some(node) = mem.read_bytes(u64_at(l.tab_node), nodes as usize) else { return };
-                    for n in node.chunks_exact(l.node_size as usize) {
+                if hmask > 0 {
+                    chunked(mem, u64_at(l.tab_node), hmask + 1, l.node_size, |_, n| {
                         let val = u64::from_ne_bytes(n[l.node_val as usize..][..8].try_into().expect("8"));
                         let key = u64::from_ne_bytes(n[l.node_key as usize..][..8].try_into().expect("8"));
                         if val == TV_NIL {
-                            continue;
+                            return;
                         }
                         if marked & h.weakkey == 0 {
                             if let Some(c) = tv_gc(key) {
@@ -90,7 +102,7 @@ impl<M: Memory> Vm<'_, M> {
                                 f(c, Edge::Key(key));
                             }
                         }
-                    }
+                    });
                 }
             }
             Kind::LuaFunction => {
@@ -150,13 +162,12 @@ impl<M: Memory> Vm<'_, M> {
                 }
                 let (Some(stack), Some(top)) = (mem.read_u64(a + h.th_stack), mem.read_u64(a + h.th_top)) else { return };
                 let first = stack + 8 * (1 + u64::from(l.fr2));
-                let Some(len) = top.checked_sub(first).filter(|&n| n <= MAX_READ as u64) else { return };
-                let Some(slots) = mem.read_bytes(first, len as usize) else { return };
-                for (i, v) in slots.chunks_exact(8).enumerate() {
+                let Some(len) = top.checked_sub(first) else { return };
+                chunked(mem, first, len / 8, 8, |i, v| {
                     if let Some(c) = tv_gc(u64::from_ne_bytes(v.try_into().expect("8"))) {
                         f(c, Edge::Stack(i as u32));
                     }
-                }
+                });
             }
             Kind::Userdata => {
                 for (off, edge) in [(h.ud_meta, Edge::Metatable), (h.ud_env, Edge::Env)] {

@@ -13,7 +13,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{bail, Result};
 
 use crate::{
-    lua::{heap::Vm, HEAP_OPENRESTY_21_GC64, OPENRESTY_21_GC64},
+    lua::{heap::Vm, ProcMem, GC_21_GC64_X86_64, HEAP_OPENRESTY_21_GC64, OPENRESTY_21_GC64},
     target::aim::Aim,
 };
 
@@ -26,9 +26,10 @@ pub struct Args {
     #[arg(long, default_value_t = 20)]
     pub top: usize,
     /// Longest the target is stopped while its memory is copied; what is left
-    /// is copied with the target running, and the report says so.
-    #[arg(long, default_value = "50ms", value_parser = ljprobe_host::duration::parse)]
-    pub max_pause: Duration,
+    /// is copied with the target running, and the report says so
+    /// [default: 50ms per 100 MB of Lua heap, at least 50ms].
+    #[arg(long, value_parser = ljprobe_host::duration::parse)]
+    pub max_pause: Option<Duration>,
     /// Flame graph of the heap by path [default: ljprobe-heap-<pid>.svg in the current directory].
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
@@ -50,7 +51,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             eprintln!("ljprobe: note: process {} ({}): its Lua VM was not found in its memory; no snapshot of it", p.pid, p.comm);
             continue;
         };
-        let snap = snapshot::take(p, args.max_pause)?;
+        let heap = ProcMem::open(p.pid).ok().and_then(|m| GC_21_GC64_X86_64.read(&m, g)).map_or(0, |r| r.total);
+        let snap = snapshot::take(p, args.max_pause.unwrap_or_else(|| default_pause(heap)))?;
         let vm = Vm { mem: &snap.mem, l: &OPENRESTY_21_GC64, h: &HEAP_OPENRESTY_21_GC64, g };
         reports.push(analysis::analyse(&vm, p.pid, p.comm.clone(), snap.how.clone(), args.top));
     }
@@ -63,4 +65,10 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     }
     report::write(&args, &reports)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The pause the issue allows: 50 ms per 100 MB of heap (a copy runs at
+/// 2-4 GB/s here, docs/bench.md#heap), never under 50 ms.
+fn default_pause(heap_bytes: u64) -> Duration {
+    Duration::from_millis(50).max(Duration::from_secs_f64(0.05 * heap_bytes as f64 / 100e6))
 }

@@ -80,7 +80,7 @@ pub fn take(p: &Process, max_pause: Duration) -> Result<Snapshot> {
             if paused.is_none() {
                 live += chunk.len() as u64;
             }
-            if !src.read(at, chunk) {
+            if !read_remote(p.pid, at, chunk) && !src.read(at, chunk) {
                 // A mapping that went away or cannot be read: what was read stays zero.
                 chunk.fill(0);
             }
@@ -108,4 +108,15 @@ pub fn take(p: &Process, max_pause: Duration) -> Result<Snapshot> {
         },
         mem,
     })
+}
+
+/// `process_vm_readv`: the kernel copies page by page straight into `buf`,
+/// several times faster than `/proc/PID/mem` for big copies.
+fn read_remote(pid: u32, addr: u64, buf: &mut [u8]) -> bool {
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: `local` covers exactly `buf`, which outlives the call; the
+    // remote address is only read by the kernel, in the other process.
+    let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+    n == buf.len() as isize
 }

@@ -49,6 +49,8 @@ enum Command {
     Alloc(tools::alloc::Args),
     /// Snapshot of the Lua heap: every object by type, the biggest holders named by their path from a root.
     Heap(tools::heap::Args),
+    /// What stays live: allocations of the run not freed by its end, by Lua stack and holder, and the reference paths that grew.
+    Leak(tools::leak::Args),
     /// Per-request latency of nginx: percentiles per location, and where each request's time went (phase, CPU, blocked, waiting).
     Latency(tools::latency::Args),
     /// Run cpu, offcpu, epoll-loop, gc and alloc together and write one page of what they found (DIR/index.html).
@@ -117,6 +119,7 @@ fn main() -> ExitCode {
             Command::Gc(args) => tools::gc::run(args).await,
             Command::Alloc(args) => tools::alloc::run(args).await,
             Command::Heap(args) => tools::heap::run(args).await,
+            Command::Leak(args) => tools::leak::run(args).await,
             Command::Latency(args) => tools::latency::run(args).await,
             Command::Report(args) => tools::report::run(args).await,
             Command::Diff(args) => tools::diff::run(args),

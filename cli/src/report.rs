@@ -67,6 +67,8 @@ pub enum PprofKind {
     OffCpu,
     /// The same allocations weighed both ways; the one `unit` names is shown first.
     Alloc { by_bytes: Folded, by_count: Folded },
+    /// What is still in use at the end (`ljprobe leak`), both ways, as Go's heap profiles name it.
+    Inuse { by_bytes: Folded, by_count: Folded },
 }
 
 #[derive(Serialize)]
@@ -218,6 +220,10 @@ fn pprof_file(p: &Profile) -> Vec<u8> {
         PprofKind::Alloc { by_bytes, by_count } => {
             let columns = vec![col("alloc_objects", "count", by_count, 1.0), col("alloc_space", "bytes", by_bytes, 1.0)];
             (columns, Some(("space", "bytes", 0)), Some(if p.unit == "bytes" { "alloc_space" } else { "alloc_objects" }))
+        }
+        PprofKind::Inuse { by_bytes, by_count } => {
+            let columns = vec![col("inuse_objects", "count", by_count, 1.0), col("inuse_space", "bytes", by_bytes, 1.0)];
+            (columns, Some(("space", "bytes", 0)), Some("inuse_space"))
         }
     };
     let elapsed_ns = (p.collected.elapsed_secs * 1e9) as i64;

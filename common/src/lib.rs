@@ -418,6 +418,38 @@ pub struct AllocConfig {
     /// counted in the kernel and each sent once.
     pub native: u32,
     pub kernel: u32,
+    /// 1 (`ljprobe leak`): each new block's address is sent too, from a
+    /// uretprobe on the allocator, as an `AllocAddr`.
+    pub addresses: u32,
+    pub _pad: u32,
+}
+
+/// A new block the allocator returned, and the stack that asked for it (the
+/// key of its `AllocRecord`: a stack hash in Lua mode, the record's own in
+/// native mode). 40 bytes, so user space tells it from an `AllocRecord` by size.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllocAddr {
+    pub key: u64,
+    pub addr: u64,
+    pub scale: u64,
+    pub bytes: u32,
+    pub pid: u32,
+    /// `bpf_ktime_get_ns` at the return: events after the end snapshot are left out.
+    pub ns: u64,
+}
+
+/// What the allocator probe keeps per thread between the call and its return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllocPending {
+    pub key: u64,
+    pub scale: u64,
+    pub bytes: u64,
+    /// The stack pointer at the call: the return of that same call has it 8
+    /// higher, so a return is never paired with another call's entry (the
+    /// two probes of a window attach one after the other).
+    pub sp: u64,
 }
 
 /// The value of the alloc program's per-CPU `STACKS` map, keyed by a hash of

@@ -10,12 +10,12 @@
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user_buf},
-    macros::{map, perf_event, uprobe},
+    macros::{map, perf_event, uprobe, uretprobe},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{PerfEventContext, ProbeContext},
+    programs::{PerfEventContext, ProbeContext, RetProbeContext},
 };
 use ljprobe_common::{
-    AllocConfig, GcCycles, AllocRecord, AllocRecordNative, AllocTotals, CpuSample, VmLayout, ALLOC_BYTES, ALLOC_CALLS, ALLOC_COUNT_SLOTS, ALLOC_EXPLICIT_FREED_BYTES,
+    AllocAddr, AllocConfig, AllocPending, GcCycles, AllocRecord, AllocRecordNative, AllocTotals, CpuSample, VmLayout, ALLOC_BYTES, ALLOC_CALLS, ALLOC_COUNT_SLOTS, ALLOC_EXPLICIT_FREED_BYTES,
     ALLOC_FREED_BYTES, ALLOC_FREES, ALLOC_HIST_BUCKETS, ALLOC_LOST, ALLOC_NEW, ALLOC_REALLOC, ALLOC_STACKS_FULL,
     ALLOC_TABLE_RESIZE, MAX_LUA_FRAMES,
 };
@@ -61,6 +61,11 @@ static CYCLES: HashMap<u32, GcCycles> = HashMap::with_max_entries(256, 0);
 #[map]
 static RECORDS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 
+/// With `addresses` (`ljprobe leak`): per thread, the new block asked for,
+/// until the allocator returns it.
+#[map]
+static PENDING: HashMap<u64, AllocPending> = HashMap::with_max_entries(4096, 0);
+
 /// Words above the allocator's stack pointer searched for a return address
 /// into `lj_tab_resize` (it calls `lj_mem_realloc`/`lj_mem_newvec`, which call
 /// the allocator: two small frames).
@@ -104,10 +109,37 @@ pub fn alloc_call(ctx: ProbeContext) -> u32 {
     let mut vm_regs = regs;
     vm_regs.rdx = 0;
     vm_regs.rbx = 0;
-    if config.native != 0 {
-        record_native(&ctx, pid_tgid, &vm_regs, config, kind, bytes);
+    let key = if config.native != 0 {
+        record_native(&ctx, pid_tgid, &vm_regs, config, kind, bytes)
     } else {
-        count_lua(pid_tgid, &vm_regs, config, kind, bytes);
+        count_lua(pid_tgid, &vm_regs, config, kind, bytes)
+    };
+    if config.addresses != 0 && ptr == 0 {
+        if let Some(key) = key {
+            let _ = PENDING.insert(&pid_tgid, &AllocPending { key, scale: config.scale, bytes, sp: regs.rsp }, 0);
+        }
+    }
+    0
+}
+
+/// The allocator returns: with `addresses`, the new block's address goes to
+/// user space beside the key of the stack that asked for it.
+#[uretprobe]
+pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: copied out at once.
+    let Some(p) = (unsafe { PENDING.get(&pid_tgid) }).copied() else { return 0 };
+    let _ = PENDING.remove(&pid_tgid);
+    // SAFETY: a uretprobe's context is the user registers at the return.
+    let (addr, sp) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rsp) };
+    if addr == 0 || sp != p.sp.wrapping_add(8) {
+        return 0;
+    }
+    // SAFETY: a helper without arguments.
+    let ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let rec = AllocAddr { key: p.key, addr, scale: p.scale, bytes: p.bytes as u32, pid: (pid_tgid >> 32) as u32, ns };
+    if RECORDS.output(&rec, NO_WAKEUP).is_err() {
+        counters::add(&COUNTS, ALLOC_LOST, 1);
     }
     0
 }
@@ -125,12 +157,12 @@ pub fn alloc_gc_atomic(_ctx: PerfEventContext) -> u32 {
 }
 
 #[inline(always)]
-fn count_lua(pid_tgid: u64, regs: &pt_regs, config: &AllocConfig, kind: u32, bytes: u64) {
-    let Some(layout) = LAYOUT.get(0) else { return };
+fn count_lua(pid_tgid: u64, regs: &pt_regs, config: &AllocConfig, kind: u32, bytes: u64) -> Option<u64> {
+    let layout = LAYOUT.get(0)?;
     // The stack is walked into this CPU's scratch record: reserving ring
     // space for every event would fill the ring with discarded records
     // between two drains.
-    let Some(rec) = SCRATCH.get_ptr_mut(0) else { return };
+    let rec = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot; a BPF program is not preempted by another on the same CPU.
     let rec = unsafe { &mut *rec };
     capture::lua(&mut rec.stack, pid_tgid, layout, regs, &VMS);
@@ -164,14 +196,15 @@ fn count_lua(pid_tgid: u64, regs: &pt_regs, config: &AllocConfig, kind: u32, byt
             counters::add(&COUNTS, ALLOC_LOST, 1);
         }
     }
+    Some(key)
 }
 
 #[inline(always)]
-fn record_native(ctx: &ProbeContext, pid_tgid: u64, regs: &pt_regs, config: &AllocConfig, kind: u32, bytes: u64) {
-    let Some(layout) = LAYOUT.get(0) else { return };
+fn record_native(ctx: &ProbeContext, pid_tgid: u64, regs: &pt_regs, config: &AllocConfig, kind: u32, bytes: u64) -> Option<u64> {
+    let layout = LAYOUT.get(0)?;
     let Some(mut entry) = RECORDS.reserve::<AllocRecordNative>(0) else {
         counters::add(&COUNTS, ALLOC_LOST, 1);
-        return;
+        return None;
     };
     let rec = entry.as_mut_ptr();
     // SAFETY: a reserved record we own until submit.
@@ -179,13 +212,19 @@ fn record_native(ctx: &ProbeContext, pid_tgid: u64, regs: &pt_regs, config: &All
         let cur_l = capture::lua(&mut (*rec).head.stack, pid_tgid, layout, regs, &VMS);
         capture::kernel_stack(ctx, &mut (*rec).head.stack, config.kernel != 0);
         capture::native(&mut (*rec).native, regs, layout, cur_l);
-        (*rec).head.key = 0;
         (*rec).head.kind = kind;
         (*rec).head._pad = 0;
         (*rec).head.scale = config.scale;
         (*rec).head.bytes = bytes;
     }
+    // Each native record is its own stack: a key of its own pairs it with its
+    // address (taken last: a value kept across the captures' calls trips the verifier).
+    // SAFETY: a helper without arguments.
+    let key = if config.addresses != 0 { (unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }) | 1 } else { 0 };
+    // SAFETY: still our reserved record.
+    unsafe { (*rec).head.key = key };
     entry.submit(NO_WAKEUP);
+    Some(key)
 }
 
 /// The VM is collecting garbage (`LJ_VMST_GC`): a free here is a sweep.

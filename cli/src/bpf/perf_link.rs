@@ -70,6 +70,13 @@ pub fn uprobe_pmu() -> Result<u32> {
     text.trim().parse().context("unreadable uprobe PMU type")
 }
 
+/// Which bit of `config` makes a uprobe a uretprobe (sysfs: `config:0`).
+fn retprobe_bit() -> Result<u32> {
+    let text = std::fs::read_to_string("/sys/bus/event_source/devices/uprobe/format/retprobe")
+        .context("this kernel's uprobe PMU has no retprobe format (/sys/bus/event_source/devices/uprobe/format/retprobe)")?;
+    text.trim().strip_prefix("config:").and_then(|b| b.parse().ok()).context("unreadable uprobe retprobe format")
+}
+
 /// One perf event with a program attached; closed on drop.
 pub struct Link {
     _fd: OwnedFd,
@@ -86,6 +93,19 @@ impl Link {
             ..Default::default()
         };
         open(&attr, site.pid, prog_fd).map_err(|e| anyhow!("cannot open a uprobe in process {}: {e}", site.pid))
+    }
+
+    /// A uretprobe on the function at `site`: the program runs as it returns.
+    pub fn uretprobe(pmu: u32, site: &Site, prog_fd: RawFd) -> Result<Link> {
+        let attr = PerfEventAttr {
+            type_: pmu,
+            size: std::mem::size_of::<PerfEventAttr>() as u32,
+            config: 1 << retprobe_bit()?,
+            config1: site.path.as_ptr() as u64,
+            config2: site.offset,
+            ..Default::default()
+        };
+        open(&attr, site.pid, prog_fd).map_err(|e| anyhow!("cannot open a uretprobe in process {}: {e}", site.pid))
     }
 
     /// A hardware watchpoint on the byte at `addr` in thread `tid`, running

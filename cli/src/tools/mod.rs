@@ -10,6 +10,7 @@ pub mod gate;
 pub mod gc;
 pub mod heap;
 pub mod latency;
+pub mod leak;
 pub mod offcpu;
 pub mod report;
 pub mod run_args;

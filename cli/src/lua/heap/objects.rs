@@ -168,7 +168,7 @@ impl<M: Memory> Vm<'_, M> {
                     break;
                 }
                 let len = buf_u32(&hdr, self.l.str_len).unwrap_or(0);
-                let size = self.l.str_data + u64::from(len) + 1;
+                let size = str_size(self.l, len);
                 let class = len_class(len).min(LEN_CLASSES - 1);
                 out.str_count[class] += 1;
                 out.str_bytes[class] += size;
@@ -245,7 +245,7 @@ impl<M: Memory> Vm<'_, M> {
                 (Kind::CFunction, h.cfunc_base + 8 * n)
             }
         } else if gct == l.gct_str {
-            (Kind::String, l.str_data + u64::from(u32_at(l.str_len)?) + 1)
+            (Kind::String, str_size(l, u32_at(l.str_len)?))
         } else if gct == h.gct_upval {
             (Kind::Upvalue, h.uv_size)
         } else if gct == l.gct_proto {
@@ -299,6 +299,12 @@ impl<M: Memory> Vm<'_, M> {
         }
         None
     }
+}
+
+/// `lj_str_size`: the header, the characters and a NUL, padded to 4 bytes
+/// (the hash reads the data a word at a time).
+fn str_size(l: &ObjLayout, len: u32) -> u64 {
+    l.str_data + ((u64::from(len) + 4) & !3)
 }
 
 fn clamp(size: u64) -> u32 {

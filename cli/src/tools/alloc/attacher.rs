@@ -18,22 +18,37 @@ enum Order {
     Close(Vec<Link>),
 }
 
-fn serve(pmu: u32, prog_fd: RawFd, orders: &Receiver<Order>, opened: &Sender<Vec<(usize, Link)>>) {
+/// The programs a window attaches at each site: the entry uprobe, and for
+/// `ljprobe leak` the uretprobe that sees the address returned.
+#[derive(Clone, Copy)]
+pub struct Progs {
+    pub entry: RawFd,
+    pub exit: Option<RawFd>,
+}
+
+fn serve(pmu: u32, progs: Progs, orders: &Receiver<Order>, opened: &Sender<Vec<(usize, Link)>>) {
     let mut closing: Vec<JoinHandle<()>> = Vec::new();
     while let Ok(order) = orders.recv() {
         closing.retain(|c| !c.is_finished());
         match order {
             Order::Open(sites) => {
-                let links = sites
-                    .into_iter()
-                    .filter_map(|(i, site)| match Link::uprobe(pmu, &site, prog_fd) {
-                        Ok(l) => Some((i, l)),
-                        Err(e) => {
-                            log::debug!("{e:#}");
-                            None
+                let mut links = Vec::new();
+                for (i, site) in sites {
+                    // The return first: an entry seen without its return leaves a stale pending entry.
+                    if let Some(exit) = progs.exit {
+                        match Link::uretprobe(pmu, &site, exit) {
+                            Ok(l) => links.push((i, l)),
+                            Err(e) => {
+                                log::debug!("{e:#}");
+                                continue;
+                            }
                         }
-                    })
-                    .collect();
+                    }
+                    match Link::uprobe(pmu, &site, progs.entry) {
+                        Ok(l) => links.push((i, l)),
+                        Err(e) => log::debug!("{e:#}"),
+                    }
+                }
                 if opened.send(links).is_err() {
                     break;
                 }
@@ -54,10 +69,10 @@ pub struct Attacher {
 }
 
 impl Attacher {
-    pub fn start(pmu: u32, prog_fd: RawFd) -> std::io::Result<Attacher> {
+    pub fn start(pmu: u32, progs: Progs) -> std::io::Result<Attacher> {
         let (orders, rx) = channel::<Order>();
         let (tx, opened) = channel::<Vec<(usize, Link)>>();
-        let thread = std::thread::Builder::new().name("alloc-attach".into()).spawn(move || serve(pmu, prog_fd, &rx, &tx))?;
+        let thread = std::thread::Builder::new().name("alloc-attach".into()).spawn(move || serve(pmu, progs, &rx, &tx))?;
         Ok(Attacher { orders, opened, thread })
     }
 

@@ -4,9 +4,9 @@
 
 mod attacher;
 mod report;
-mod sampler;
-mod site;
-mod tally;
+pub(crate) mod sampler;
+pub(crate) mod site;
+pub(crate) mod tally;
 
 use std::{
     os::fd::{AsFd, AsRawFd},
@@ -63,7 +63,7 @@ pub struct Args {
     outputs: Outputs,
 }
 
-fn parse_budget(s: &str) -> Result<f64, String> {
+pub(crate) fn parse_budget(s: &str) -> Result<f64, String> {
     let v: f64 = s.trim_end_matches('%').parse().map_err(|_| format!("not a percentage: {s}"))?;
     if v > 0.0 && v <= 100.0 {
         Ok(v)
@@ -94,6 +94,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         resize_hi: resize.map_or(0, |r| r.1),
         native: u32::from(native),
         kernel: u32::from(args.stacks.kernel),
+        addresses: 0,
+        _pad: 0,
     };
     let mut config: Array<MapData, AllocConfig> = Array::try_from(ebpf.take_map("CONFIG").context("CONFIG map missing")?)?;
     config.set(0, base, 0)?;
@@ -109,7 +111,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let watch = prog.fd()?.as_fd().as_raw_fd();
     let probed = allocators.iter().map(|a| Probed { site: a.site.clone(), g: a.g }).collect();
     let budget = (!args.all).then_some(args.overhead);
-    let sampler = Sampler::start(probed, Programs { uprobe, watch }, Maps { config, counts, cycles, base }, budget)?;
+    let sampler = Sampler::start(probed, Programs { uprobe, uretprobe: None, watch }, Maps { config, counts, cycles, base }, budget)?;
     let mut ring: RingBuf<MapData> = RingBuf::try_from(ebpf.take_map("RECORDS").context("RECORDS map missing")?)?;
     let mut source = AllocSource { ring: &mut ring, tally: Tally::new(builder, native), sampler: &sampler, aim: &aim };
     let run = collect::Run { ebpf: &mut ebpf, aim: &aim, duration: args.run.duration, what: "stacks" };

@@ -27,7 +27,7 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use ljprobe_common::{AllocConfig, GcCycles, ALLOC_BYTES, ALLOC_CALLS, ALLOC_EXPLICIT_FREED_BYTES};
 use serde::Serialize;
 
-use super::attacher::Attacher;
+use super::attacher::{Attacher, Progs};
 use crate::{
     bpf::perf_link::{uprobe_pmu, Link, Site},
     lua::{allocated_so_far, Accounted, ProcMem, GC_21_GC64_X86_64},
@@ -68,7 +68,8 @@ struct Live {
     /// Its accounting when it joined, and when last read.
     first: Option<Accounted>,
     last: Option<Accounted>,
-    window: Option<Link>,
+    /// The probes while a window is open: the entry's, and the return's for `leak`.
+    window: Vec<Link>,
 }
 
 /// How the run sampled, for the JSON and the terminal.
@@ -122,10 +123,29 @@ pub struct Maps {
     pub base: AllocConfig,
 }
 
-/// The loaded programs: the allocator's uprobe and the watchpoint's.
+/// The loaded programs: the allocator's uprobe (and, for `ljprobe leak`, its
+/// uretprobe) and the watchpoint's.
 pub struct Programs {
     pub uprobe: RawFd,
+    pub uretprobe: Option<RawFd>,
     pub watch: RawFd,
+}
+
+impl Programs {
+    fn probes(&self) -> Progs {
+        Progs { entry: self.uprobe, exit: self.uretprobe }
+    }
+}
+
+/// A window's probes on one site: the return's first, so no call is seen
+/// entering without its return being seen too.
+fn open_window(pmu: u32, site: &Site, progs: Progs) -> anyhow::Result<Vec<Link>> {
+    let mut links = Vec::new();
+    if let Some(exit) = progs.exit {
+        links.push(Link::uretprobe(pmu, site, exit)?);
+    }
+    links.push(Link::uprobe(pmu, site, progs.entry)?);
+    Ok(links)
 }
 
 pub struct Sampler {
@@ -146,11 +166,11 @@ impl Sampler {
         // With --all the probe goes on before the run is said to start.
         if budget_pct.is_none() {
             for t in &mut run.targets {
-                t.window = Some(Link::uprobe(pmu, &t.site, run.programs.uprobe)?);
+                t.window = open_window(pmu, &t.site, run.programs.probes())?;
             }
             run.count_from_here();
         }
-        let attacher = Attacher::start(pmu, run.programs.uprobe)?;
+        let attacher = Attacher::start(pmu, run.programs.probes())?;
         let handle = std::thread::Builder::new().name("alloc-sampler".into()).spawn(move || run.go(&s, &i, attacher))?;
         Ok(Sampler { stop, inbox, handle })
     }
@@ -240,11 +260,11 @@ impl Run {
                     None
                 }
             };
-            let mut live = Live { site: p.site, g: p.g, mem, watch, first: None, last: None, window: None };
+            let mut live = Live { site: p.site, g: p.g, mem, watch, first: None, last: None, window: Vec::new() };
             live.first = self.account(&live);
             live.last = live.first;
             if self.on {
-                live.window = Link::uprobe(self.pmu, &live.site, self.programs.uprobe).ok();
+                live.window = open_window(self.pmu, &live.site, self.programs.probes()).unwrap_or_default();
             }
             self.targets.push(live);
         }
@@ -317,7 +337,7 @@ impl Run {
                     Ok(links) => {
                         for (i, l) in links {
                             if let Some(t) = self.targets.get_mut(i) {
-                                t.window = Some(l);
+                                t.window.push(l);
                             }
                         }
                         self.count_from_here();
@@ -332,7 +352,7 @@ impl Run {
                         Phase::Counting(Some(now + NAP))
                     } else {
                         self.stop_counting();
-                        let links = self.targets.iter_mut().filter_map(|t| t.window.take()).collect();
+                        let links = self.targets.iter_mut().flat_map(|t| std::mem::take(&mut t.window)).collect();
                         attacher.close(links);
                         self.free_from = Some(Instant::now() + CLOSE_SETTLE);
                         Phase::Gap(Instant::now() + self.gap())
@@ -353,7 +373,7 @@ impl Run {
             self.stop_counting();
         }
         for t in &mut self.targets {
-            t.window = None;
+            t.window.clear();
         }
         attacher.finish();
         self.finish()

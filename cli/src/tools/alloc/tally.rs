@@ -74,6 +74,10 @@ impl Tally {
             // copes with the ring buffer's 8-byte alignment.
             let r: AllocRecordNative = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const AllocRecordNative) };
             let (stack, state) = self.stack_of(&r.head.stack, Some(&r.native), r.head.kind);
+            // `ljprobe leak` pairs each record with its address by the key.
+            if r.head.key != 0 {
+                self.known.insert(r.head.key, Known { stack: stack.clone(), state: state.clone() });
+            }
             let e = self.raw.entry((stack, state, r.head.kind)).or_default();
             e.0 += 1;
             e.1 += r.head.bytes;
@@ -87,6 +91,11 @@ impl Tally {
             let (stack, state) = self.stack_of(&r.stack, None, r.kind);
             self.known.insert(r.key, Known { stack, state });
         }
+    }
+
+    /// The stack a record with `key` arrived with.
+    pub fn stack(&self, key: u64) -> Option<&[Frame]> {
+        self.known.get(&key).map(|k| k.stack.as_slice())
     }
 
     fn stack_of(&mut self, s: &CpuSample, native: Option<&ljprobe_common::NativeStack>, kind: u32) -> (Vec<Frame>, String) {

@@ -26,9 +26,10 @@ pub struct HeapReport {
     pub unreached: Counted,
     pub roots: Vec<RootRow>,
     pub biggest: Vec<Holder>,
-    /// Paths (root first, the object's type last) with the bytes under them.
+    /// Paths (root first, the object's type last) with the bytes and the
+    /// objects under them.
     #[serde(skip)]
-    pub folded: Vec<(Vec<String>, u64)>,
+    pub folded: Vec<(Vec<String>, u64, u64)>,
 }
 
 /// What the VM itself says, read from the same copy.
@@ -97,19 +98,38 @@ pub struct Holder {
     pub retained_bytes: u64,
     pub objects: u64,
     pub address: String,
+    #[serde(skip)]
+    pub index: usize,
 }
 
 /// A holder one of whose children holds this much of what it retains is
 /// shown as that child: the table to blame, not the module around it.
 const PASS_THROUGH: f64 = 0.9;
 
-pub fn analyse<M: Memory>(vm: &Vm<'_, M>, pid: u32, comm: String, snapshot: How, top: usize) -> HeapReport {
-    let started = std::time::Instant::now();
-    let gc = crate::lua::GC_21_GC64_X86_64.read(vm.mem, vm.g);
-    let gc_total = gc.map_or(0, |r| r.total);
+/// A walked heap: its objects, who holds them, and the names read on the way.
+pub struct Walk {
+    pub objs: Objects,
+    pub graph: Graph,
+    pub names: Names,
+}
+
+pub fn walk<M: Memory>(vm: &Vm<'_, M>, gc_total: u64) -> Walk {
     let objs = vm.objects(gc_total);
     let mut names = Names::default();
     let graph = vm.graph(&objs, &mut names);
+    Walk { objs, graph, names }
+}
+
+pub fn analyse<M: Memory>(vm: &Vm<'_, M>, pid: u32, comm: String, snapshot: How, top: usize) -> HeapReport {
+    analyse_walk(vm, pid, comm, snapshot, top).0
+}
+
+/// `analyse`, keeping the walk (`ljprobe leak` pairs allocations with it).
+pub fn analyse_walk<M: Memory>(vm: &Vm<'_, M>, pid: u32, comm: String, snapshot: How, top: usize) -> (HeapReport, Walk) {
+    let started = std::time::Instant::now();
+    let gc = crate::lua::GC_21_GC64_X86_64.read(vm.mem, vm.g);
+    let gc_total = gc.map_or(0, |r| r.total);
+    let Walk { objs, graph, mut names } = walk(vm, gc_total);
     let mut by_kind: HashMap<Kind, (u64, u64)> = HashMap::new();
     let mut bytes = 0u64;
     let mut unreached = Counted::default();
@@ -164,7 +184,7 @@ pub fn analyse<M: Memory>(vm: &Vm<'_, M>, pid: u32, comm: String, snapshot: How,
         vm_state_bytes: h.gg_size,
     };
     let covered = if gc_total > 0 { (bytes + objs.strtab_bytes + h.gg_size) as f64 / gc_total as f64 } else { 0.0 };
-    HeapReport {
+    let report = HeapReport {
         pid,
         comm,
         snapshot,
@@ -177,7 +197,8 @@ pub fn analyse<M: Memory>(vm: &Vm<'_, M>, pid: u32, comm: String, snapshot: How,
         roots,
         biggest,
         folded,
-    }
+    };
+    (report, Walk { objs, graph, names })
 }
 
 fn biggest<M: Memory>(vm: &Vm<'_, M>, objs: &Objects, g: &Graph, names: &mut Names, top: usize) -> Vec<Holder> {
@@ -206,6 +227,7 @@ fn biggest<M: Memory>(vm: &Vm<'_, M>, objs: &Objects, g: &Graph, names: &mut Nam
                 retained_bytes: g.retained[i],
                 objects: u64::from(g.count[i]),
                 address: format!("{:#x}", o.addr),
+                index: i,
             }
         })
         .collect()
@@ -213,14 +235,16 @@ fn biggest<M: Memory>(vm: &Vm<'_, M>, objs: &Objects, g: &Graph, names: &mut Nam
 
 /// Bytes per (path node, type): each object's own size under the folded path
 /// the walk reached it by.
-fn fold(objs: &Objects, g: &Graph) -> Vec<(Vec<String>, u64)> {
-    let mut sums: HashMap<(u32, Kind), u64> = HashMap::new();
+fn fold(objs: &Objects, g: &Graph) -> Vec<(Vec<String>, u64, u64)> {
+    let mut sums: HashMap<(u32, Kind), (u64, u64)> = HashMap::new();
     for (i, o) in objs.objs.iter().enumerate() {
-        *sums.entry((g.node[i], o.kind)).or_default() += u64::from(o.size);
+        let e = sums.entry((g.node[i], o.kind)).or_default();
+        e.0 += u64::from(o.size);
+        e.1 += 1;
     }
     sums.into_iter()
-        .filter(|&(_, b)| b > 0)
-        .map(|((node, kind), b)| {
+        .filter(|&(_, (b, _))| b > 0)
+        .map(|((node, kind), (b, count))| {
             let mut path = vec![format!("({})", kind.name())];
             let mut n = node;
             while n != 0 && n != NONE {
@@ -229,7 +253,7 @@ fn fold(objs: &Objects, g: &Graph) -> Vec<(Vec<String>, u64)> {
                 n = *parent;
             }
             path.reverse();
-            (path, b)
+            (path, b, count)
         })
         .collect()
 }

@@ -4,9 +4,11 @@
 //! is all it takes), `crate::lua::heap` walks the copy, `analysis.rs` and
 //! `report.rs` turn it into figures.
 
-mod analysis;
+pub(crate) mod analysis;
 mod report;
-mod snapshot;
+pub(crate) mod snapshot;
+
+pub(crate) use report::bytes as report_bytes;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -69,6 +71,6 @@ pub async fn run(args: Args) -> Result<ExitCode> {
 
 /// The pause the issue allows: 50 ms per 100 MB of heap (a copy runs at
 /// 2-4 GB/s here, docs/bench.md#heap), never under 50 ms.
-fn default_pause(heap_bytes: u64) -> Duration {
+pub(crate) fn default_pause(heap_bytes: u64) -> Duration {
     Duration::from_millis(50).max(Duration::from_secs_f64(0.05 * heap_bytes as f64 / 100e6))
 }

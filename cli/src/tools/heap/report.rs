@@ -141,7 +141,7 @@ pub fn write(args: &Args, reports: &[HeapReport]) -> Result<()> {
     let mut folded = Folded::default();
     let several = reports.len() > 1;
     for r in reports {
-        for (path, b) in &r.folded {
+        for (path, b, _) in &r.folded {
             let mut frames: Vec<Frame> = Vec::with_capacity(path.len() + 1);
             if several {
                 frames.push(Frame::Vm(format!("worker {}", r.pid)));

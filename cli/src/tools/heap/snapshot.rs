@@ -40,6 +40,9 @@ pub struct How {
     pub copy_ms: f64,
     /// Times the target was stopped and let go again because it was busy.
     pub retries: u32,
+    /// CLOCK_MONOTONIC when the target was stopped for the copy.
+    #[serde(skip)]
+    pub stopped_at_ns: u64,
 }
 
 pub fn take(p: &Process, max_pause: Duration) -> Result<Snapshot> {
@@ -70,6 +73,7 @@ pub fn take(p: &Process, max_pause: Duration) -> Result<Snapshot> {
         Moment::Running => "running (it never waited within a second)".to_string(),
     };
     let retries = paused.as_ref().map_or(0, |p| p.tries);
+    let stopped_at_ns = crate::clock::monotonic_ns();
     let copy_started = Instant::now();
     let mut mem = MemCopy::default();
     let mut live = 0u64;
@@ -105,6 +109,7 @@ pub fn take(p: &Process, max_pause: Duration) -> Result<Snapshot> {
             copied_live_bytes: live,
             copy_ms: copy_started.elapsed().as_secs_f64() * 1e3,
             retries,
+            stopped_at_ns,
         },
         mem,
     })

@@ -1,0 +1,227 @@
+//! `ljprobe leak`: what the run allocated that is still live at its end, by
+//! the Lua stack that allocated it and the holder that keeps it, and which
+//! reference paths of the heap grew. The kernel side is `alloc`'s allocator
+//! probe (`probes-ebpf/src/alloc.rs`) with its `addresses` switch on: a
+//! uretprobe sends each new block's address. Two heap snapshots (`ljprobe
+//! heap`'s) bracket the run: the end one tells which addresses still hold
+//! live objects, both tell which paths grew. `live.rs` pairs, `report.rs`
+//! writes.
+
+mod live;
+mod report;
+
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd, AsRawFd},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use aya::{
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{PerfEvent, UProbe},
+};
+use ljprobe_common::{AllocAddr, AllocConfig, GcCycles, AllocRecord};
+
+use self::live::End;
+use super::{
+    alloc::{
+        parse_budget,
+        sampler::{Maps, Probed, Programs, Sampler},
+        site::Allocator,
+        tally::Tally,
+    },
+    heap::{analysis, snapshot},
+    run_args::StackArgs,
+};
+use crate::{
+    bpf::{self, objects},
+    collect::{self, Source},
+    lua::{heap::Vm, ProcMem, GC_21_GC64_X86_64, HEAP_OPENRESTY_21_GC64, OPENRESTY_21_GC64},
+    report::Outputs,
+    stacks::StackBuilder,
+    target::{aim::Aim, Process},
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// An nginx master (all its workers), a worker, or any LuaJIT process.
+    #[arg(long)]
+    pub pid: u32,
+    /// How long to watch; Ctrl-C stops early and still writes everything.
+    #[arg(long, default_value = "60s", value_parser = ljprobe_host::duration::parse)]
+    pub duration: Duration,
+    #[command(flatten)]
+    stacks: StackArgs,
+    /// Share of the target's time the allocator probe may cost, in percent,
+    /// as `ljprobe alloc --overhead`.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_budget, conflicts_with = "all")]
+    overhead: f64,
+    /// Record every allocation's address (each one traps into the kernel twice).
+    #[arg(long)]
+    all: bool,
+    /// Paths that grew, and allocating functions, listed.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    #[command(flatten)]
+    outputs: Outputs,
+}
+
+/// Addresses kept at most: 32 bytes each.
+const MAX_EVENTS: usize = 8 << 20;
+
+pub async fn run(args: Args) -> Result<ExitCode> {
+    let default_svg = format!("ljprobe-leak-{}.svg", args.pid);
+    args.outputs.check(&default_svg)?;
+    let aim = Aim::open(args.pid, true, "", "")?;
+    let mut ebpf = bpf::load(objects::ALLOC, "alloc")?;
+    let seeded = bpf::aim_seeded(&mut ebpf, &aim)?;
+    let mut allocators = Vec::new();
+    for (p, (_, g)) in aim.processes.iter().zip(&seeded) {
+        allocators.push(Allocator::find(p, *g, aim.luajit.as_ref())?);
+    }
+    let native = args.stacks.native();
+    let resize = allocators.iter().find_map(|a| a.resize);
+    let base = AllocConfig {
+        scale: 0,
+        resize_lo: resize.map_or(0, |r| r.0),
+        resize_hi: resize.map_or(0, |r| r.1),
+        native: u32::from(native),
+        kernel: u32::from(args.stacks.kernel),
+        addresses: 1,
+        _pad: 0,
+    };
+    let mut config: Array<MapData, AllocConfig> = Array::try_from(ebpf.take_map("CONFIG").context("CONFIG map missing")?)?;
+    config.set(0, base, 0)?;
+    let counts: PerCpuArray<MapData, u64> = PerCpuArray::try_from(ebpf.take_map("COUNTS").context("COUNTS map missing")?)?;
+    let cycles: aya::maps::HashMap<MapData, u32, GcCycles> =
+        aya::maps::HashMap::try_from(ebpf.take_map("CYCLES").context("CYCLES map missing")?)?;
+    let builder = StackBuilder::new(args.stacks.stack, args.stacks.kernel, args.stacks.per_worker, &aim.processes, aim.luajit_path())?;
+    let mut fd = |name: &str, what: &str| -> Result<i32> {
+        let prog: &mut UProbe = ebpf.program_mut(name).with_context(|| format!("{name} missing"))?.try_into()?;
+        prog.load().map_err(|e| bpf::program_error(what, e))?;
+        Ok(prog.fd()?.as_fd().as_raw_fd())
+    };
+    let uprobe = fd("alloc_call", "loading the allocator probe")?;
+    let uretprobe = fd("alloc_return", "loading the allocator's return probe")?;
+    let prog: &mut PerfEvent = ebpf.program_mut("alloc_gc_atomic").context("alloc_gc_atomic missing")?.try_into()?;
+    prog.load().map_err(|e| bpf::program_error("loading the collector watch", e))?;
+    let watch = prog.fd()?.as_fd().as_raw_fd();
+    let probed = allocators.iter().map(|a| Probed { site: a.site.clone(), g: a.g }).collect();
+    let budget = (!args.all).then_some(args.overhead);
+    let sampler = Sampler::start(probed, Programs { uprobe, uretprobe: Some(uretprobe), watch }, Maps { config, counts, cycles, base }, budget)?;
+    // The heap as the run finds it, once the probe is on: what is allocated
+    // after this is recorded.
+    let mut starts = HashMap::new();
+    for (p, a) in aim.processes.iter().zip(&allocators) {
+        starts.insert(p.pid, snapshot_of(p, a.g)?);
+    }
+    let mut ring: RingBuf<MapData> = RingBuf::try_from(ebpf.take_map("RECORDS").context("RECORDS map missing")?)?;
+    let mut source = LeakSource { ring: &mut ring, tally: Tally::new(builder, native), events: Vec::new(), dropped: 0, sampler: &sampler, aim: &aim };
+    let run = collect::Run { ebpf: &mut ebpf, aim: &aim, duration: args.duration, what: "addresses" };
+    let collected = collect::watch(run, Duration::from_millis(100), &mut source).await;
+    // The heap as the run leaves it, taken while the probe still records:
+    // an address freed and given out again before the copy is seen given
+    // out again, so the block there is charged to the stack that made it.
+    let mut snaps = Vec::new();
+    let mut notes = Vec::new();
+    for (p, a) in aim.processes.iter().zip(&allocators) {
+        if !p.alive() {
+            notes.push(format!("process {} exited during the run: nothing of it is live", p.pid));
+            continue;
+        }
+        match snapshot::take(p, super::heap::default_pause(heap_of(p.pid, a.g))) {
+            Ok(s) => snaps.push((p, a.g, s)),
+            Err(e) => notes.push(format!("process {}: no end snapshot ({e:#})", p.pid)),
+        }
+    }
+    let _ = source.tick();
+    let (mut tally, mut events, mut dropped) = (source.tally, source.events, source.dropped);
+    let (sampling, _config, counts) = sampler.finish();
+    // What arrived between the last drain and the probe's detaching.
+    collect::drain(&mut ring, &mut |b: &[u8]| take_record(b, &mut tally, &mut events, &mut dropped));
+    let collected = collected?;
+    let lost = bpf::per_cpu_total(&counts, ljprobe_common::ALLOC_LOST);
+    drop(ebpf);
+    let mut ends = HashMap::new();
+    for (p, g, s) in &snaps {
+        let vm = Vm { mem: &s.mem, l: &OPENRESTY_21_GC64, h: &HEAP_OPENRESTY_21_GC64, g: *g };
+        let (report, walk) = analysis::analyse_walk(&vm, p.pid, p.comm.clone(), s.how.clone(), 20);
+        ends.insert(p.pid, End::new(vm, walk, report));
+    }
+    let paired = live::pair(&events, &mut ends, &tally, sampling.scale);
+    report::write(report::Run {
+        args: &args,
+        aim_root: &aim.root,
+        default_svg,
+        collected,
+        sampling,
+        paired,
+        starts: &starts,
+        ends: &ends,
+        notes,
+        lost: lost + dropped,
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The live VM's `gc.total` now (0 if unreadable): sizes the default pause.
+fn heap_of(pid: u32, g: u64) -> u64 {
+    ProcMem::open(pid).ok().and_then(|m| GC_21_GC64_X86_64.read(&m, g)).map_or(0, |r| r.total)
+}
+
+/// One snapshot of `p`'s heap, analysed; the copy is let go.
+fn snapshot_of(p: &Process, g: u64) -> Result<analysis::HeapReport> {
+    let s = snapshot::take(p, super::heap::default_pause(heap_of(p.pid, g)))?;
+    let vm = Vm { mem: &s.mem, l: &OPENRESTY_21_GC64, h: &HEAP_OPENRESTY_21_GC64, g };
+    Ok(analysis::analyse(&vm, p.pid, p.comm.clone(), s.how.clone(), 0))
+}
+
+/// A record from the ring: an address (by its size) or a stack.
+fn take_record(b: &[u8], tally: &mut Tally, events: &mut Vec<AllocAddr>, dropped: &mut u64) {
+    if b.len() == std::mem::size_of::<AllocAddr>() && b.len() < std::mem::size_of::<AllocRecord>() {
+        if events.len() < MAX_EVENTS {
+            // SAFETY: the kernel wrote a whole AllocAddr; read_unaligned copes with the ring's alignment.
+            events.push(unsafe { std::ptr::read_unaligned(b.as_ptr() as *const AllocAddr) });
+        } else {
+            *dropped += 1;
+        }
+    } else {
+        tally.record(b);
+    }
+}
+
+struct LeakSource<'a> {
+    ring: &'a mut RingBuf<MapData>,
+    tally: Tally,
+    events: Vec<AllocAddr>,
+    dropped: u64,
+    sampler: &'a Sampler,
+    aim: &'a Aim,
+}
+
+impl Source for LeakSource<'_> {
+    fn tick(&mut self) -> Result<u64> {
+        let (tally, events, dropped) = (&mut self.tally, &mut self.events, &mut self.dropped);
+        Ok(collect::drain(self.ring, &mut |b: &[u8]| take_record(b, tally, events, dropped)))
+    }
+
+    fn status(&self, records: u64) -> String {
+        format!("records {records:<9}")
+    }
+
+    fn lost(&self) -> u64 {
+        self.dropped
+    }
+
+    fn joined(&mut self, p: &Process, g: Option<u64>) -> Result<()> {
+        self.tally.builder.add_process(p)?;
+        match Allocator::find(p, g, self.aim.luajit.as_ref()) {
+            Ok(a) => self.sampler.add(Probed { site: a.site, g: a.g }),
+            Err(e) => eprintln!("ljprobe: not probing the allocator of new process {}: {e:#}", p.pid),
+        }
+        Ok(())
+    }
+}
+

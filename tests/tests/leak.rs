@@ -109,7 +109,8 @@ fn gateway_leak_holds_the_live_bytes_and_churn_does_not() {
     thread::sleep(Duration::from_secs(1));
     let dir = out_dir();
     let (json, folded) = (dir.join("leak-gateway.json"), dir.join("leak-gateway.folded"));
-    let out = ljprobe(&["leak", "--pid", &gw.master().to_string(), "--duration", "5s", "--all", "--json", json.to_str().unwrap(), "--folded", folded.to_str().unwrap(), "--svg", dir.join("leak-gateway.svg").to_str().unwrap()]);
+    // The default: the heap watched for the run, every allocation recorded in its last seconds.
+    let out = ljprobe(&["leak", "--pid", &gw.master().to_string(), "--duration", "5s", "--record", "3s", "--json", json.to_str().unwrap(), "--folded", folded.to_str().unwrap(), "--svg", dir.join("leak-gateway.svg").to_str().unwrap()]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     let s = json_at(&json);
     let report = stdout(&out);
@@ -126,4 +127,14 @@ fn gateway_leak_holds_the_live_bytes_and_churn_does_not() {
     let grown = &s["paths_grown"][0];
     assert!(grown["path"].as_str().unwrap().contains("<upvalue retained of ") && grown["objects"].as_i64().unwrap() > 0, "{report}");
     assert!(http_get(gw.config.port, "/health").is_ok(), "the worker answers afterwards");
+}
+
+#[test]
+fn a_process_without_luajit_gets_one_sentence() {
+    require_root();
+    let mut sleeper = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let out = ljprobe(&["leak", "--pid", &sleeper.id().to_string(), "--duration", "1s"]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    ljprobe_tests::assert_one_sentence(&out, "has no LuaJIT mapped");
 }

@@ -114,6 +114,33 @@ pub fn run() -> Result<()> {
         let _ = w.wait();
     }
 
+    // What stays live: the planted leak beside allocation churn.
+    let leaky: Vec<_> = [("/leak?bytes=2000", 1), ("/alloc/churn", 1)]
+        .iter()
+        .map(|(r, c)| Load { route: r.to_string(), connections: *c, rate: None, ..load.clone() }.spawn())
+        .collect::<Result<_>>()?;
+    thread::sleep(Duration::from_secs(1));
+    let leak_svg = out_dir.join("ljprobe-leak.svg");
+    println!("\n=== ljprobe leak --pid {} --duration 5s --overhead 5 (what /leak leaves live, beside /alloc/churn) ===", gw.master());
+    let leak = Command::new(paths::ljprobe_bin())
+        .args(["leak", "--pid", &gw.master().to_string(), "--duration", "5s", "--overhead", "5", "--top", "3"])
+        .arg("--svg")
+        .arg(&leak_svg)
+        .status()
+        .context("cannot run ljprobe")?;
+    for mut w in leaky {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    let heap_svg = out_dir.join("ljprobe-heap.svg");
+    println!("\n=== ljprobe heap --pid {} --top 5 (every object of each worker's heap, the biggest holders by path) ===", gw.master());
+    let heap = Command::new(paths::ljprobe_bin())
+        .args(["heap", "--pid", &gw.master().to_string(), "--top", "5"])
+        .arg("--svg")
+        .arg(&heap_svg)
+        .status()
+        .context("cannot run ljprobe")?;
+
     // Everything at once: the planted problems under mixed load, one page.
     let mixed: Vec<_> = ["/hot/nyi", "/block/sleep", "/alloc/churn"]
         .iter()
@@ -155,11 +182,17 @@ pub fn run() -> Result<()> {
     if latency.success() {
         println!("latency: open {}: per location its latency histogram and where the time went (phase, CPU, blocked, waiting)", latency_svg.display());
     }
+    if leak.success() {
+        println!("leak: open {}: leak_grow's live bytes, held by the `retained` table of app/services/leak.lua", leak_svg.display());
+    }
+    if heap.success() {
+        println!("heap: open {}: the heap by reference path, `retained` the widest", heap_svg.display());
+    }
     if page.success() {
         println!("report: open {} in a browser: the findings first, then every graph", report_dir.join("index.html").display());
     }
     drop(gw);
-    if !doctor.success() || !cpu.success() || !offcpu.success() || !epoll.success() || !gc.success() || !alloc.success() || !latency.success() || !page.success() {
+    if !doctor.success() || !cpu.success() || !offcpu.success() || !epoll.success() || !gc.success() || !alloc.success() || !latency.success() || !leak.success() || !heap.success() || !page.success() {
         anyhow::bail!("ljprobe failed against the gateway (see above)");
     }
     Ok(())

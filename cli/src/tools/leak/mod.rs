@@ -3,9 +3,12 @@
 //! reference paths of the heap grew. The kernel side is `alloc`'s allocator
 //! probe (`probes-ebpf/src/alloc.rs`) with its `addresses` switch on: a
 //! uretprobe sends each new block's address. Two heap snapshots (`ljprobe
-//! heap`'s) bracket the run: the end one tells which addresses still hold
-//! live objects, both tell which paths grew. `live.rs` pairs, `report.rs`
-//! writes.
+//! heap`'s) bracket the run: both tell which paths grew over the run; the
+//! end one, taken while the probe records, tells which addresses recorded in
+//! the run's last seconds (`--record`) still hold live objects. Recording
+//! runs without a gap up to the end snapshot: with gaps, an address freed and
+//! given out again unseen would charge a leak to an earlier owner of that
+//! address. `live.rs` pairs, `report.rs` writes.
 
 mod live;
 mod report;
@@ -27,7 +30,6 @@ use ljprobe_common::{AllocAddr, AllocConfig, GcCycles, AllocRecord};
 use self::live::End;
 use super::{
     alloc::{
-        parse_budget,
         sampler::{Maps, Probed, Programs, Sampler},
         site::Allocator,
         tally::Tally,
@@ -54,11 +56,12 @@ pub struct Args {
     pub duration: Duration,
     #[command(flatten)]
     stacks: StackArgs,
-    /// Share of the target's time the allocator probe may cost, in percent,
-    /// as `ljprobe alloc --overhead`.
-    #[arg(long, default_value_t = 1.0, value_parser = parse_budget, conflicts_with = "all")]
-    overhead: f64,
-    /// Record every allocation's address (each one traps into the kernel twice).
+    /// For how long, at the end of the run, every allocation's address is
+    /// recorded (each one traps into the kernel twice, which slows an
+    /// allocation-heavy target several times over meanwhile).
+    #[arg(long, default_value = "2s", value_parser = ljprobe_host::duration::parse, conflicts_with = "all")]
+    record: Duration,
+    /// Record every allocation's address for the whole run.
     #[arg(long)]
     all: bool,
     /// Paths that grew, and allocating functions, listed.
@@ -108,22 +111,36 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let prog: &mut PerfEvent = ebpf.program_mut("alloc_gc_atomic").context("alloc_gc_atomic missing")?.try_into()?;
     prog.load().map_err(|e| bpf::program_error("loading the collector watch", e))?;
     let watch = prog.fd()?.as_fd().as_raw_fd();
-    let probed = allocators.iter().map(|a| Probed { site: a.site.clone(), g: a.g }).collect();
-    let budget = (!args.all).then_some(args.overhead);
-    let sampler = Sampler::start(probed, Programs { uprobe, uretprobe: Some(uretprobe), watch }, Maps { config, counts, cycles, base }, budget)?;
-    // The heap as the run finds it, once the probe is on: what is allocated
-    // after this is recorded.
+    // The heap as the run finds it.
     let mut starts = HashMap::new();
     for (p, a) in aim.processes.iter().zip(&allocators) {
         starts.insert(p.pid, snapshot_of(p, a.g)?);
     }
+    let run_started = std::time::Instant::now();
+    // Until the recording: nothing attached, nothing paid.
+    let record = if args.all { args.duration } else { args.record.min(args.duration) };
+    let wait = args.duration.saturating_sub(record);
+    if !wait.is_zero() {
+        eprintln!(
+            "ljprobe: {:.1}s until every allocation is recorded for the last {:.1}s, Ctrl-C to stop early",
+            wait.as_secs_f64(),
+            record.as_secs_f64()
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    // Every call from here to the end snapshot: an address freed and given
+    // out again is seen given out again, so the block there at the end is
+    // charged to the stack that made it, never to an earlier owner.
+    let probed = allocators.iter().map(|a| Probed { site: a.site.clone(), g: a.g }).collect();
+    let sampler = Sampler::start(probed, Programs { uprobe, uretprobe: Some(uretprobe), watch }, Maps { config, counts, cycles, base }, None)?;
     let mut ring: RingBuf<MapData> = RingBuf::try_from(ebpf.take_map("RECORDS").context("RECORDS map missing")?)?;
     let mut source = LeakSource { ring: &mut ring, tally: Tally::new(builder, native), events: Vec::new(), dropped: 0, sampler: &sampler, aim: &aim };
-    let run = collect::Run { ebpf: &mut ebpf, aim: &aim, duration: args.duration, what: "addresses" };
+    let run = collect::Run { ebpf: &mut ebpf, aim: &aim, duration: record, what: "addresses" };
     let collected = collect::watch(run, Duration::from_millis(100), &mut source).await;
-    // The heap as the run leaves it, taken while the probe still records:
-    // an address freed and given out again before the copy is seen given
-    // out again, so the block there is charged to the stack that made it.
+    // The heap as the run leaves it, taken while the probe still records.
     let mut snaps = Vec::new();
     let mut notes = Vec::new();
     for (p, a) in aim.processes.iter().zip(&allocators) {
@@ -136,6 +153,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             Err(e) => notes.push(format!("process {}: no end snapshot ({e:#})", p.pid)),
         }
     }
+    let run_secs = run_started.elapsed().as_secs_f64();
     let _ = source.tick();
     let (mut tally, mut events, mut dropped) = (source.tally, source.events, source.dropped);
     let (sampling, _config, counts) = sampler.finish();
@@ -162,6 +180,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         ends: &ends,
         notes,
         lost: lost + dropped,
+        run_secs,
     })?;
     Ok(ExitCode::SUCCESS)
 }

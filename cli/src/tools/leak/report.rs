@@ -30,6 +30,8 @@ pub struct Run<'a, M: Memory> {
     pub ends: &'a HashMap<u32, End<'a, M>>,
     pub notes: Vec<String>,
     pub lost: u64,
+    /// The whole run, snapshot to snapshot; `collected` covers the recording.
+    pub run_secs: f64,
 }
 
 /// A reference path whose objects grew between the two snapshots.
@@ -59,7 +61,8 @@ fn grown<'e>(starts: &HashMap<u32, HeapReport>, ends: impl Iterator<Item = (u32,
             before.insert((key(p), p.last().map_or("", String::as_str)), (*b, *n));
         }
         for (p, b, n) in &end.folded {
-            if p.first().is_some_and(|r| r == crate::lua::heap::UNREACHED) {
+            // Garbage, and what requests in flight hold on their coroutines' stacks.
+            if p.first().is_some_and(|r| r == crate::lua::heap::UNREACHED) || p.iter().any(|s| s == "<stack>") {
                 continue;
             }
             let kind = p.last().map_or("", String::as_str);
@@ -92,7 +95,7 @@ pub fn write<M: Memory>(r: Run<'_, M>) -> anyhow::Result<()> {
         notes.push(answer(m, p.live_bytes, secs));
     }
     notes.push(format!(
-        "live at the end, allocated during the run: {} in {:.0} objects (estimated), {}/min; the heap went from {} to {} (gc.total)",
+        "live at the end, allocated in the last {secs:.1} s: {} in {:.0} objects, {}/min; over the run the heap went from {} to {} (gc.total)",
         human(p.live_bytes),
         p.live_objects,
         human(per_min),
@@ -114,17 +117,12 @@ pub fn write<M: Memory>(r: Run<'_, M>) -> anyhow::Result<()> {
         }
     }
     let s = &r.sampling;
-    notes.push(match s.mode {
-        "all" => format!("every allocation's address recorded ({} addresses, {} of them still live)", p.recorded, p.found_live),
-        _ => format!(
-            "sampled: the probe counted {:.1}% of the time in {} windows ({} addresses, {} still live); each stands for {:.1}",
-            s.duty * 100.0,
-            s.windows,
-            p.recorded,
-            p.found_live,
-            s.scale
-        ),
-    });
+    notes.push(format!(
+        "every allocation's address recorded for the last {secs:.1} s of the {:.1} s run ({} addresses, {} of them still live at the end)",
+        r.run_secs,
+        p.recorded,
+        p.found_live
+    ));
     for (pid, e) in r.ends {
         let (a, b) = (r.starts.get(pid).map(|h| &h.snapshot), &e.report.snapshot);
         notes.push(format!(
@@ -149,13 +147,15 @@ pub fn write<M: Memory>(r: Run<'_, M>) -> anyhow::Result<()> {
         "paths_grown": grown,
         "addresses": p.recorded,
         "addresses_live": p.found_live,
+        "recorded_secs": secs,
+        "run_secs": r.run_secs,
         "sampling": s,
         "lost_events": r.lost,
         "snapshots": r.ends.iter().map(|(pid, e)| json!({ "pid": pid, "start": r.starts.get(pid).map(|h| &h.snapshot), "end": &e.report.snapshot })).collect::<Vec<_>>(),
     });
     let serde_json::Value::Object(extra) = extra else { unreachable!("a JSON object") };
     let title = format!(
-        "ljprobe leak: PID {} ({}), bytes allocated during the run and live at its end, by {} stack and holder",
+        "ljprobe leak: PID {} ({}), bytes allocated in the recorded seconds and live at the end, by {} stack and holder",
         r.args.pid,
         r.aim_root.comm,
         r.args.stacks.stack.title()
@@ -184,7 +184,7 @@ fn answer(m: &Maker, total: f64, secs: f64) -> String {
         None => String::new(),
     };
     format!(
-        "{} left {} live in {secs:.0} s ({:.0}% of what the run left live){held}, growing {}/min",
+        "{} left {} live in the last {secs:.1} s ({:.0}% of what those seconds left live){held}, growing {}/min",
         m.function,
         human(m.bytes),
         m.bytes * 100.0 / total.max(1e-9),

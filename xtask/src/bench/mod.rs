@@ -84,8 +84,8 @@ pub enum What {
     },
     /// `ljprobe heap` on standalone LuaJIT heaps of about 10 MB, 100 MB and
     /// 1 GB (pause, copy, walk, ljprobe's RSS), then the gateway's throughput
-    /// with a snapshot of its worker every second, as ratios to interleaved
-    /// runs without.
+    /// with a snapshot of its worker every second and with `ljprobe leak`, as
+    /// ratios to interleaved runs without.
     Heap {
         #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
         duration: Duration,

@@ -41,6 +41,9 @@ pub enum Tool {
     /// `ljprobe heap` on the worker once a second: a snapshot (a pause of
     /// the worker for the copy) every second, the run through.
     LjprobeHeapEverySecond,
+    /// `ljprobe leak` on the master: two snapshots, every allocation
+    /// recorded for the last 2 s of the run.
+    LjprobeLeak,
 }
 
 impl Tool {
@@ -63,6 +66,7 @@ impl Tool {
             Tool::LjprobeLatency(Some(p)) => format!("ljprobe latency --sample {p}"),
             Tool::BpftraceRequestCount => "bpftrace count free_request".into(),
             Tool::LjprobeHeapEverySecond => "ljprobe heap every 1 s".into(),
+            Tool::LjprobeLeak => "ljprobe leak".into(),
         }
     }
 
@@ -128,6 +132,7 @@ impl Tool {
                 c.args(["-e", &script]);
                 c
             }
+            Tool::LjprobeLeak => ljprobe(&["leak"]),
             Tool::LjprobeHeapEverySecond => {
                 let heap = format!(
                     "{} heap --pid {} --svg {} --json {}",
@@ -168,6 +173,7 @@ impl Tool {
             Tool::LjprobeAlloc { .. } => Some((json()?["events"].as_u64()?, "allocator calls while attached")),
             Tool::LjprobeGc { .. } => Some((json()?["samples"].as_u64()?, "samples")),
             Tool::BpftraceAllocCount | Tool::BpftraceRequestCount => None,
+            Tool::LjprobeLeak => Some((json()?["addresses"].as_u64()?, "addresses")),
             Tool::LjprobeHeapEverySecond => Some((stderr.rsplit_once("snapshots ")?.1.trim().parse().ok()?, "snapshots")),
             Tool::LjprobeLatency(_) => Some((json()?["requests"].as_u64()?, "requests")),
             Tool::LjprobeReport => {

@@ -174,3 +174,35 @@ fn bad_targets_get_one_sentence() {
     let out = ljprobe(&["heap", "--pid", "4194304"]);
     assert_one_sentence(&out, "4194304");
 }
+
+/// Never waits in a system call and changes its heap all the time.
+const CHURNING: &str = r#"
+local t = {}
+while true do
+  for i = 1, 1000 do t[i] = { i, tostring(i) } end
+  t = {}
+end
+"#;
+
+#[test]
+fn a_heap_that_changes_under_the_copy_is_walked_and_flagged() {
+    require_root();
+    let lj = luajit::stock_build();
+    let (_, mut cmd) = lj.script("heap-churning", CHURNING);
+    let mut child = cmd.spawn().expect("luajit runs");
+    std::thread::sleep(Duration::from_millis(300));
+    let json = out_dir().join("heap-churning.json");
+    // A pause of a microsecond: the copy is made with the target running.
+    let out = ljprobe(&["heap", "--pid", &child.id().to_string(), "--max-pause", "1us", "--json", json.to_str().unwrap(), "--svg", out_dir().join("heap-churning.svg").to_str().unwrap()]);
+    let alive = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(alive, "the target died");
+    let p = &json_at(&json)["processes"][0];
+    assert_eq!(p["snapshot"]["consistent"], false, "{}", p["snapshot"]);
+    assert!(p["snapshot"]["stopped_while"].as_str().unwrap().starts_with("running"), "{}", p["snapshot"]);
+    assert!(stdout(&out).contains("not one consistent moment"), "{}", stdout(&out));
+    // What the walk could follow is reported as such, with the VM's own total beside it.
+    assert!(u(&p["vm"]["gc_total"]) > 0 && p["walked"]["covered"].as_f64().is_some(), "{p}");
+}

@@ -193,3 +193,33 @@ fn threads(pid: u32) -> Result<Vec<i32>> {
     tids.sort_by_key(|&t| (t != pid as i32, t));
     Ok(tids)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(pid: u32) -> char {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        stat.rsplit_once(") ").unwrap().1.chars().next().unwrap()
+    }
+
+    /// Needs root (or CAP_SYS_PTRACE over the child), as CI runs it.
+    #[test]
+    fn stops_in_a_wait_and_always_lets_go() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        std::thread::sleep(Duration::from_millis(50));
+        {
+            let paused = Paused::when_waiting(pid, &[], Duration::from_secs(1)).expect("stopped");
+            // nanosleep (35) or clock_nanosleep (230): waiting, not running.
+            assert!(matches!(paused.moment, Moment::Waiting(35 | 230)), "{:?}", paused.moment);
+            assert_eq!(state(pid), 't', "stopped while held");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        assert_ne!(state(pid), 't', "runs again once dropped");
+        let _ = child.kill();
+        let _ = child.wait();
+        let err = Paused::when_waiting(pid, &[], Duration::from_millis(10)).unwrap_err().to_string();
+        assert!(err.contains("does not exist") || err.contains("gone"), "{err}");
+    }
+}

@@ -81,18 +81,18 @@ pub fn take(p: &Process, max_pause: Duration) -> Result<Snapshot> {
     for (start, mut bytes) in buffers.drain(..) {
         for (i, chunk) in bytes.chunks_mut(CHUNK).enumerate() {
             let at = start + (i * CHUNK) as u64;
+            if let Some(p) = &paused {
+                if p.held() >= max_pause {
+                    paused_for = p.held();
+                    paused = None;
+                }
+            }
             if paused.is_none() {
                 live += chunk.len() as u64;
             }
             if !read_remote(p.pid, at, chunk) && !src.read(at, chunk) {
                 // A mapping that went away or cannot be read: what was read stays zero.
                 chunk.fill(0);
-            }
-            if let Some(p) = &paused {
-                if p.held() >= max_pause {
-                    paused_for = p.held();
-                    paused = None;
-                }
             }
         }
         mem.add(start, bytes);

@@ -2,9 +2,8 @@
 //! `trace.rs` checks the trace layout: every offset, size and constant of
 //! `HeapLayout`, so a wrong number fails here and not as a wrong report.
 
-use std::process::Command;
 
-use super::{debug_prefix, require};
+use super::{debug_prefix, gdb_values, require};
 use crate::lua::{HEAP_OPENRESTY_21_GC64 as H, OPENRESTY_21_GC64 as L};
 
 #[test]
@@ -63,16 +62,8 @@ fn heap_layout_matches_the_debug_build() {
         ("(long)sizeof(GCstr)".into(), L.str_data),
         (off("GCproto", "sizept"), L.proto_sizept),
     ];
-    let mut cmd = Command::new("gdb");
-    cmd.args(["-batch", "-nx"]);
-    for (expr, _) in &want {
-        cmd.arg("-ex").arg(format!("print {expr}"));
-    }
-    let out = cmd.arg(&lib).output().expect("running gdb (install it: the layout is checked against DWARF with it)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let got: Vec<u64> =
-        text.lines().filter_map(|l| l.strip_prefix('$')?.split_once(" = ")?.1.trim().parse().ok()).collect();
-    assert_eq!(got.len(), want.len(), "gdb output:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let exprs: Vec<String> = want.iter().map(|(e, _)| e.clone()).collect();
+    let got = gdb_values(&lib, &exprs);
     for ((expr, value), got) in want.iter().zip(got) {
         assert_eq!(got, *value, "{expr}");
     }

@@ -20,6 +20,21 @@ pub fn debug_prefix() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/luajit-debug")
 }
 
+/// What gdb prints for each expression, read from `lib`'s DWARF: the
+/// layouts' offsets are checked against the debug build this way.
+pub fn gdb_values(lib: &Path, exprs: &[String]) -> Vec<u64> {
+    let mut cmd = std::process::Command::new("gdb");
+    cmd.args(["-batch", "-nx"]);
+    for expr in exprs {
+        cmd.arg("-ex").arg(format!("print {expr}"));
+    }
+    let out = cmd.arg(lib).output().expect("running gdb (install it: the layout is checked against DWARF with it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let got: Vec<u64> = text.lines().filter_map(|l| l.strip_prefix('$')?.split_once(" = ")?.1.trim().parse().ok()).collect();
+    assert_eq!(got.len(), exprs.len(), "gdb output:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    got
+}
+
 pub fn require(path: &Path) {
     assert!(path.exists(), "{} is missing: run `cargo xtask setup`", path.display());
 }

@@ -6,12 +6,11 @@
 use std::{
     fs,
     path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
 use super::{
-    debug_prefix,
+    debug_prefix, gdb_values,
     image::{FakeMem, Image, L},
     require, require_root, LiveLua,
 };
@@ -62,16 +61,8 @@ fn trace_layout_matches_the_debug_build() {
         ("(long)REF_BIAS".into(), u64::from(T.ref_bias)),
         ("(long)sizeof(GCRef)".into(), L.gcref_size),
     ];
-    let mut cmd = Command::new("gdb");
-    cmd.args(["-batch", "-nx"]);
-    for (expr, _) in &want {
-        cmd.arg("-ex").arg(format!("print {expr}"));
-    }
-    let out = cmd.arg(&lib).output().expect("running gdb (install it: the layout is checked against DWARF with it)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let got: Vec<u64> =
-        text.lines().filter_map(|l| l.strip_prefix('$')?.split_once(" = ")?.1.trim().parse().ok()).collect();
-    assert_eq!(got.len(), want.len(), "gdb output:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let exprs: Vec<String> = want.iter().map(|(e, _)| e.clone()).collect();
+    let got = gdb_values(&lib, &exprs);
     for ((expr, value), got) in want.iter().zip(got) {
         assert_eq!(got, *value, "{expr}");
     }

@@ -3,35 +3,29 @@
 //! `probes-ebpf/src/alloc.rs`; when the probe is on: `sampler.rs`.
 
 mod attacher;
+pub(crate) mod probe;
 mod report;
 pub(crate) mod sampler;
 pub(crate) mod site;
 pub(crate) mod tally;
 
-use std::{
-    os::fd::{AsFd, AsRawFd},
-    process::ExitCode,
-    time::Duration,
-};
+use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
-use aya::{
-    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{PerfEvent, UProbe},
-};
-use ljprobe_common::{AllocConfig, AllocTotals, GcCycles, ALLOC_LOST, ALLOC_STACKS_FULL};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use ljprobe_common::{AllocTotals, ALLOC_LOST, ALLOC_STACKS_FULL};
 
 use self::{
-    sampler::{Maps, Probed, Programs, Sampler},
+    probe::AllocProbe,
+    sampler::{Probed, Sampler},
     site::Allocator,
     tally::Tally,
 };
 use super::run_args::{RunArgs, StackArgs};
 use crate::{
-    bpf::{self, objects},
+    bpf,
     collect::{self, Source},
     report::Outputs,
-    stacks::StackBuilder,
     target::{aim::Aim, Process},
 };
 
@@ -77,41 +71,11 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     args.outputs.check(&default_svg)?;
     // The allocator is found through the VM, whatever stacks are drawn.
     let aim = Aim::open(args.run.pid, true, "", "")?;
-    let mut ebpf = bpf::load(objects::ALLOC, "alloc")?;
-    let seeded = bpf::aim_seeded(&mut ebpf, &aim)?;
-    let mut allocators = Vec::new();
-    for (p, (_, g)) in aim.processes.iter().zip(&seeded) {
-        allocators.push(Allocator::find(p, *g, aim.luajit.as_ref())?);
-    }
-    for (p, a) in aim.processes.iter().zip(&allocators) {
-        log::info!("pid {}: the VM allocates through {:#x} in {} (file offset {:#x})", p.pid, a.addr, a.file, a.site.offset);
-    }
-    let resize = allocators.iter().find_map(|a| a.resize);
-    let native = args.stacks.native();
-    let base = AllocConfig {
-        scale: 0,
-        resize_lo: resize.map_or(0, |r| r.0),
-        resize_hi: resize.map_or(0, |r| r.1),
-        native: u32::from(native),
-        kernel: u32::from(args.stacks.kernel),
-        addresses: 0,
-        _pad: 0,
-    };
-    let mut config: Array<MapData, AllocConfig> = Array::try_from(ebpf.take_map("CONFIG").context("CONFIG map missing")?)?;
-    config.set(0, base, 0)?;
-    let counts: PerCpuArray<MapData, u64> = PerCpuArray::try_from(ebpf.take_map("COUNTS").context("COUNTS map missing")?)?;
-    let cycles: aya::maps::HashMap<MapData, u32, GcCycles> =
-        aya::maps::HashMap::try_from(ebpf.take_map("CYCLES").context("CYCLES map missing")?)?;
-    let builder = StackBuilder::new(args.stacks.stack, args.stacks.kernel, args.stacks.per_worker, &aim.processes, aim.luajit_path())?;
-    let prog: &mut UProbe = ebpf.program_mut("alloc_call").context("alloc_call missing")?.try_into()?;
-    prog.load().map_err(|e| bpf::program_error("loading the alloc program", e))?;
-    let uprobe = prog.fd()?.as_fd().as_raw_fd();
-    let prog: &mut PerfEvent = ebpf.program_mut("alloc_gc_atomic").context("alloc_gc_atomic missing")?.try_into()?;
-    prog.load().map_err(|e| bpf::program_error("loading the collector watch", e))?;
-    let watch = prog.fd()?.as_fd().as_raw_fd();
-    let probed = allocators.iter().map(|a| Probed { site: a.site.clone(), g: a.g }).collect();
+    let probe = AllocProbe::load(&aim, &args.stacks, false)?;
+    let probed = probe.probed();
+    let AllocProbe { mut ebpf, allocators: _, resize, maps, programs, builder, native } = probe;
     let budget = (!args.all).then_some(args.overhead);
-    let sampler = Sampler::start(probed, Programs { uprobe, uretprobe: None, watch }, Maps { config, counts, cycles, base }, budget)?;
+    let sampler = Sampler::start(probed, programs, maps, budget)?;
     let mut ring: RingBuf<MapData> = RingBuf::try_from(ebpf.take_map("RECORDS").context("RECORDS map missing")?)?;
     let mut source = AllocSource { ring: &mut ring, tally: Tally::new(builder, native), sampler: &sampler, aim: &aim };
     let run = collect::Run { ebpf: &mut ebpf, aim: &aim, duration: args.run.duration, what: "stacks" };

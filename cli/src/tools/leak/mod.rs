@@ -13,24 +13,17 @@
 mod live;
 mod report;
 
-use std::{
-    collections::HashMap,
-    os::fd::{AsFd, AsRawFd},
-    process::ExitCode,
-    time::Duration,
-};
+use std::{collections::HashMap, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
-use aya::{
-    maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{PerfEvent, UProbe},
-};
-use ljprobe_common::{AllocAddr, AllocConfig, GcCycles, AllocRecord};
+use aya::maps::{MapData, RingBuf};
+use ljprobe_common::{AllocAddr, AllocRecord};
 
 use self::live::End;
 use super::{
     alloc::{
-        sampler::{Maps, Probed, Programs, Sampler},
+        probe::AllocProbe,
+        sampler::{Probed, Sampler},
         site::Allocator,
         tally::Tally,
     },
@@ -38,11 +31,10 @@ use super::{
     run_args::StackArgs,
 };
 use crate::{
-    bpf::{self, objects},
+    bpf,
     collect::{self, Source},
     lua::{heap::Vm, ProcMem, GC_21_GC64_X86_64, HEAP_OPENRESTY_21_GC64, OPENRESTY_21_GC64},
     report::Outputs,
-    stacks::StackBuilder,
     target::{aim::Aim, Process},
 };
 
@@ -78,39 +70,9 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let default_svg = format!("ljprobe-leak-{}.svg", args.pid);
     args.outputs.check(&default_svg)?;
     let aim = Aim::open(args.pid, true, "", "")?;
-    let mut ebpf = bpf::load(objects::ALLOC, "alloc")?;
-    let seeded = bpf::aim_seeded(&mut ebpf, &aim)?;
-    let mut allocators = Vec::new();
-    for (p, (_, g)) in aim.processes.iter().zip(&seeded) {
-        allocators.push(Allocator::find(p, *g, aim.luajit.as_ref())?);
-    }
-    let native = args.stacks.native();
-    let resize = allocators.iter().find_map(|a| a.resize);
-    let base = AllocConfig {
-        scale: 0,
-        resize_lo: resize.map_or(0, |r| r.0),
-        resize_hi: resize.map_or(0, |r| r.1),
-        native: u32::from(native),
-        kernel: u32::from(args.stacks.kernel),
-        addresses: 1,
-        _pad: 0,
-    };
-    let mut config: Array<MapData, AllocConfig> = Array::try_from(ebpf.take_map("CONFIG").context("CONFIG map missing")?)?;
-    config.set(0, base, 0)?;
-    let counts: PerCpuArray<MapData, u64> = PerCpuArray::try_from(ebpf.take_map("COUNTS").context("COUNTS map missing")?)?;
-    let cycles: aya::maps::HashMap<MapData, u32, GcCycles> =
-        aya::maps::HashMap::try_from(ebpf.take_map("CYCLES").context("CYCLES map missing")?)?;
-    let builder = StackBuilder::new(args.stacks.stack, args.stacks.kernel, args.stacks.per_worker, &aim.processes, aim.luajit_path())?;
-    let mut fd = |name: &str, what: &str| -> Result<i32> {
-        let prog: &mut UProbe = ebpf.program_mut(name).with_context(|| format!("{name} missing"))?.try_into()?;
-        prog.load().map_err(|e| bpf::program_error(what, e))?;
-        Ok(prog.fd()?.as_fd().as_raw_fd())
-    };
-    let uprobe = fd("alloc_call", "loading the allocator probe")?;
-    let uretprobe = fd("alloc_return", "loading the allocator's return probe")?;
-    let prog: &mut PerfEvent = ebpf.program_mut("alloc_gc_atomic").context("alloc_gc_atomic missing")?.try_into()?;
-    prog.load().map_err(|e| bpf::program_error("loading the collector watch", e))?;
-    let watch = prog.fd()?.as_fd().as_raw_fd();
+    let probe = AllocProbe::load(&aim, &args.stacks, true)?;
+    let probed = probe.probed();
+    let AllocProbe { mut ebpf, allocators, resize: _, maps, programs, builder, native } = probe;
     // The heap as the run finds it.
     let mut starts = HashMap::new();
     for (p, a) in aim.processes.iter().zip(&allocators) {
@@ -134,8 +96,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     // Every call from here to the end snapshot: an address freed and given
     // out again is seen given out again, so the block there at the end is
     // charged to the stack that made it, never to an earlier owner.
-    let probed = allocators.iter().map(|a| Probed { site: a.site.clone(), g: a.g }).collect();
-    let sampler = Sampler::start(probed, Programs { uprobe, uretprobe: Some(uretprobe), watch }, Maps { config, counts, cycles, base }, None)?;
+    let sampler = Sampler::start(probed, programs, maps, None)?;
     let mut ring: RingBuf<MapData> = RingBuf::try_from(ebpf.take_map("RECORDS").context("RECORDS map missing")?)?;
     let mut source = LeakSource { ring: &mut ring, tally: Tally::new(builder, native), events: Vec::new(), dropped: 0, sampler: &sampler, aim: &aim };
     let run = collect::Run { ebpf: &mut ebpf, aim: &aim, duration: record, what: "addresses" };

@@ -1,0 +1,91 @@
+//! The allocator probe loaded and aimed at every target's allocator: what
+//! `ljprobe alloc` and `ljprobe leak` (with `addresses`) both start from.
+
+use std::os::fd::{AsFd, AsRawFd};
+
+use anyhow::{Context, Result};
+use aya::{
+    maps::{Array, MapData, PerCpuArray},
+    programs::{PerfEvent, UProbe},
+    Ebpf,
+};
+use ljprobe_common::{AllocConfig, GcCycles};
+
+use super::{
+    sampler::{Maps, Probed, Programs},
+    site::Allocator,
+};
+use crate::{
+    bpf::{self, objects},
+    stacks::StackBuilder,
+    target::aim::Aim,
+    tools::run_args::StackArgs,
+};
+
+pub struct AllocProbe {
+    pub ebpf: Ebpf,
+    pub allocators: Vec<Allocator>,
+    /// `lj_tab_resize`'s code, when symbols name it.
+    pub resize: Option<(u64, u64)>,
+    pub maps: Maps,
+    pub programs: Programs,
+    pub builder: StackBuilder,
+    pub native: bool,
+}
+
+impl AllocProbe {
+    /// `addresses`: the return probe is loaded too and each new block's
+    /// address is sent (`ljprobe leak`).
+    pub fn load(aim: &Aim, stacks: &StackArgs, addresses: bool) -> Result<AllocProbe> {
+        let mut ebpf = bpf::load(objects::ALLOC, "alloc")?;
+        let seeded = bpf::aim_seeded(&mut ebpf, aim)?;
+        let mut allocators = Vec::new();
+        for (p, (_, g)) in aim.processes.iter().zip(&seeded) {
+            allocators.push(Allocator::find(p, *g, aim.luajit.as_ref())?);
+        }
+        for (p, a) in aim.processes.iter().zip(&allocators) {
+            log::info!("pid {}: the VM allocates through {:#x} in {} (file offset {:#x})", p.pid, a.addr, a.file, a.site.offset);
+        }
+        let resize = allocators.iter().find_map(|a| a.resize);
+        let native = stacks.native();
+        let base = AllocConfig {
+            scale: 0,
+            resize_lo: resize.map_or(0, |r| r.0),
+            resize_hi: resize.map_or(0, |r| r.1),
+            native: u32::from(native),
+            kernel: u32::from(stacks.kernel),
+            addresses: u32::from(addresses),
+            _pad: 0,
+        };
+        let mut config: Array<MapData, AllocConfig> = Array::try_from(ebpf.take_map("CONFIG").context("CONFIG map missing")?)?;
+        config.set(0, base, 0)?;
+        let counts: PerCpuArray<MapData, u64> = PerCpuArray::try_from(ebpf.take_map("COUNTS").context("COUNTS map missing")?)?;
+        let cycles: aya::maps::HashMap<MapData, u32, GcCycles> =
+            aya::maps::HashMap::try_from(ebpf.take_map("CYCLES").context("CYCLES map missing")?)?;
+        let builder = StackBuilder::new(stacks.stack, stacks.kernel, stacks.per_worker, &aim.processes, aim.luajit_path())?;
+        let mut uprobe_fd = |name: &str, what: &str| -> Result<i32> {
+            let prog: &mut UProbe = ebpf.program_mut(name).with_context(|| format!("{name} missing"))?.try_into()?;
+            prog.load().map_err(|e| bpf::program_error(what, e))?;
+            Ok(prog.fd()?.as_fd().as_raw_fd())
+        };
+        let uprobe = uprobe_fd("alloc_call", "loading the alloc program")?;
+        let uretprobe = if addresses { Some(uprobe_fd("alloc_return", "loading the allocator's return probe")?) } else { None };
+        let prog: &mut PerfEvent = ebpf.program_mut("alloc_gc_atomic").context("alloc_gc_atomic missing")?.try_into()?;
+        prog.load().map_err(|e| bpf::program_error("loading the collector watch", e))?;
+        let watch = prog.fd()?.as_fd().as_raw_fd();
+        Ok(AllocProbe {
+            ebpf,
+            allocators,
+            resize,
+            maps: Maps { config, counts, cycles, base },
+            programs: Programs { uprobe, uretprobe, watch },
+            builder,
+            native,
+        })
+    }
+
+    /// The sites the sampler probes.
+    pub fn probed(&self) -> Vec<Probed> {
+        self.allocators.iter().map(|a| Probed { site: a.site.clone(), g: a.g }).collect()
+    }
+}

@@ -17,8 +17,7 @@ use ljprobe_common::{AllocTotals, ALLOC_LOST, ALLOC_STACKS_FULL};
 
 use self::{
     probe::AllocProbe,
-    sampler::{Probed, Sampler},
-    site::Allocator,
+    sampler::Sampler,
     tally::Tally,
 };
 use super::run_args::{RunArgs, StackArgs};
@@ -139,11 +138,6 @@ impl Source for AllocSource<'_> {
     }
 
     fn joined(&mut self, p: &Process, g: Option<u64>) -> Result<()> {
-        self.tally.builder.add_process(p)?;
-        match Allocator::find(p, g, self.aim.luajit.as_ref()) {
-            Ok(a) => self.sampler.add(Probed { site: a.site, g: a.g }),
-            Err(e) => eprintln!("ljprobe: not probing the allocator of new process {}: {e:#}", p.pid),
-        }
-        Ok(())
+        probe::joined(self.sampler, &mut self.tally, p, g, self.aim)
     }
 }

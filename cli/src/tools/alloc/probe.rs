@@ -89,3 +89,14 @@ impl AllocProbe {
         self.allocators.iter().map(|a| Probed { site: a.site.clone(), g: a.g }).collect()
     }
 }
+
+/// A process that joined the run (a new nginx worker): its stacks named, its
+/// allocator probed from the next window on.
+pub fn joined(sampler: &super::sampler::Sampler, tally: &mut super::tally::Tally, p: &crate::target::Process, g: Option<u64>, aim: &Aim) -> Result<()> {
+    tally.builder.add_process(p)?;
+    match Allocator::find(p, g, aim.luajit.as_ref()) {
+        Ok(a) => sampler.add(Probed { site: a.site, g: a.g }),
+        Err(e) => eprintln!("ljprobe: not probing the allocator of new process {}: {e:#}", p.pid),
+    }
+    Ok(())
+}

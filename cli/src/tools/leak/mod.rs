@@ -23,8 +23,7 @@ use self::live::End;
 use super::{
     alloc::{
         probe::AllocProbe,
-        sampler::{Probed, Sampler},
-        site::Allocator,
+        sampler::Sampler,
         tally::Tally,
     },
     heap::{analysis, snapshot},
@@ -196,12 +195,7 @@ impl Source for LeakSource<'_> {
     }
 
     fn joined(&mut self, p: &Process, g: Option<u64>) -> Result<()> {
-        self.tally.builder.add_process(p)?;
-        match Allocator::find(p, g, self.aim.luajit.as_ref()) {
-            Ok(a) => self.sampler.add(Probed { site: a.site, g: a.g }),
-            Err(e) => eprintln!("ljprobe: not probing the allocator of new process {}: {e:#}", p.pid),
-        }
-        Ok(())
+        super::alloc::probe::joined(self.sampler, &mut self.tally, p, g, self.aim)
     }
 }
 

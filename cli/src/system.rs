@@ -58,22 +58,37 @@ pub fn require_privileges() -> anyhow::Result<()> {
 /// credentials: a thread that has given up its effective capabilities opens
 /// the target's `/proc/PID/mem` (opening reads nothing).
 pub fn may_trace(pid: u32) -> anyhow::Result<()> {
-    if has_cap(CAP_SYS_PTRACE) {
-        return Ok(());
-    }
-    let opened = std::thread::spawn(move || -> std::io::Result<()> {
-        drop_effective_caps()?;
-        fs::File::open(format!("/proc/{pid}/mem")).map(drop)
-    })
-    .join()
-    .unwrap_or_else(|_| Err(std::io::Error::other("the permission check panicked")));
-    match opened {
+    match open_mem_as_user(pid) {
         Ok(()) => Ok(()),
         // No such process: the caller says so in its own words.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(_) if !privileged() => anyhow::bail!("{NEED_PRIVILEGES}"),
         Err(e) => anyhow::bail!("{}", refusal(pid, &e)),
     }
+}
+
+/// `may_trace` for the tools that stop a process and read its memory and
+/// load no eBPF program (`ljprobe heap`): ptrace's rule is all that counts.
+pub fn may_stop(pid: u32) -> anyhow::Result<()> {
+    match open_mem_as_user(pid) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => anyhow::bail!("{}", refusal(pid, &e)),
+    }
+}
+
+/// Opens `/proc/PID/mem` with the user's own rights (or succeeds at once
+/// with CAP_SYS_PTRACE).
+fn open_mem_as_user(pid: u32) -> std::io::Result<()> {
+    if has_cap(CAP_SYS_PTRACE) {
+        return Ok(());
+    }
+    std::thread::spawn(move || -> std::io::Result<()> {
+        drop_effective_caps()?;
+        fs::File::open(format!("/proc/{pid}/mem")).map(drop)
+    })
+    .join()
+    .unwrap_or_else(|_| Err(std::io::Error::other("the permission check panicked")))
 }
 
 /// Why the user may not trace `pid`, from what anyone may read of it.

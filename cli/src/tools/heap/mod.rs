@@ -45,6 +45,7 @@ pub struct Args {
 
 pub async fn run(args: Args) -> Result<ExitCode> {
     report::check(&args)?;
+    crate::system::may_stop(args.pid)?;
     let aim = Aim::open(args.pid, true, "", "")?;
     let mut reports = Vec::new();
     for p in &aim.processes {

@@ -121,9 +121,9 @@ pub fn run() -> Result<()> {
         .collect::<Result<_>>()?;
     thread::sleep(Duration::from_secs(1));
     let leak_svg = out_dir.join("ljprobe-leak.svg");
-    println!("\n=== ljprobe leak --pid {} --duration 5s --overhead 5 (what /leak leaves live, beside /alloc/churn) ===", gw.master());
+    println!("\n=== ljprobe leak --pid {} --duration 5s --record 2s (what /leak leaves live, beside /alloc/churn) ===", gw.master());
     let leak = Command::new(paths::ljprobe_bin())
-        .args(["leak", "--pid", &gw.master().to_string(), "--duration", "5s", "--overhead", "5", "--top", "3"])
+        .args(["leak", "--pid", &gw.master().to_string(), "--duration", "5s", "--record", "2s", "--top", "3"])
         .arg("--svg")
         .arg(&leak_svg)
         .status()

@@ -138,3 +138,23 @@ fn a_process_without_luajit_gets_one_sentence() {
     let _ = sleeper.wait();
     ljprobe_tests::assert_one_sentence(&out, "has no LuaJIT mapped");
 }
+
+#[test]
+fn ctrl_c_before_the_recording_still_writes_the_snapshots() {
+    require_root();
+    let lj = luajit::stock_build();
+    let (_, mut cmd) = lj.script("leak-ctrl-c", "keep = {}\nfor i = 1, 1000 do keep[i] = tostring(i) end\nio.read('*l')\n");
+    let mut child = cmd.stdin(Stdio::piped()).spawn().expect("luajit runs");
+    std::thread::sleep(Duration::from_millis(300));
+    let json = out_dir().join("leak-ctrl-c.json");
+    let out = ljprobe_tests::ljprobe_interrupted(
+        &["leak", "--pid", &child.id().to_string(), "--duration", "60s", "--json", json.to_str().unwrap(), "--svg", out_dir().join("leak-ctrl-c.svg").to_str().unwrap()],
+        Duration::from_secs(2),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let s = json_at(&json);
+    assert!(f(&s["run_secs"]) < 30.0, "{s}");
+    assert!(stdout(&out).contains("stopped with Ctrl-C before the recording began"), "{}", stdout(&out));
+}

@@ -81,15 +81,23 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     // Until the recording: nothing attached, nothing paid.
     let record = if args.all { args.duration } else { args.record.min(args.duration) };
     let wait = args.duration.saturating_sub(record);
+    let mut notes = Vec::new();
+    let mut record = record;
     if !wait.is_zero() {
+        let pids: Vec<String> = aim.pids.iter().map(u32::to_string).collect();
         eprintln!(
-            "ljprobe: {:.1}s until every allocation is recorded for the last {:.1}s, Ctrl-C to stop early",
+            "ljprobe: tracing PID {}: the heap now, every allocation from {:.1}s on for the last {:.1}s, Ctrl-C to stop early",
+            pids.join(", "),
             wait.as_secs_f64(),
             record.as_secs_f64()
         );
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = tokio::signal::ctrl_c() => {}
+            _ = tokio::signal::ctrl_c() => {
+                // Stopped before the recording: the end snapshot at once.
+                record = Duration::from_millis(1);
+                notes.push("stopped with Ctrl-C before the recording began: the paths' growth is all there is".to_string());
+            }
         }
     }
     // Every call from here to the end snapshot: an address freed and given
@@ -102,7 +110,6 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let collected = collect::watch(run, Duration::from_millis(100), &mut source).await;
     // The heap as the run leaves it, taken while the probe still records.
     let mut snaps = Vec::new();
-    let mut notes = Vec::new();
     for (p, a) in aim.processes.iter().zip(&allocators) {
         if !p.alive() {
             notes.push(format!("process {} exited during the run: nothing of it is live", p.pid));

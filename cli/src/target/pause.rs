@@ -68,6 +68,9 @@ impl Paused {
             if in_wait || Instant::now() >= deadline {
                 paused.stop_all();
                 paused.since = Instant::now();
+                if !paused.tids.iter().any(|t| t.tid == pid as i32 && t.stopped) {
+                    bail!("process {pid} exited while ljprobe stopped it");
+                }
                 match paused.main_moment(pid) {
                     Some(nr) if waits.is_empty() || waits.contains(&nr) => {
                         paused.moment = Moment::Waiting(nr);
@@ -84,8 +87,8 @@ impl Paused {
                 }
             }
             std::thread::sleep(Duration::from_micros(500));
-            if !paused.tids.iter().any(|t| t.tid == pid as i32) {
-                bail!("process {pid} is gone");
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                bail!("process {pid} exited while ljprobe waited to stop it");
             }
         }
     }
@@ -220,6 +223,6 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         let err = Paused::when_waiting(pid, &[], Duration::from_millis(10)).unwrap_err().to_string();
-        assert!(err.contains("does not exist") || err.contains("gone"), "{err}");
+        assert!(err.contains("does not exist") || err.contains("exited"), "{err}");
     }
 }

@@ -3,7 +3,10 @@
 //! writable memory that holds the heap, let it run. The walk then reads the
 //! copy, however long it takes, and the target only pays for the copy.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 use serde::Serialize;
@@ -47,23 +50,24 @@ pub struct How {
 
 pub fn take(p: &Process, max_pause: Duration) -> Result<Snapshot> {
     let waits: &[i64] = if p.is_nginx_worker() { &EPOLL_WAITS } else { &[] };
-    let maps = p.maps()?;
-    let regions: Vec<(u64, u64)> = maps
-        .iter()
-        .filter(|m| m.perms.starts_with("rw") && m.perms.ends_with('p') && matches!(m.path.as_deref(), None | Some("[heap]")))
-        .map(|m| (m.start, m.end))
-        .collect();
+    let regions = heap_regions(p)?;
     let src = ProcMem::open(p.pid)?;
     // Buffers written now, so no page of ljprobe's faults in while the target waits.
-    let mut buffers: Vec<(u64, Vec<u8>)> = regions
+    let mut ready: HashMap<(u64, u64), Vec<u8>> = regions
         .iter()
         .map(|&(start, end)| {
             let mut v = Vec::with_capacity((end - start) as usize);
             v.resize((end - start) as usize, 1u8);
-            (start, v)
+            ((start, end), v)
         })
         .collect();
     let paused = Paused::when_waiting(p.pid, waits, PATIENCE)?;
+    // The map again, stopped: the allocator may have mapped more meanwhile.
+    let regions = heap_regions(p).unwrap_or(regions);
+    let buffers: Vec<(u64, Vec<u8>)> = regions
+        .iter()
+        .map(|&(start, end)| (start, ready.remove(&(start, end)).unwrap_or_else(|| vec![0; (end - start) as usize])))
+        .collect();
     let mut paused = Some(paused);
     let stopped_while = match &paused.as_ref().expect("just set").moment {
         Moment::Waiting(nr) => match usize::try_from(*nr).ok().and_then(syscalls::Sysno::new) {
@@ -78,7 +82,7 @@ pub fn take(p: &Process, max_pause: Duration) -> Result<Snapshot> {
     let mut mem = MemCopy::default();
     let mut live = 0u64;
     let mut paused_for = Duration::ZERO;
-    for (start, mut bytes) in buffers.drain(..) {
+    for (start, mut bytes) in buffers {
         for (i, chunk) in bytes.chunks_mut(CHUNK).enumerate() {
             let at = start + (i * CHUNK) as u64;
             if let Some(p) = &paused {
@@ -100,6 +104,8 @@ pub fn take(p: &Process, max_pause: Duration) -> Result<Snapshot> {
     if let Some(p) = paused.take() {
         paused_for = p.held();
     }
+    // Buffers of mappings that changed: freed once the target runs.
+    drop(ready);
     Ok(Snapshot {
         how: How {
             stopped_while,
@@ -113,6 +119,16 @@ pub fn take(p: &Process, max_pause: Duration) -> Result<Snapshot> {
         },
         mem,
     })
+}
+
+/// The process's private writable memory, where LuaJIT's allocator (and the
+/// system's) put the heap: anonymous mappings and `[heap]`.
+fn heap_regions(p: &Process) -> Result<Vec<(u64, u64)>> {
+    Ok(p.maps()?
+        .iter()
+        .filter(|m| m.perms.starts_with("rw") && m.perms.ends_with('p') && matches!(m.path.as_deref(), None | Some("[heap]")))
+        .map(|m| (m.start, m.end))
+        .collect())
 }
 
 /// `process_vm_readv`: the kernel copies page by page straight into `buf`,

@@ -1,6 +1,6 @@
 //! Which allocations of the run are still live at its end: each address the
-//! allocator returned (sampled) is looked up in the end snapshot; it is live
-//! when a reachable object (or a reachable table's array or hash part) of the
+//! allocator returned in the recorded seconds is looked up in the end
+//! snapshot; it is live when a reachable object (or a reachable table's array or hash part) of the
 //! same size starts there. Each live one is charged to the stack that made it
 //! and to the holder that keeps it: its nearest ancestor among the snapshot's
 //! biggest holders. What only a coroutine's stack holds is in use by code

@@ -62,7 +62,7 @@ pub struct Args {
     outputs: Outputs,
 }
 
-/// Addresses kept at most: 32 bytes each.
+/// Addresses kept at most: 40 bytes each.
 const MAX_EVENTS: usize = 8 << 20;
 
 pub async fn run(args: Args) -> Result<ExitCode> {

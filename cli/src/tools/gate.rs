@@ -84,7 +84,7 @@ struct Verdict<'a> {
     markdown: String,
 }
 
-/// The judged changes that fail the gate, biggest relative growth first.
+/// The judged changes that fail the gate, biggest growth in share points first.
 pub fn regressions(changes: &[Change], max_regress: f64, confidence: f64, min_share: f64, only: Option<&regex::Regex>) -> Vec<Regression> {
     let z = diff::z_for(confidence);
     let grew = |after: f64, relative: Option<f64>, z_score: f64| {
@@ -105,9 +105,12 @@ pub fn regressions(changes: &[Change], max_regress: f64, confidence: f64, min_sh
             Some(Regression { function: c.function.clone(), metric, change: c.clone() })
         })
         .collect();
+    // By what the growth costs, in points of the run's share: a function
+    // that went from 0.25% to 0.55% doubled, but one that went from 26% to
+    // 30% is the one to look at first.
     let worst = |r: &Regression| {
         let c = &r.change;
-        c.self_relative.unwrap_or(f64::INFINITY).max(c.total_relative.unwrap_or(f64::INFINITY))
+        c.self_points.max(c.total_points)
     };
     out.sort_by(|a, b| worst(b).total_cmp(&worst(a)).then_with(|| a.function.cmp(&b.function)));
     out

@@ -107,6 +107,14 @@ fn max_objects(total: u64) -> u64 {
     total / 16 + 1_000_000
 }
 
+impl<'a, M: Memory> Vm<'a, M> {
+    /// The VM at `g` read through `mem`, with the built-in layouts of the
+    /// one build family ljprobe reads (see docs/supported-luajit.md).
+    pub fn builtin(mem: &'a M, g: u64) -> Self {
+        Vm { mem, l: &crate::lua::OPENRESTY_21_GC64, h: &crate::lua::HEAP_OPENRESTY_21_GC64, g }
+    }
+}
+
 impl<M: Memory> Vm<'_, M> {
     pub fn gcref(&self, addr: u64) -> Option<u64> {
         self.mem.read_u64(addr)

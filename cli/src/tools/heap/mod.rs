@@ -15,7 +15,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{bail, Result};
 
 use crate::{
-    lua::{heap::Vm, ProcMem, GC_21_GC64_X86_64, HEAP_OPENRESTY_21_GC64, OPENRESTY_21_GC64},
+    lua::{heap::Vm, ProcMem, GC_21_GC64_X86_64},
     target::aim::Aim,
 };
 
@@ -54,9 +54,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             eprintln!("ljprobe: note: process {} ({}): its Lua VM was not found in its memory; no snapshot of it", p.pid, p.comm);
             continue;
         };
-        let heap = ProcMem::open(p.pid).ok().and_then(|m| GC_21_GC64_X86_64.read(&m, g)).map_or(0, |r| r.total);
-        let snap = snapshot::take(p, args.max_pause.unwrap_or_else(|| default_pause(heap)))?;
-        let vm = Vm { mem: &snap.mem, l: &OPENRESTY_21_GC64, h: &HEAP_OPENRESTY_21_GC64, g };
+        let snap = snapshot::take(p, args.max_pause.unwrap_or_else(|| default_pause(p.pid, g)))?;
+        let vm = Vm::builtin(&snap.mem, g);
         reports.push(analysis::analyse(&vm, p.pid, p.comm.clone(), snap.how.clone(), args.top));
     }
     if reports.is_empty() {
@@ -70,8 +69,10 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The pause the issue allows: 50 ms per 100 MB of heap (a copy runs at
-/// 2-4 GB/s here, docs/bench.md#heap), never under 50 ms.
-pub(crate) fn default_pause(heap_bytes: u64) -> Duration {
-    Duration::from_millis(50).max(Duration::from_secs_f64(0.05 * heap_bytes as f64 / 100e6))
+/// The pause the issue allows for the VM at `g` in `pid`: 50 ms per 100 MB of
+/// its heap as `gc.total` says now (a copy runs at 2-4 GB/s here,
+/// docs/bench.md#heap), never under 50 ms.
+pub(crate) fn default_pause(pid: u32, g: u64) -> Duration {
+    let heap = ProcMem::open(pid).ok().and_then(|m| GC_21_GC64_X86_64.read(&m, g)).map_or(0, |r| r.total);
+    Duration::from_millis(50).max(Duration::from_secs_f64(0.05 * heap as f64 / 100e6))
 }

@@ -32,7 +32,7 @@ use super::{
 use crate::{
     bpf,
     collect::{self, Source},
-    lua::{heap::Vm, ProcMem, GC_21_GC64_X86_64, HEAP_OPENRESTY_21_GC64, OPENRESTY_21_GC64},
+    lua::heap::Vm,
     report::Outputs,
     target::{aim::Aim, Process},
 };
@@ -115,7 +115,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             notes.push(format!("process {} exited during the run: nothing of it is live", p.pid));
             continue;
         }
-        match snapshot::take(p, super::heap::default_pause(heap_of(p.pid, a.g))) {
+        match snapshot::take(p, super::heap::default_pause(p.pid, a.g)) {
             Ok(s) => snaps.push((p, a.g, s)),
             Err(e) => notes.push(format!("process {}: no end snapshot ({e:#})", p.pid)),
         }
@@ -131,7 +131,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     drop(ebpf);
     let mut ends = HashMap::new();
     for (p, g, s) in &snaps {
-        let vm = Vm { mem: &s.mem, l: &OPENRESTY_21_GC64, h: &HEAP_OPENRESTY_21_GC64, g: *g };
+        let vm = Vm::builtin(&s.mem, *g);
         let (report, walk) = analysis::analyse_walk(&vm, p.pid, p.comm.clone(), s.how.clone(), 20);
         ends.insert(p.pid, End::new(vm, walk, report));
     }
@@ -152,15 +152,10 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The live VM's `gc.total` now (0 if unreadable): sizes the default pause.
-fn heap_of(pid: u32, g: u64) -> u64 {
-    ProcMem::open(pid).ok().and_then(|m| GC_21_GC64_X86_64.read(&m, g)).map_or(0, |r| r.total)
-}
-
 /// One snapshot of `p`'s heap, analysed; the copy is let go.
 fn snapshot_of(p: &Process, g: u64) -> Result<analysis::HeapReport> {
-    let s = snapshot::take(p, super::heap::default_pause(heap_of(p.pid, g)))?;
-    let vm = Vm { mem: &s.mem, l: &OPENRESTY_21_GC64, h: &HEAP_OPENRESTY_21_GC64, g };
+    let s = snapshot::take(p, super::heap::default_pause(p.pid, g))?;
+    let vm = Vm::builtin(&s.mem, g);
     Ok(analysis::analyse(&vm, p.pid, p.comm.clone(), s.how.clone(), 0))
 }
 

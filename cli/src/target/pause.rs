@@ -189,9 +189,10 @@ fn waiting_in(pid: u32) -> Option<i64> {
 }
 
 fn threads(pid: u32) -> Result<Vec<i32>> {
-    let dir = format!("/proc/{pid}/task");
-    let Ok(entries) = fs::read_dir(&dir) else { bail!("process {pid} does not exist") };
-    let mut tids: Vec<i32> = entries.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+    let mut tids: Vec<i32> = ljprobe_host::proc::threads(pid).into_iter().filter_map(|t| i32::try_from(t).ok()).collect();
+    if tids.is_empty() {
+        bail!("process {pid} does not exist");
+    }
     // The main thread first: it is the one whose wait decides the moment.
     tids.sort_by_key(|&t| (t != pid as i32, t));
     Ok(tids)

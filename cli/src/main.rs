@@ -53,6 +53,8 @@ enum Command {
     Leak(tools::leak::Args),
     /// Per-request latency of nginx: percentiles per location, and where each request's time went (phase, CPU, blocked, waiting).
     Latency(tools::latency::Args),
+    /// Why code falls out of the JIT: VM states, trace aborts with LuaJIT's reasons, blacklisted loops, traces, and trace exits.
+    Jit(tools::jit::Args),
     /// Run cpu, offcpu, epoll-loop, gc and alloc together and write one page of what they found (DIR/index.html).
     Report(tools::report::Args),
     /// Differential flame graph of two runs of a stack tool, and the functions that changed most.
@@ -99,6 +101,7 @@ fn main() -> ExitCode {
         .filter_module("gc", level)
         .filter_module("alloc", level)
         .filter_module("latency", level)
+        .filter_module("jit", level)
         .format_timestamp(None)
         .init();
 
@@ -121,6 +124,7 @@ fn main() -> ExitCode {
             Command::Heap(args) => tools::heap::run(args).await,
             Command::Leak(args) => tools::leak::run(args).await,
             Command::Latency(args) => tools::latency::run(args).await,
+            Command::Jit(args) => tools::jit::run(args).await,
             Command::Report(args) => tools::report::run(args).await,
             Command::Diff(args) => tools::diff::run(args),
             Command::Gate(args) => tools::gate::run(args).map_err(|e| anyhow::Error::new(Gate(e))),

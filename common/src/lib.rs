@@ -3,6 +3,7 @@
 //! read the same bytes out of BPF maps.
 #![no_std]
 
+pub mod jit;
 pub mod latency;
 
 /// Where LuaJIT keeps what the probes read, in bytes. User space fills it from the

@@ -21,3 +21,6 @@ pub static ALLOC: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "
 
 /// `probes-ebpf/src/latency.rs`
 pub static LATENCY: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/latency"));
+
+/// `probes-ebpf/src/jit.rs`
+pub static JIT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/jit"));

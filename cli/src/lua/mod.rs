@@ -19,13 +19,15 @@ mod gc_state;
 mod gcstr;
 pub mod heap;
 mod heap_layout;
+pub mod jit_names;
+pub mod jit_state;
 mod layout;
 mod mem;
 mod proto;
 mod resolve;
 #[cfg(test)]
 mod tests;
-mod trace;
+pub mod trace;
 mod trace_call;
 
 #[allow(unused_imports)]
@@ -43,7 +45,7 @@ pub use layout::{ObjLayout, TraceLayout, OPENRESTY_21_GC64, TRACE_OPENRESTY_21_G
 #[allow(unused_imports)]
 pub use mem::{Memory, ProcMem};
 #[allow(unused_imports)]
-pub use resolve::{LuaFrame, Pc, Resolver, UNKNOWN_FILE};
+pub use resolve::{LuaFrame, Pc, Place, Resolver, UNKNOWN_FILE};
 #[allow(unused_imports)]
 pub use trace::{Inlined, MAX_INLINED};
 pub use trace_call::{FfiCall, Found, TraceImage};

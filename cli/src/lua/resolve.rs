@@ -29,6 +29,15 @@ pub enum LuaFrame {
 /// frame whose GCfunc cannot be read (freed since the sample, or a bad walk).
 pub const UNKNOWN_FILE: &str = "?";
 
+/// A proto's file and definition line, and an instruction in it with its line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub file: String,
+    pub line: u32,
+    pub pos: Option<u32>,
+    pub at: Option<u32>,
+}
+
 /// A bytecode address and what it means: `Past` an instruction (a return
 /// address, the interpreter's PC register) or `At` one (a snapshot's PC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,9 +224,36 @@ impl<M: Memory> Resolver<M> {
         }
     }
 
+    /// A function as LuaJIT's `jit.v` names one in a message: a Lua
+    /// function by its `file:line`, a fast function by its name, a C
+    /// function by its address.
+    pub fn func_label(&mut self, func: u64) -> Option<String> {
+        match self.read_func(func)? {
+            Func::Lua { proto } => self.place(proto, None).map(|p| format!("{}:{}", p.file, p.line)),
+            Func::C { addr } => Some(format!("C:{addr:x}")),
+            Func::Builtin { ffid } => super::jit_names::FAST_FUNCTIONS.get(usize::from(ffid)).map(|n| n.to_string()),
+        }
+    }
+
     /// A copy of a proto's bytecode (`bc[0]` is the FUNCF-style header).
     pub fn bytecode(&mut self, proto: u64) -> Option<Vec<u32>> {
         Some(self.entry(proto)?.debug.as_ref()?.bc.clone())
+    }
+
+    /// Where a proto is: its file and first line, and the line of the
+    /// instruction at `pc` (an address inside its bytecode) if given; the
+    /// index of that instruction too.
+    pub fn place(&mut self, proto: u64, pc: Option<u64>) -> Option<Place> {
+        let l = self.layout;
+        let entry = self.entry(proto)?;
+        let pos = pc.and_then(|pc| {
+            let off = pc.checked_sub(entry.header.bc_start(&l))?;
+            (off % l.bcins_size == 0 && off / l.bcins_size < u64::from(entry.header.sizebc))
+                .then(|| u32::try_from(off / l.bcins_size).ok())
+                .flatten()
+        });
+        let at = pos.and_then(|p| entry.debug.as_ref()?.line(p));
+        Some(Place { file: entry.file.clone(), line: entry.line, pos, at })
     }
 
     /// `lj_debug_slotname` for `slot` at instruction `pos` of `proto`.

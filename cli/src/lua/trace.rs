@@ -114,6 +114,26 @@ pub fn inlined_frames<M: Memory>(mem: &M, l: &ObjLayout, g: u64, traceno: u32, a
     Some(Inlined { addr, snapno: u32::try_from(snapno).ok()?, frames, pc, ambiguous })
 }
 
+/// The bytecode instruction trace `traceno`'s last snapshot resumes at: the
+/// end of the trace as the interpreter would see it (the loop or the
+/// instruction it links from).
+pub fn last_snapshot_pc<M: Memory>(mem: &M, l: &ObjLayout, g: u64, traceno: u32) -> Option<u64> {
+    let trace = read_trace(mem, l, g, traceno)?;
+    snapshot_map(mem, &l.trace, &trace, trace.nsnap - 1).map(|(_, _, pc)| pc)
+}
+
+/// The bytecode instruction snapshot `snapno` of trace `traceno` resumes
+/// at, i.e. where the interpreter continues after that exit. None for the
+/// stack check's exit number (`nsnap`), which is no snapshot.
+pub fn snapshot_pc<M: Memory>(mem: &M, l: &ObjLayout, g: u64, traceno: u32, snapno: u32) -> Option<u64> {
+    let trace = read_trace(mem, l, g, traceno)?;
+    let snapno = u64::from(snapno);
+    if snapno >= trace.nsnap {
+        return None;
+    }
+    snapshot_map(mem, &l.trace, &trace, snapno).map(|(_, _, pc)| pc)
+}
+
 /// Trace `traceno` of the VM at `g`, checked against how `trace_save` lays a
 /// trace out: header, IR from constant `nk` up, snapshots, snapshot map.
 pub(super) fn read_trace<M: Memory>(mem: &M, l: &ObjLayout, g: u64, traceno: u32) -> Option<Trace> {
@@ -187,22 +207,29 @@ fn snapshot_at<M: Memory>(mem: &M, t: &TraceLayout, trace: &Trace, ofs: u64) -> 
     lo.checked_sub(1)
 }
 
-/// The inlined frames of snapshot `snapno`, innermost first, and the bytecode
-/// instruction it resumes at (the one being recorded when it was taken).
-fn snapshot_frames<M: Memory>(mem: &M, t: &TraceLayout, trace: &Trace, snapno: u64) -> Option<(Vec<RawFrame>, u64)> {
+/// Where snapshot `snapno`'s entries are in the map, how many, and the
+/// bytecode instruction it resumes at.
+fn snapshot_map<M: Memory>(mem: &M, t: &TraceLayout, trace: &Trace, snapno: u64) -> Option<(u64, u8, u64)> {
     let snap = trace.snap.checked_add(snapno.checked_mul(t.snap_size)?)?;
     let mapofs = mem.read_u32(snap.checked_add(t.snap_mapofs)?)?;
     let nent = mem.read_u8(snap.checked_add(t.snap_nent)?)?;
     // The entries are followed by the 64-bit PC-and-base word (LJ_FR2).
     let words_after = 8 / t.snapentry_size;
-    // The map read below is at most 255 entries: nent is a u8.
+    // The map read is at most 255 entries: nent is a u8.
     if u64::from(mapofs) + u64::from(nent) + words_after > u64::from(trace.nsnapmap) {
         return None;
     }
     let map_at = trace.snapmap.checked_add(u64::from(mapofs) * t.snapentry_size)?;
-    let map = mem.read_bytes(map_at, usize::from(nent) * usize::try_from(t.snapentry_size).ok()?)?;
     // LJ_FR2: `(pc << 8) | (baseslot - 2)` (snapshot_framelinks).
     let pc = mem.read_u64(map_at.checked_add(u64::from(nent) * t.snapentry_size)?)? >> 8;
+    Some((map_at, nent, pc))
+}
+
+/// The inlined frames of snapshot `snapno`, innermost first, and the bytecode
+/// instruction it resumes at (the one being recorded when it was taken).
+fn snapshot_frames<M: Memory>(mem: &M, t: &TraceLayout, trace: &Trace, snapno: u64) -> Option<(Vec<RawFrame>, u64)> {
+    let (map_at, nent, pc) = snapshot_map(mem, t, trace, snapno)?;
+    let map = mem.read_bytes(map_at, usize::from(nent) * usize::try_from(t.snapentry_size).ok()?)?;
     let entries: Vec<u32> = (0..u64::from(nent)).map(|i| buf_u32(&map, i * t.snapentry_size)).collect::<Option<_>>()?;
     let slot = |sn: u32| sn >> 24;
     let sref = |sn: u32| sn & 0xffff;

@@ -9,6 +9,7 @@ pub mod epoll_loop;
 pub mod gate;
 pub mod gc;
 pub mod heap;
+pub mod jit;
 pub mod latency;
 pub mod leak;
 pub mod offcpu;

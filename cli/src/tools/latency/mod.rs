@@ -6,7 +6,7 @@
 //! requests). Kernel side: `probes-ebpf/src/latency.rs`; `nginx.rs` finds what
 //! it probes, `requests.rs` groups the requests, `report.rs` writes them out.
 
-mod nginx;
+pub(crate) mod nginx;
 mod report;
 mod requests;
 mod windows;

@@ -1,0 +1,209 @@
+//! `ljprobe jit`: why code falls out of the JIT, from outside the process
+//! (the `jit.v`, `ngx-lj-trace-exits` and `ngx-lj-vm-states` jobs). Kernel
+//! side: `probes-ebpf/src/jit.rs`. `watch.rs` runs it, `analysis.rs` groups
+//! what came back, `report.rs` shows it.
+
+mod analysis;
+mod decode;
+mod report;
+mod watch;
+
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd, AsRawFd},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{Array, HashMap as BpfHashMap, PerCpuArray, RingBuf},
+    programs::PerfEvent,
+};
+use ljprobe_common::jit::{JIT_REQ_SLOTS, JIT_STATE_SLOTS};
+
+use self::{
+    report::{Report, RequestExits, StateShare},
+    watch::{Collector, Programs, Vm},
+};
+use super::{latency::nginx::FREE, run_args::RunArgs};
+use crate::{
+    bpf::{self, attach, objects},
+    collect,
+    lua::jit_state::JIT_OPENRESTY_21_GC64,
+    stacks::{StackBuilder, StackKind},
+    target::aim::Aim,
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    run: RunArgs,
+    /// CPU samples per second per CPU, for the VM states.
+    #[arg(long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    freq: u64,
+    /// Rows per list (hot functions, aborts, traces, exits).
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// Everything found, for a script ("-" for standard output).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Flame graph of the Lua stacks with their VM state (trace or interpreter) on top.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+}
+
+/// How often the rings are drained; aborts and samples wait in them meanwhile.
+const TICK: Duration = Duration::from_millis(100);
+
+/// `LJ_TRACE_START` and `LJ_TRACE_ASM`: one write per trace attempt and per
+/// trace handed to the assembler.
+const STATE_START: u32 = 0x13;
+const STATE_ASM: u32 = 0x15;
+
+pub async fn run(args: Args) -> Result<ExitCode> {
+    for p in args.svg.iter().chain(args.json.iter().filter(|p| p.as_os_str() != "-")) {
+        crate::output::check(p)?;
+    }
+    let jl = JIT_OPENRESTY_21_GC64;
+    let aim = Aim::open(args.run.pid, true, "", "")?;
+    let mut ebpf = bpf::load(objects::JIT, "jit")?;
+    let found = bpf::aim_seeded(&mut ebpf, &aim)?;
+    Array::try_from(ebpf.map_mut("JIT_LAYOUT").context("JIT_LAYOUT map missing")?)?.set(0, jl.probe, 0)?;
+    let programs = Programs { state: watch_program(&mut ebpf, "jit_state_write")?, exit: watch_program(&mut ebpf, "jit_exit")? };
+
+    let mut notes = Vec::new();
+    let mut vms = Vec::new();
+    for (pid, g) in found {
+        match g {
+            Some(g) => vms.push(Vm::open(pid, g, &jl, programs, &mut notes)?),
+            None => notes.push(format!("process {pid}: its Lua VM was not found in its memory; its aborts and exits are not counted")),
+        }
+    }
+    if vms.is_empty() {
+        bail!(
+            "found no Lua VM in the memory of process {} ({}), so there is no JIT to look at: is its Lua state created yet?",
+            aim.root.pid,
+            aim.root.comm
+        );
+    }
+    for vm in vms.iter().filter(|v| v.jit_on == Some(false)) {
+        eprintln!("ljprobe: process {}: the JIT compiler is off (jit.off()), so nothing is compiled; VM states only", vm.pid);
+    }
+    let per_request = requests(&mut ebpf, &aim, &mut notes);
+
+    let builder = StackBuilder::new(StackKind::Lua, false, false, &aim.processes, aim.luajit_path())?;
+    attach::cpu_clock(&mut ebpf, "jit_sample", args.freq, Some(&aim.pids))?;
+    let samples = RingBuf::try_from(ebpf.take_map("SAMPLES").context("SAMPLES map missing")?)?;
+    let aborts = RingBuf::try_from(ebpf.take_map("ABORTS").context("ABORTS map missing")?)?;
+    let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map missing")?)?;
+    let exits = BpfHashMap::try_from(ebpf.take_map("EXITS").context("EXITS map missing")?)?;
+    let mut c = Collector::new(builder, samples, aborts, lost, exits, vms, programs, jl, notes);
+    let run = collect::Run { ebpf: &mut ebpf, aim: &aim, duration: args.run.duration, what: "samples" };
+    let collected = collect::watch(run, TICK, &mut c).await?;
+    c.look();
+
+    let states: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("STATE_WRITES").context("STATE_WRITES map missing")?)?;
+    let writes = |s: u32| bpf::per_cpu_total(&states, s & (JIT_STATE_SLOTS - 1));
+    let hist: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("REQ_HIST").context("REQ_HIST map missing")?)?;
+    let hist: Vec<u64> = (0..JIT_REQ_SLOTS).map(|i| bpf::per_cpu_total(&hist, i)).collect();
+
+    let secs = collected.elapsed_secs;
+    let aborts = analysis::group_aborts(&c.events);
+    let mut findings: Vec<_> = c.findings.iter().collect();
+    findings.sort_by_key(|(pid, _)| **pid);
+    let findings: Vec<_> = findings.into_iter().map(|(_, f)| f).collect();
+    let traces = analysis::merge_traces(&findings);
+    let blacklisted: Vec<_> = findings.iter().flat_map(|f| f.blacklisted.iter().cloned()).collect();
+    let penalized: Vec<_> = findings.iter().flat_map(|f| f.penalized.iter().cloned()).collect();
+    let exits = analysis::exits(&c.exit_counts, &c.exit_places, secs);
+    let total = c.builder.folded.total();
+    let folded = std::mem::take(&mut c.builder.folded);
+    let mut functions = analysis::functions(&c.by_function, total, args.top);
+    analysis::verdicts(&mut functions, &aborts, &blacklisted, &penalized, &exits);
+    let summary = functions.iter().filter(|f| f.share >= analysis::HOT_SHARE).map(|f| f.verdict.clone()).collect();
+    let [lost_samples, lost_aborts, lost_exits] = c.lost_counts();
+    let jit_off = c.vms.iter().filter(|v| v.jit_on == Some(false)).map(|v| v.pid).collect();
+    let mut notes = std::mem::take(&mut c.notes);
+    if c.vms.iter().any(|v| !v.watched()) {
+        notes.push("aborts and exits come only from the processes whose watchpoints were set (see above)".into());
+    }
+
+    let report = Report {
+        tool: "jit",
+        title: format!("ljprobe jit: PID {} ({})", args.run.pid, aim.root.comm),
+        pids: collected.pids_seen.clone(),
+        frequency: args.freq,
+        samples: total,
+        jit_off,
+        vm_states: c
+            .builder
+            .by_vm_state
+            .iter()
+            .map(|(k, &n)| (k.clone(), StateShare { samples: n, share: n as f64 / total.max(1) as f64 }))
+            .collect(),
+        functions,
+        trace_attempts: writes(STATE_START),
+        traces_assembled: writes(STATE_ASM),
+        aborts_total: c.events.len() as u64,
+        aborts,
+        blacklisted,
+        penalty_cache: penalized,
+        traces,
+        exits_total: c.exit_counts.iter().map(|e| e.1).sum(),
+        exits,
+        exits_per_request: per_request.then(|| request_exits(&hist)),
+        summary,
+        lost: BTreeMap::from([("samples", lost_samples), ("aborts", lost_aborts), ("exits", lost_exits)]),
+        collected,
+        notes,
+    };
+    drop(c);
+    drop(ebpf);
+    if let Some(path) = &args.svg {
+        let subtitle = format!("{} samples at {} Hz over {:.1}s", report.samples, args.freq, secs);
+        report::write_svg(path, &folded, &report.title, subtitle)?;
+    }
+    if let Some(path) = &args.json {
+        crate::report::write_json(path, &report)?;
+    }
+    report::print(&report, args.top, args.svg.as_deref());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn watch_program(ebpf: &mut aya::Ebpf, name: &str) -> Result<std::os::fd::RawFd> {
+    let prog: &mut PerfEvent = ebpf.program_mut(name).with_context(|| format!("{name} missing"))?.try_into()?;
+    prog.load().map_err(|e| bpf::program_error(&format!("loading {name}"), e))?;
+    Ok(prog.fd()?.as_fd().as_raw_fd())
+}
+
+/// In nginx, a uprobe where each request ends closes its count of exits.
+/// Returns whether it is attached; why not goes to `notes`.
+fn requests(ebpf: &mut aya::Ebpf, aim: &Aim, notes: &mut Vec<String>) -> bool {
+    if !(aim.root.is_nginx_master() || aim.root.is_nginx_worker()) {
+        return false;
+    }
+    let exe = aim.root.host_path(&aim.root.exe);
+    match attach::uprobes_followed(ebpf, "jit_request", Path::new(&exe), &[FREE], &aim.pids) {
+        Ok(()) => true,
+        Err(e) => {
+            notes.push(format!("exits per request are not counted: {e:#}"));
+            false
+        }
+    }
+}
+
+fn request_exits(hist: &[u64]) -> RequestExits {
+    let buckets = hist
+        .iter()
+        .enumerate()
+        .filter(|(_, &n)| n > 0)
+        .map(|(i, &n)| if i == 0 { (0, 1, n) } else { (1u64 << (i - 1), 1u64 << i, n) })
+        .collect();
+    RequestExits {
+        requests: hist.iter().sum(),
+        buckets,
+        note: "exits taken between the end of one request and the end of the next, timers included, are charged to the next",
+    }
+}

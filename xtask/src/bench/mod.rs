@@ -1,4 +1,4 @@
-//! `cargo xtask bench cpu|offcpu|alloc|report|latency|heap`: what profiling costs the gateway's throughput;
+//! `cargo xtask bench cpu|offcpu|alloc|report|latency|heap|jit`: what profiling costs the gateway's throughput;
 //! `bench soak`: ljprobe's own CPU and memory over a long run (soak.rs).
 //!
 //! Absolute requests/sec depend on the machine and on whatever else runs on it, so
@@ -27,6 +27,7 @@ use xtask::{
 mod alloc;
 mod cpu;
 mod heap;
+mod jit;
 mod latency;
 mod offcpu;
 mod report;
@@ -92,6 +93,16 @@ pub enum What {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
         rounds: u32,
     },
+    /// `ljprobe jit` beside `ljprobe cpu` alone on /hot/jit and on the cheap
+    /// /health: throughput and the worker's CPU per request, as ratios to
+    /// interleaved runs without; then what a watched trace exit costs, from
+    /// a standalone script that takes a known number of them.
+    Jit {
+        #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        rounds: u32,
+    },
     /// `ljprobe cpu --stack mixed` and `ljprobe offcpu` on the worker, together,
     /// for a long run under sustained mixed load: ljprobe's own CPU share, peak
     /// RSS and RSS growth, records per second and lost records.
@@ -113,6 +124,7 @@ pub fn run(what: What) -> Result<()> {
         What::Report { duration, rounds } => report::run(duration, rounds),
         What::Latency { duration, rounds } => latency::run(duration, rounds),
         What::Heap { duration, rounds } => heap::run(duration, rounds),
+        What::Jit { duration, rounds } => jit::run(duration, rounds),
         What::Soak { duration, every } => soak::run(duration, every),
     }
 }

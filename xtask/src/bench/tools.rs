@@ -44,6 +44,8 @@ pub enum Tool {
     /// `ljprobe leak` on the master: two snapshots, every allocation
     /// recorded for the last 2 s of the run.
     LjprobeLeak,
+    /// `ljprobe jit` on the master: the sampler and the two watchpoints.
+    LjprobeJit,
 }
 
 impl Tool {
@@ -67,6 +69,7 @@ impl Tool {
             Tool::BpftraceRequestCount => "bpftrace count free_request".into(),
             Tool::LjprobeHeapEverySecond => "ljprobe heap every 1 s".into(),
             Tool::LjprobeLeak => "ljprobe leak".into(),
+            Tool::LjprobeJit => "ljprobe jit".into(),
         }
     }
 
@@ -133,6 +136,7 @@ impl Tool {
                 c
             }
             Tool::LjprobeLeak => ljprobe(&["leak"]),
+            Tool::LjprobeJit => ljprobe(&["jit"]),
             Tool::LjprobeHeapEverySecond => {
                 let heap = format!(
                     "{} heap --pid {} --svg {} --json {}",
@@ -174,6 +178,7 @@ impl Tool {
             Tool::LjprobeGc { .. } => Some((json()?["samples"].as_u64()?, "samples")),
             Tool::BpftraceAllocCount | Tool::BpftraceRequestCount => None,
             Tool::LjprobeLeak => Some((json()?["addresses"].as_u64()?, "addresses")),
+            Tool::LjprobeJit => Some((json()?["samples"].as_u64()?, "samples")),
             Tool::LjprobeHeapEverySecond => Some((stderr.rsplit_once("snapshots ")?.1.trim().parse().ok()?, "snapshots")),
             Tool::LjprobeLatency(_) => Some((json()?["requests"].as_u64()?, "requests")),
             Tool::LjprobeReport => {

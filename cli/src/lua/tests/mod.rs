@@ -13,6 +13,7 @@ pub(crate) mod image;
 mod live;
 mod prop;
 mod heap;
+mod jit_state;
 mod trace;
 mod unit;
 

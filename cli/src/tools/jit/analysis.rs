@@ -195,7 +195,16 @@ pub fn findings(
     }
     f.blacklisted = black.into_iter().collect();
     f.blacklisted.sort();
-    f.penalized = penalized.into_iter().collect();
+    // A start can sit in two slots (one was reused before the other aged
+    // out): keep the one with the longer back-off, the later.
+    let mut by_place: BTreeMap<(Where, String), Penalized> = BTreeMap::new();
+    for p in penalized {
+        let key = (p.start.clone(), p.reason.clone());
+        if by_place.get(&key).is_none_or(|q| q.backoff < p.backoff) {
+            by_place.insert(key, p);
+        }
+    }
+    f.penalized = by_place.into_values().collect();
     f.penalized.sort_by(|a, b| b.backoff.cmp(&a.backoff).then(a.cmp(b)));
     Some(f)
 }

@@ -66,6 +66,16 @@ pub fn exit_key(tgid: u32, traceno: u32, exitno: u32) -> u64 {
     ((tgid as u64) << 32) | (((traceno & 0xffff) as u64) << 16) | (exitno & 0xffff) as u64
 }
 
+/// A process's exits since its last request ended, and in which watching
+/// period (`JitGen`) that request ended: a request counts only if it began
+/// (the previous one ended) and ended in the same period, all of it watched.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReqExits {
+    pub gen: u64,
+    pub exits: u64,
+}
+
 /// Slots of `STATE_WRITES` (indexed by the state's value, masked).
 pub const JIT_STATE_SLOTS: u32 = 32;
 
@@ -78,4 +88,5 @@ mod pod {
     // SAFETY: plain `repr(C)` integers with explicit padding; every bit pattern is valid.
     unsafe impl aya::Pod for super::JitLayout {}
     unsafe impl aya::Pod for super::JitAbort {}
+    unsafe impl aya::Pod for super::ReqExits {}
 }

@@ -9,9 +9,14 @@
 //!   writes on every trace exit, after `J->exitno` and with the VM state
 //!   already `EXIT`: one count per (trace, exit).
 //!
+//! A watchpoint hit costs a debug exception (about 10 us on this machine's
+//! VM), so user space turns the exit watch off for the rest of a second
+//! once a process has taken its budget of exits in it (`--max-exits`).
+//!
 //! `jit_sample` is the cpu tool's Lua sampler (VM state and Lua stack), and
-//! `jit_request` (a uprobe on `ngx_http_free_request`) closes a request's
-//! count of exits into a log2 histogram.
+//! `jit_request` (a uprobe on `ngx_http_free_request`, put in place once a
+//! process takes exits) closes a request's count of exits into a log2
+//! histogram.
 #![no_std]
 #![no_main]
 
@@ -22,7 +27,7 @@ use aya_ebpf::{
     programs::{PerfEventContext, ProbeContext},
 };
 use ljprobe_common::{
-    jit::{exit_key, JitAbort, JitLayout, JIT_REQ_SLOTS, JIT_STATE_SLOTS},
+    jit::{exit_key, JitAbort, JitLayout, ReqExits, JIT_REQ_SLOTS, JIT_STATE_SLOTS},
     CpuSample, VmLayout,
 };
 use ljprobe_probes::{
@@ -65,9 +70,19 @@ static STATE_WRITES: PerCpuArray<u64> = PerCpuArray::with_max_entries(JIT_STATE_
 #[map]
 static EXITS: HashMap<u64, u64> = HashMap::with_max_entries(1 << 16, 0);
 
-/// Exits since the process's last request ended.
+/// Exits per process, all told: user space reads them every tick to keep the
+/// watch under its budget.
 #[map]
-static REQ_EXITS: HashMap<u32, u64> = HashMap::with_max_entries(256, 0);
+static EXIT_TOTALS: HashMap<u32, u64> = HashMap::with_max_entries(256, 0);
+
+/// Per process, the watching period now: even while the exit watch is on,
+/// odd while user space has it off (`--max-exits`).
+#[map]
+static GENS: HashMap<u32, u64> = HashMap::with_max_entries(256, 0);
+
+/// Exits since the process's last request ended (`ReqExits`).
+#[map]
+static REQ_EXITS: HashMap<u32, ReqExits> = HashMap::with_max_entries(256, 0);
 
 /// Requests by their exits, log2 (`JIT_REQ_SLOTS`).
 #[map]
@@ -177,29 +192,38 @@ pub fn jit_exit(_ctx: PerfEventContext) -> u32 {
             }
         }
     }
-    match REQ_EXITS.get_ptr_mut(&tgid) {
+    bump(&EXIT_TOTALS, tgid);
+    if let Some(r) = REQ_EXITS.get_ptr_mut(&tgid) {
         // SAFETY: as above.
-        Some(n) => unsafe { *n += 1 },
-        None => {
-            let _ = REQ_EXITS.insert(&tgid, &1, 0);
-        }
+        unsafe { (*r).exits += 1 };
     }
     0
+}
+
+#[inline(always)]
+fn bump(map: &HashMap<u32, u64>, key: u32) {
+    match map.get_ptr_mut(&key) {
+        // SAFETY: the map's value; one VM runs on one thread at a time.
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            let _ = map.insert(&key, &1, 0);
+        }
+    }
 }
 
 #[uprobe]
 pub fn jit_request(_ctx: ProbeContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let exits = match REQ_EXITS.get_ptr_mut(&tgid) {
-        // SAFETY: as above; read and reset in one place.
-        Some(n) => unsafe {
-            let v = *n;
-            *n = 0;
-            v
-        },
-        None => 0,
-    };
-    let slot = if exits == 0 { 0 } else { 64 - exits.leading_zeros() };
-    counters::add(&REQ_HIST, slot.min(JIT_REQ_SLOTS - 1), 1);
+    // SAFETY: copied out immediately.
+    let gen = unsafe { GENS.get(&tgid) }.copied().unwrap_or(1);
+    // SAFETY: as above.
+    let last = unsafe { REQ_EXITS.get(&tgid) }.copied();
+    // The request that ends now began when the previous one ended: counted
+    // only if the watch was on all along.
+    if let Some(r) = last.filter(|r| r.gen == gen && gen & 1 == 0) {
+        let slot = if r.exits == 0 { 0 } else { 64 - r.exits.leading_zeros() };
+        counters::add(&REQ_HIST, slot.min(JIT_REQ_SLOTS - 1), 1);
+    }
+    let _ = REQ_EXITS.insert(&tgid, &ReqExits { gen, exits: 0 }, 0);
     0
 }

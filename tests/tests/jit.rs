@@ -109,7 +109,8 @@ fn agrees_with_jv(lj: Luajit) {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let pid = child.id().to_string();
     let mut taken = 0u64;
-    let out = ljprobe_then(&["jit", "--pid", &pid, "--duration", "120s", "--json", json.to_str().unwrap()], |ljprobe| {
+    let args = ["jit", "--pid", &pid, "--duration", "120s", "--max-exits", "0", "--json", json.to_str().unwrap()];
+    let out = ljprobe_then(&args, |ljprobe| {
         writeln!(stdin, "go").unwrap();
         let line = lines.next().expect("the script reports").unwrap();
         taken = line.strip_prefix("taken ").and_then(|n| n.parse().ok()).expect("taken N");
@@ -229,6 +230,11 @@ fn gateway_hot_nyi_aborts_at_its_closure_and_is_blacklisted_while_hot_jit_runs_c
         [&a["start"], &a["at"]].iter().any(|w| !w.is_null() && base(w["file"].as_str().unwrap()) == "hot_jit.lua" && w["func_line"] == work)
     });
     assert!(!in_hot_loop, "an abort in hot_jit_work\n{}", stdout(&out));
+    // Fresh traces exit until their side traces are built: the requests
+    // from the first exit on are counted, none of them twice.
+    assert!(s["exits_total"].as_u64().unwrap() > 0, "no trace exit in a fresh gateway\n{}", stdout(&out));
+    let requests = s["exits_per_request"]["requests"].as_u64().unwrap_or(0);
+    assert!((1..=120).contains(&requests), "{requests} requests counted of 120 sent: {}", s["exits_per_request"]);
     let verdict = s["summary"].as_array().unwrap().iter().find(|l| l.as_str().unwrap().starts_with("hot_nyi_work"));
     assert!(verdict.is_some_and(|v| v.as_str().unwrap().contains("FNEW")), "{:?}", s["summary"]);
 }

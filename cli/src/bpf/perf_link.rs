@@ -46,6 +46,7 @@ const PERF_TYPE_BREAKPOINT: u32 = 5;
 const HW_BREAKPOINT_W: u32 = 2;
 const HW_BREAKPOINT_LEN_1: u64 = 1;
 const PERF_EVENT_IOC_ENABLE: u32 = 0x2400;
+const PERF_EVENT_IOC_DISABLE: u32 = 0x2401;
 const PERF_EVENT_IOC_SET_BPF: u32 = 0x4004_2408;
 
 /// What a window probes: one process, one instruction of one file.
@@ -121,6 +122,20 @@ impl Link {
             ..Default::default()
         };
         open(&attr, tid, prog_fd).map_err(|e| anyhow!("cannot watch address {addr:#x} of thread {tid} with a hardware breakpoint: {e}"))
+    }
+}
+
+impl Link {
+    /// Turns the event off or on again without closing it: for a watchpoint
+    /// this only reprograms a debug register, unlike closing and reopening a
+    /// uprobe, which rewrites the target's code.
+    pub fn set_enabled(&self, on: bool) -> std::io::Result<()> {
+        let request = if on { PERF_EVENT_IOC_ENABLE } else { PERF_EVENT_IOC_DISABLE };
+        // SAFETY: an ioctl on a perf event we own.
+        if unsafe { libc::ioctl(self._fd.as_raw_fd(), request as _, 0) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 

@@ -301,7 +301,8 @@ pub struct ExitPlace {
 
 /// Exit counts by `exit_key` from the kernel's map, placed; keys known to
 /// be the stack check's (`places` holds None) are left out.
-pub fn exits(counts: &[(u64, u64)], places: &HashMap<u64, Option<ExitPlace>>, secs: f64) -> Vec<ExitRow> {
+/// Rates are per second of the process's watched time (`watched`).
+pub fn exits(counts: &[(u64, u64)], places: &HashMap<u64, Option<ExitPlace>>, watched: &HashMap<u32, f64>) -> Vec<ExitRow> {
     let mut out: Vec<ExitRow> = counts
         .iter()
         .filter_map(|&(key, count)| {
@@ -310,12 +311,14 @@ pub fn exits(counts: &[(u64, u64)], places: &HashMap<u64, Option<ExitPlace>>, se
                 Some(Some(p)) => p.clone(),
                 None => ExitPlace::default(),
             };
+            let pid = (key >> 32) as u32;
+            let secs = watched.get(&pid).copied().unwrap_or(0.0);
             Some(ExitRow {
-                pid: (key >> 32) as u32,
+                pid,
                 trace: ((key >> 16) & 0xffff) as u32,
                 exit: (key & 0xffff) as u32,
                 count,
-                per_sec: count as f64 / secs.max(1e-9),
+                per_sec: count as f64 / secs.max(1e-3),
                 at: place.at,
                 trace_start: place.trace_start,
             })

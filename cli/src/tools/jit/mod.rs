@@ -9,9 +9,9 @@ mod report;
 mod watch;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     os::fd::{AsFd, AsRawFd},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::ExitCode,
     time::Duration,
 };
@@ -19,17 +19,17 @@ use std::{
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap as BpfHashMap, PerCpuArray, RingBuf},
-    programs::PerfEvent,
+    programs::{PerfEvent, UProbe},
 };
 use ljprobe_common::jit::{JIT_REQ_SLOTS, JIT_STATE_SLOTS};
 
 use self::{
-    report::{Report, RequestExits, StateShare},
+    report::{ExitWatch, Report, RequestExits, StateShare},
     watch::{Collector, Programs, Vm},
 };
-use super::{latency::nginx::FREE, run_args::RunArgs};
+use super::run_args::RunArgs;
 use crate::{
-    bpf::{self, attach, objects},
+    bpf::{self, attach, objects, perf_link::uprobe_pmu},
     collect,
     lua::jit_state::JIT_OPENRESTY_21_GC64,
     stacks::{StackBuilder, StackKind},
@@ -52,6 +52,12 @@ pub struct Args {
     /// Flame graph of the Lua stacks with their VM state (trace or interpreter) on top.
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
+    /// Trace exits watched per second and process at most; past that the
+    /// exit watch is off for the rest of the second and exit rates are
+    /// estimated from the watched time. Each watched exit costs the target a
+    /// debug trap (about 10 us on a VM, 1 us on bare metal). 0: every exit.
+    #[arg(long, default_value_t = 1000)]
+    max_exits: u64,
 }
 
 /// How often the rings are drained; aborts and samples wait in them meanwhile.
@@ -71,13 +77,17 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let mut ebpf = bpf::load(objects::JIT, "jit")?;
     let found = bpf::aim_seeded(&mut ebpf, &aim)?;
     Array::try_from(ebpf.map_mut("JIT_LAYOUT").context("JIT_LAYOUT map missing")?)?.set(0, jl.probe, 0)?;
-    let programs = Programs { state: watch_program(&mut ebpf, "jit_state_write")?, exit: watch_program(&mut ebpf, "jit_exit")? };
+    let programs = Programs {
+        state: watch_program(&mut ebpf, "jit_state_write")?,
+        exit: watch_program(&mut ebpf, "jit_exit")?,
+        request: request_program(&mut ebpf, &aim)?,
+    };
 
     let mut notes = Vec::new();
     let mut vms = Vec::new();
-    for (pid, g) in found {
+    for (p, (pid, g)) in aim.processes.iter().zip(found) {
         match g {
-            Some(g) => vms.push(Vm::open(pid, g, &jl, programs, &mut notes)?),
+            Some(g) => vms.push(Vm::open(p, g, &jl, programs, args.max_exits, &mut notes)?),
             None => notes.push(format!("process {pid}: its Lua VM was not found in its memory; its aborts and exits are not counted")),
         }
     }
@@ -91,7 +101,6 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     for vm in vms.iter().filter(|v| v.jit_on == Some(false)) {
         eprintln!("ljprobe: process {}: the JIT compiler is off (jit.off()), so nothing is compiled; VM states only", vm.pid);
     }
-    let per_request = requests(&mut ebpf, &aim, &mut notes);
 
     let builder = StackBuilder::new(StackKind::Lua, false, false, &aim.processes, aim.luajit_path())?;
     attach::cpu_clock(&mut ebpf, "jit_sample", args.freq, Some(&aim.pids))?;
@@ -99,7 +108,9 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let aborts = RingBuf::try_from(ebpf.take_map("ABORTS").context("ABORTS map missing")?)?;
     let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map missing")?)?;
     let exits = BpfHashMap::try_from(ebpf.take_map("EXITS").context("EXITS map missing")?)?;
-    let mut c = Collector::new(builder, samples, aborts, lost, exits, vms, programs, jl, notes);
+    let totals = BpfHashMap::try_from(ebpf.take_map("EXIT_TOTALS").context("EXIT_TOTALS map missing")?)?;
+    let gens = BpfHashMap::try_from(ebpf.take_map("GENS").context("GENS map missing")?)?;
+    let mut c = Collector::new(builder, samples, aborts, lost, [exits], [totals, gens], vms, programs, jl, args.max_exits, notes);
     let run = collect::Run { ebpf: &mut ebpf, aim: &aim, duration: args.run.duration, what: "samples" };
     let collected = collect::watch(run, TICK, &mut c).await?;
     c.look();
@@ -110,6 +121,10 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let hist: Vec<u64> = (0..JIT_REQ_SLOTS).map(|i| bpf::per_cpu_total(&hist, i)).collect();
 
     let secs = collected.elapsed_secs;
+    let mut notes = std::mem::take(&mut c.notes);
+    if c.vms.iter().any(|v| !v.watched()) {
+        notes.push("aborts and exits come only from the processes whose watchpoints were set (see above)".into());
+    }
     let aborts = analysis::group_aborts(&c.events);
     let mut findings: Vec<_> = c.findings.iter().collect();
     findings.sort_by_key(|(pid, _)| **pid);
@@ -117,7 +132,19 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let traces = analysis::merge_traces(&findings);
     let blacklisted: Vec<_> = findings.iter().flat_map(|f| f.blacklisted.iter().cloned()).collect();
     let penalized: Vec<_> = findings.iter().flat_map(|f| f.penalized.iter().cloned()).collect();
-    let exits = analysis::exits(&c.exit_counts, &c.exit_places, secs);
+    let watched: HashMap<u32, f64> = c.vms.iter().map(|v| (v.pid, v.budget.watched().as_secs_f64().min(secs))).collect();
+    let exits = analysis::exits(&c.exit_counts, &c.exit_places, &watched);
+    let exit_watch: Vec<ExitWatch> = c
+        .vms
+        .iter()
+        .map(|v| ExitWatch { pid: v.pid, watched_secs: watched[&v.pid], capped_seconds: v.budget.capped_windows })
+        .collect();
+    if exit_watch.iter().any(|w| w.capped_seconds > 0) {
+        notes.push(format!(
+            "trace exits came faster than --max-exits {} a second: the exit watch was off for the rest of those seconds, so exit counts are of the watched time and rates are estimates (--max-exits 0 watches every exit)",
+            args.max_exits
+        ));
+    }
     let total = c.builder.folded.total();
     let folded = std::mem::take(&mut c.builder.folded);
     let mut functions = analysis::functions(&c.by_function, total, args.top);
@@ -125,10 +152,6 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let summary = functions.iter().filter(|f| f.share >= analysis::HOT_SHARE).map(|f| f.verdict.clone()).collect();
     let [lost_samples, lost_aborts, lost_exits] = c.lost_counts();
     let jit_off = c.vms.iter().filter(|v| v.jit_on == Some(false)).map(|v| v.pid).collect();
-    let mut notes = std::mem::take(&mut c.notes);
-    if c.vms.iter().any(|v| !v.watched()) {
-        notes.push("aborts and exits come only from the processes whose watchpoints were set (see above)".into());
-    }
 
     let report = Report {
         tool: "jit",
@@ -152,8 +175,10 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         penalty_cache: penalized,
         traces,
         exits_total: c.exit_counts.iter().map(|e| e.1).sum(),
+        exits_per_sec: exits.iter().map(|e| e.per_sec).sum(),
         exits,
-        exits_per_request: per_request.then(|| request_exits(&hist)),
+        exits_per_request: c.vms.iter().any(|v| v.requests_followed()).then(|| request_exits(&hist)),
+        exit_watch,
         summary,
         lost: BTreeMap::from([("samples", lost_samples), ("aborts", lost_aborts), ("exits", lost_exits)]),
         collected,
@@ -178,20 +203,15 @@ fn watch_program(ebpf: &mut aya::Ebpf, name: &str) -> Result<std::os::fd::RawFd>
     Ok(prog.fd()?.as_fd().as_raw_fd())
 }
 
-/// In nginx, a uprobe where each request ends closes its count of exits.
-/// Returns whether it is attached; why not goes to `notes`.
-fn requests(ebpf: &mut aya::Ebpf, aim: &Aim, notes: &mut Vec<String>) -> bool {
+/// In nginx, the uprobe program that closes each request's count of exits
+/// (put in place per process at its first exit), with the uprobe PMU.
+fn request_program(ebpf: &mut aya::Ebpf, aim: &Aim) -> Result<Option<(u32, std::os::fd::RawFd)>> {
     if !(aim.root.is_nginx_master() || aim.root.is_nginx_worker()) {
-        return false;
+        return Ok(None);
     }
-    let exe = aim.root.host_path(&aim.root.exe);
-    match attach::uprobes_followed(ebpf, "jit_request", Path::new(&exe), &[FREE], &aim.pids) {
-        Ok(()) => true,
-        Err(e) => {
-            notes.push(format!("exits per request are not counted: {e:#}"));
-            false
-        }
-    }
+    let prog: &mut UProbe = ebpf.program_mut("jit_request").context("jit_request missing")?.try_into()?;
+    prog.load().map_err(|e| bpf::program_error("loading jit_request", e))?;
+    Ok(Some((uprobe_pmu()?, prog.fd()?.as_fd().as_raw_fd())))
 }
 
 fn request_exits(hist: &[u64]) -> RequestExits {

@@ -24,6 +24,15 @@ pub struct RequestExits {
     pub note: &'static str,
 }
 
+/// How long one process's exits were watched (`--max-exits`).
+#[derive(Debug, Serialize)]
+pub struct ExitWatch {
+    pub pid: u32,
+    pub watched_secs: f64,
+    /// Seconds in which the budget ran out and the watch went off.
+    pub capped_seconds: u64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub tool: &'static str,
@@ -45,8 +54,11 @@ pub struct Report {
     pub penalty_cache: Vec<Penalized>,
     pub traces: Traces,
     pub exits_total: u64,
+    /// Summed over processes, each over its watched time.
+    pub exits_per_sec: f64,
     pub exits: Vec<ExitRow>,
     pub exits_per_request: Option<RequestExits>,
+    pub exit_watch: Vec<ExitWatch>,
     pub summary: Vec<String>,
     pub lost: BTreeMap<&'static str, u64>,
     pub collected: Collected,
@@ -130,7 +142,14 @@ pub fn print(r: &Report, top: usize, svg_path: Option<&Path>) {
             row.trace, row.ir_instructions, row.mcode_bytes
         );
     }
-    println!("Trace exits: {} ({:.0}/s)", r.exits_total, r.exits_total as f64 / r.collected.elapsed_secs.max(1e-9));
+    let watched: f64 = r.exit_watch.iter().map(|w| w.watched_secs).sum();
+    let capped = r.exit_watch.iter().any(|w| w.capped_seconds > 0);
+    println!(
+        "Trace exits: {} {}({:.0}/s)",
+        r.exits_total,
+        if capped { format!("in {watched:.1}s watched ") } else { String::new() },
+        r.exits_per_sec
+    );
     for e in r.exits.iter().take(top) {
         let at = e.at.as_ref().map_or_else(|| "?".into(), ToString::to_string);
         let start = e.trace_start.as_ref().map(|w| format!(" (trace from {w})")).unwrap_or_default();

@@ -5,24 +5,30 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     os::fd::RawFd,
+    path::Path,
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use object::{Object, ObjectSymbol};
 use ljprobe_flamegraph::Frame;
 use ljprobe_common::{jit::JitAbort, CpuSample};
 
 use super::analysis::{self, AbortEvent, ExitPlace, Findings};
 use crate::{
-    bpf::{self, perf_link::Link},
+    bpf::{
+        self,
+        perf_link::{Link, Site},
+    },
     collect::{self, Source},
     lua::{
         jit_state::{self, JitStateLayout, TraceInfo, JIT_OPENRESTY_21_GC64},
         ProcMem, Resolver, OPENRESTY_21_GC64,
     },
     stacks::{culprit_frame, state_key, StackBuilder},
-    target::Process,
+    target::{elf, Process},
+    tools::latency::nginx::FREE,
 };
 
 /// One target's VM and what was read of it when it joined.
@@ -31,40 +37,122 @@ pub struct Vm {
     pub g: u64,
     pub mem: ProcMem,
     /// Closed at the end of the run (dropped).
-    watches: Vec<Link>,
+    state_watch: Option<Link>,
+    exit_watch: Option<Link>,
     pub jit_on: Option<bool>,
     pub traces_at_start: Vec<TraceInfo>,
+    pub budget: Budget,
+    /// Where a uprobe would see its requests end (nginx), and the uprobe
+    /// once it is there: put in place at the first exit, since without
+    /// exits every request has none and the trap would be for nothing.
+    request_site: Option<Site>,
+    request_link: Option<Link>,
 }
 
-/// The two watch programs' descriptors, for VMs that join later too.
+/// The programs and the uprobe PMU, for VMs that join later too.
 #[derive(Clone, Copy)]
 pub struct Programs {
     pub state: RawFd,
     pub exit: RawFd,
+    /// `jit_request`, when the targets are nginx.
+    pub request: Option<(u32, RawFd)>,
+}
+
+/// Keeps one process's exit watch within `--max-exits` a second: once a
+/// second's budget is taken, the watch is off until the next second. The
+/// counts are then those of the watched time, which is kept.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    /// Exits a second to watch at most (0: all).
+    max: u64,
+    total: u64,
+    window_start: Instant,
+    window_exits: u64,
+    on_since: Option<Instant>,
+    watched: Duration,
+    /// The period number in the kernel's `GENS`: even while on.
+    pub gen: u64,
+    pub capped_windows: u64,
+}
+
+impl Budget {
+    fn new(max: u64) -> Budget {
+        let now = Instant::now();
+        Budget { max, total: 0, window_start: now, window_exits: 0, on_since: Some(now), watched: Duration::ZERO, gen: 0, capped_windows: 0 }
+    }
+
+    /// The watched time so far.
+    pub fn watched(&self) -> Duration {
+        self.watched + self.on_since.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+
+    /// Takes in the process's exit total; says whether to turn the watch
+    /// off (Some(false)) or on (Some(true)).
+    fn tick(&mut self, total: u64, now: Instant) -> Option<bool> {
+        self.window_exits += total.saturating_sub(self.total);
+        self.total = total;
+        if now.duration_since(self.window_start) >= Duration::from_secs(1) {
+            self.window_start = now;
+            self.window_exits = 0;
+            if self.on_since.is_none() {
+                self.on_since = Some(now);
+                self.gen += 1;
+                return Some(true);
+            }
+        }
+        if self.max > 0 && self.window_exits >= self.max {
+            if let Some(since) = self.on_since.take() {
+                self.watched += now.duration_since(since);
+                self.gen += 1;
+                self.capped_windows += 1;
+                return Some(false);
+            }
+        }
+        None
+    }
 }
 
 impl Vm {
     /// The VM of `pid` at `g`; a watch that cannot be set goes to `notes`
     /// (the rest of the report still comes).
-    pub fn open(pid: u32, g: u64, jl: &JitStateLayout, programs: Programs, notes: &mut Vec<String>) -> Result<Vm> {
+    pub fn open(p: &Process, g: u64, jl: &JitStateLayout, programs: Programs, max_exits: u64, notes: &mut Vec<String>) -> Result<Vm> {
+        let pid = p.pid;
         let mem = ProcMem::open(pid)?;
         let l = &OPENRESTY_21_GC64;
         let jit_on = jit_state::enabled(&mem, l, jl, g);
         let traces_at_start = jit_state::traces(&mem, l, jl, g);
-        
         let j = g + l.trace.g2j;
-        let mut watches = Vec::new();
+        log::debug!("process {pid}: global_State {g:#x}, jit_State {j:#x}");
         // The VM runs on the thread that created it: the main thread for nginx
         // workers and the luajit interpreter alike.
-        for (what, field, prog) in
-            [("aborts", jl.probe.j_state, programs.state), ("trace exits", jl.probe.j_parent, programs.exit)]
-        {
-            match Link::write_watch(pid, j + u64::from(field), prog) {
-                Ok(link) => watches.push(link),
-                Err(e) => notes.push(format!("process {pid}: {e:#}; {what} are not counted")),
+        let mut watch = |what: &str, field: u32, prog: RawFd| match Link::write_watch(pid, j + u64::from(field), prog) {
+            Ok(link) => Some(link),
+            Err(e) => {
+                notes.push(format!("process {pid}: {e:#}; {what} are not counted"));
+                None
             }
-        }
-        Ok(Vm { pid, g, mem, watches, jit_on, traces_at_start })
+        };
+        let state_watch = watch("aborts", jl.probe.j_state, programs.state);
+        let exit_watch = watch("trace exits", jl.probe.j_parent, programs.exit);
+        let request_site = programs.request.and_then(|_| match free_request_site(p) {
+            Ok(site) => Some(site),
+            Err(e) => {
+                notes.push(format!("process {pid}: exits per request are not counted: {e:#}"));
+                None
+            }
+        });
+        Ok(Vm {
+            pid,
+            g,
+            mem,
+            state_watch,
+            exit_watch,
+            jit_on,
+            traces_at_start,
+            budget: Budget::new(max_exits),
+            request_site,
+            request_link: None,
+        })
     }
 
     /// Whether its memory can still be read (the process lives).
@@ -73,8 +161,24 @@ impl Vm {
     }
 
     pub fn watched(&self) -> bool {
-        self.watches.len() == 2
+        self.state_watch.is_some() && self.exit_watch.is_some()
     }
+
+    pub fn requests_followed(&self) -> bool {
+        self.request_link.is_some()
+    }
+}
+
+/// `ngx_http_free_request` in the process's program, where each request ends.
+fn free_request_site(p: &Process) -> Result<Site> {
+    let data = elf::read_file(Path::new(&format!("/proc/{}/exe", p.pid)))?;
+    let file = object::File::parse(&*data).with_context(|| format!("{} is not an ELF file", p.exe))?;
+    let sym = file
+        .dynamic_symbols()
+        .find(|s| s.is_definition() && s.name() == Ok(FREE))
+        .with_context(|| format!("{} does not export {FREE}", p.exe))?;
+    let offset = elf::file_offset(&file, sym.address()).with_context(|| format!("{FREE} is in no segment of {}", p.exe))?;
+    Site::new(p.pid, &p.host_path(&p.exe), offset)
 }
 
 /// How often each VM's memory is looked at for what only lives there
@@ -88,6 +192,9 @@ pub struct Collector {
     aborts: RingBuf<MapData>,
     lost: PerCpuArray<MapData, u64>,
     exits: BpfHashMap<MapData, u64, u64>,
+    totals: BpfHashMap<MapData, u32, u64>,
+    gens: BpfHashMap<MapData, u32, u64>,
+    max_exits: u64,
     /// Samples by their innermost Lua function, then by VM state.
     pub by_function: HashMap<Frame, BTreeMap<String, u64>>,
     /// Every Lua function (GCfunc) seen on a sampled stack, per process.
@@ -114,12 +221,20 @@ impl Collector {
         samples: RingBuf<MapData>,
         aborts: RingBuf<MapData>,
         lost: PerCpuArray<MapData, u64>,
-        exits: BpfHashMap<MapData, u64, u64>,
+        maps: [BpfHashMap<MapData, u64, u64>; 1],
+        per_process: [BpfHashMap<MapData, u32, u64>; 2],
         vms: Vec<Vm>,
         programs: Programs,
         layout: JitStateLayout,
+        max_exits: u64,
         notes: Vec<String>,
     ) -> Collector {
+        let [exits] = maps;
+        let [totals, mut gens] = per_process;
+        // Watching from the start: period 0.
+        for vm in &vms {
+            let _ = gens.insert(vm.pid, vm.budget.gen, 0);
+        }
         let res = vms.iter().filter_map(|v| Some((v.pid, Resolver::new(ProcMem::open(v.pid).ok()?)))).collect();
         Collector {
             builder,
@@ -127,6 +242,9 @@ impl Collector {
             aborts,
             lost,
             exits,
+            totals,
+            gens,
+            max_exits,
             by_function: HashMap::new(),
             funcs: HashMap::new(),
             abort_protos: HashMap::new(),
@@ -177,6 +295,34 @@ impl Collector {
         self.events.push(e);
     }
 
+    /// Keeps each exit watch in its budget, and puts the request uprobe in
+    /// place in a process that takes exits.
+    fn budget(&mut self) {
+        let now = Instant::now();
+        for vm in &mut self.vms {
+            let total = self.totals.get(&vm.pid, 0).unwrap_or(0);
+            if let Some(on) = vm.budget.tick(total, now) {
+                if let Some(w) = &vm.exit_watch {
+                    if let Err(e) = w.set_enabled(on) {
+                        log::debug!("process {}: exit watch on={on}: {e}", vm.pid);
+                    }
+                }
+                let _ = self.gens.insert(vm.pid, vm.budget.gen, 0);
+            }
+            if total > 0 && vm.request_link.is_none() {
+                if let (Some(site), Some((pmu, prog))) = (&vm.request_site, self.programs.request) {
+                    match Link::uprobe(pmu, site, prog) {
+                        Ok(link) => vm.request_link = Some(link),
+                        Err(e) => {
+                            self.notes.push(format!("process {}: exits per request are not counted: {e:#}", vm.pid));
+                            vm.request_site = None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Reads what lives only in the VMs' memory; also once more at the end.
     pub fn look(&mut self) {
         self.last_look = Some(Instant::now());
@@ -221,6 +367,7 @@ impl Source for Collector {
         for a in &aborts {
             self.abort(a);
         }
+        self.budget();
         if self.last_look.is_none_or(|t| t.elapsed() >= LOOK_EVERY) {
             self.look();
         }
@@ -239,7 +386,8 @@ impl Source for Collector {
         self.builder.add_process(p)?;
         match g {
             Some(g) => {
-                let vm = Vm::open(p.pid, g, &self.layout, self.programs, &mut self.notes)?;
+                let vm = Vm::open(p, g, &self.layout, self.programs, self.max_exits, &mut self.notes)?;
+                let _ = self.gens.insert(vm.pid, vm.budget.gen, 0);
                 self.res.insert(p.pid, Resolver::new(ProcMem::open(p.pid)?));
                 self.vms.push(vm);
             }

@@ -225,7 +225,7 @@ const PROTO_SEARCH: u64 = 64 << 10;
 /// first instruction, which is a function header op (`FUNCF`, `FUNCV` or
 /// their variants). Found by looking back from `pc`, checked as a proto.
 pub fn proto_of_pc<M: Memory>(mem: &M, l: &ObjLayout, pc: u64) -> Option<u64> {
-    if pc % l.bcins_size != 0 {
+    if !pc.is_multiple_of(l.bcins_size) {
         return None;
     }
     let lo = pc.saturating_sub(PROTO_SEARCH).max(l.proto_size) & !(l.bcins_size - 1);

@@ -79,7 +79,7 @@ pub fn group_aborts(events: &[AbortEvent]) -> Vec<AbortGroup> {
             AbortGroup { start, at, reason, count, side_of, pids }
         })
         .collect();
-    out.sort_by(|a, b| b.count.cmp(&a.count));
+    out.sort_by_key(|a| std::cmp::Reverse(a.count));
     out
 }
 

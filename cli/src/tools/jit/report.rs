@@ -127,7 +127,7 @@ pub fn print(r: &Report, top: usize, svg_path: Option<&Path>) {
     let t = &r.traces;
     println!("Traces: {} alive ({} at the start, {} of those gone since)", t.alive, t.alive_at_start, t.gone);
     let mut biggest: Vec<_> = t.list.iter().collect();
-    biggest.sort_by(|a, b| b.mcode_bytes.cmp(&a.mcode_bytes));
+    biggest.sort_by_key(|t| std::cmp::Reverse(t.mcode_bytes));
     for row in biggest.iter().take(top) {
         let kind = if row.root == 0 { "root".to_string() } else { format!("side of {}", row.root) };
         let start = row.start.as_ref().map_or_else(|| "?".into(), ToString::to_string);

@@ -189,7 +189,7 @@ fn gateway_hot_nyi_aborts_at_its_closure_and_is_blacklisted_while_hot_jit_runs_c
     let json = out_dir().join("jit-gateway.json");
     let port = gw.config.port;
     let out = ljprobe_then(
-        &["jit", "--pid", &gw.master().to_string(), "--duration", "120s", "--json", json.to_str().unwrap()],
+        &["jit", "--pid", &gw.master().to_string(), "--duration", "120s", "--per-request", "--json", json.to_str().unwrap()],
         |ljprobe| {
             // LuaJIT blacklists a loop after about ten aborts, each tried
             // after twice as many iterations as the last (up to 60000).
@@ -230,8 +230,8 @@ fn gateway_hot_nyi_aborts_at_its_closure_and_is_blacklisted_while_hot_jit_runs_c
         [&a["start"], &a["at"]].iter().any(|w| !w.is_null() && base(w["file"].as_str().unwrap()) == "hot_jit.lua" && w["func_line"] == work)
     });
     assert!(!in_hot_loop, "an abort in hot_jit_work\n{}", stdout(&out));
-    // Fresh traces exit until their side traces are built: the requests
-    // from the first exit on are counted, none of them twice.
+    // Fresh traces exit until their side traces are built; every request
+    // that ended after the first one is counted, none of them twice.
     assert!(s["exits_total"].as_u64().unwrap() > 0, "no trace exit in a fresh gateway\n{}", stdout(&out));
     let requests = s["exits_per_request"]["requests"].as_u64().unwrap_or(0);
     assert!((1..=120).contains(&requests), "{requests} requests counted of 120 sent: {}", s["exits_per_request"]);

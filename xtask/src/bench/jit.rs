@@ -7,7 +7,7 @@
 //!   beside `ljprobe cpu` alone, as ratios to interleaved runs without;
 //! - what one trace exit costs more while watched: a standalone script that
 //!   takes a known number of side exits, timed by itself with and without
-//!   `ljprobe jit` attached, interleaved.
+//!   `ljprobe jit --max-exits 0` (every exit watched) attached, interleaved.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -41,7 +41,7 @@ pub fn run(duration: Duration, rounds: u32) -> Result<()> {
     }
     println!("\n--- trace exits, standalone luajit ({} exits a run) ---", EXITS);
     for (without, with) in &exits {
-        println!("  exit loop: {without:.3} s without, {with:.3} s with ljprobe jit: +{:.2} us an exit", (with - without) / EXITS as f64 * 1e6);
+        println!("  exit loop: {without:.3} s without, {with:.3} s with ljprobe jit --max-exits 0: +{:.2} us an exit", (with - without) / EXITS as f64 * 1e6);
     }
     let mut extra: Vec<f64> = exits.iter().map(|(a, b)| (b - a) / EXITS as f64 * 1e6).collect();
     extra.sort_by(f64::total_cmp);
@@ -86,7 +86,7 @@ fn exit_cost(rounds: u32) -> Result<Vec<(f64, f64)>> {
         let mut tracer = None;
         if watched {
             let mut t = Command::new(&ljprobe)
-                .args(["jit", "--pid", &lj.id().to_string(), "--duration", "120s"])
+                .args(["jit", "--pid", &lj.id().to_string(), "--duration", "120s", "--max-exits", "0"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()?;

@@ -58,6 +58,11 @@ pub struct Args {
     /// debug trap (about 10 us on a VM, 1 us on bare metal). 0: every exit.
     #[arg(long, default_value_t = 1000)]
     max_exits: u64,
+    /// nginx: count exits per request from the start. By default requests
+    /// are followed only once a worker takes 100 exits in a second, since
+    /// following them costs every request a trap (about 1.5 us).
+    #[arg(long)]
+    per_request: bool,
 }
 
 /// How often the rings are drained; aborts and samples wait in them meanwhile.
@@ -110,7 +115,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let exits = BpfHashMap::try_from(ebpf.take_map("EXITS").context("EXITS map missing")?)?;
     let totals = BpfHashMap::try_from(ebpf.take_map("EXIT_TOTALS").context("EXIT_TOTALS map missing")?)?;
     let gens = BpfHashMap::try_from(ebpf.take_map("GENS").context("GENS map missing")?)?;
-    let mut c = Collector::new(builder, samples, aborts, lost, [exits], [totals, gens], vms, programs, jl, args.max_exits, notes);
+    let mut c = Collector::new(builder, samples, aborts, lost, [exits], [totals, gens], vms, programs, jl, (args.max_exits, args.per_request), notes);
     let run = collect::Run { ebpf: &mut ebpf, aim: &aim, duration: args.run.duration, what: "samples" };
     let collected = collect::watch(run, TICK, &mut c).await?;
     c.look();
@@ -177,7 +182,17 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         exits_total: c.exit_counts.iter().map(|e| e.1).sum(),
         exits_per_sec: exits.iter().map(|e| e.per_sec).sum(),
         exits,
-        exits_per_request: c.vms.iter().any(|v| v.requests_followed()).then(|| request_exits(&hist)),
+        exits_per_request: if c.vms.iter().any(|v| v.requests_followed()) {
+            Some(request_exits(&hist))
+        } else {
+            if programs.request.is_some() {
+                notes.push(format!(
+                    "exits per request were not counted: no worker took {} exits in a second (--per-request counts them anyway)",
+                    watch::REQUEST_EXITS
+                ));
+            }
+            None
+        },
         exit_watch,
         summary,
         lost: BTreeMap::from([("samples", lost_samples), ("aborts", lost_aborts), ("exits", lost_exits)]),

@@ -141,6 +141,25 @@ pub fn run() -> Result<()> {
         .status()
         .context("cannot run ljprobe")?;
 
+    // Why code falls out of the JIT: /hot/nyi's first requests abort at its
+    // closure and its loops get blacklisted; /hot/jit runs compiled.
+    let jitty: Vec<_> = ["/hot/nyi", "/hot/jit"]
+        .iter()
+        .map(|r| Load { route: r.to_string(), connections: 1, rate: Some(20), ..load.clone() }.spawn())
+        .collect::<Result<_>>()?;
+    let jit_svg = out_dir.join("ljprobe-jit.svg");
+    println!("\n=== ljprobe jit --pid {} --duration 4s (VM states, trace aborts, blacklisting, traces and exits of /hot/nyi and /hot/jit) ===", gw.master());
+    let jit = Command::new(paths::ljprobe_bin())
+        .args(["jit", "--pid", &gw.master().to_string(), "--duration", "4s", "--top", "5"])
+        .arg("--svg")
+        .arg(&jit_svg)
+        .status()
+        .context("cannot run ljprobe")?;
+    for mut w in jitty {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+
     // Everything at once: the planted problems under mixed load, one page.
     let mixed: Vec<_> = ["/hot/nyi", "/block/sleep", "/alloc/churn"]
         .iter()
@@ -188,11 +207,14 @@ pub fn run() -> Result<()> {
     if heap.success() {
         println!("heap: open {}: the heap by reference path, `retained` the widest", heap_svg.display());
     }
+    if jit.success() {
+        println!("jit: hot_nyi_work interpreted, its traces aborting at the closure (NYI: bytecode FNEW) and its loops blacklisted; hot_jit_work compiled; {} has the Lua stacks by VM state", jit_svg.display());
+    }
     if page.success() {
         println!("report: open {} in a browser: the findings first, then every graph", report_dir.join("index.html").display());
     }
     drop(gw);
-    if !doctor.success() || !cpu.success() || !offcpu.success() || !epoll.success() || !gc.success() || !alloc.success() || !latency.success() || !leak.success() || !heap.success() || !page.success() {
+    if !doctor.success() || !cpu.success() || !offcpu.success() || !epoll.success() || !gc.success() || !alloc.success() || !latency.success() || !leak.success() || !heap.success() || !jit.success() || !page.success() {
         anyhow::bail!("ljprobe failed against the gateway (see above)");
     }
     Ok(())

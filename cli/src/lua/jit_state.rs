@@ -103,6 +103,16 @@ pub struct TraceInfo {
     pub endpc: Option<u64>,
 }
 
+/// Whether the `jit_State` next to `g` reads as one: its state machine in a
+/// known state (`LJ_TRACE_IDLE`, or `LJ_TRACE_ACTIVE` up to `LJ_TRACE_ERR`)
+/// and its trace array no larger than trace numbers go.
+pub fn fits<M: Memory>(mem: &M, l: &ObjLayout, jl: &JitStateLayout, g: u64) -> bool {
+    let Some(j) = g.checked_add(l.trace.g2j) else { return false };
+    let state = mem.read_u32(j + u64::from(jl.probe.j_state));
+    let size = mem.read_u32(j + l.trace.j_sizetrace);
+    matches!(state, Some(0 | 0x10..=0x16)) && size.is_some_and(|n| n <= MAX_TRACES)
+}
+
 /// Whether the JIT compiler is on (`jit.on()` / `jit.off()`).
 pub fn enabled<M: Memory>(mem: &M, l: &ObjLayout, jl: &JitStateLayout, g: u64) -> Option<bool> {
     let flags = mem.read_u32(g.checked_add(l.trace.g2j)?.checked_add(jl.j_flags)?)?;
@@ -220,30 +230,37 @@ pub fn proto_flags<M: Memory>(mem: &M, jl: &JitStateLayout, proto: u64) -> Optio
 /// Bytes looked back from a PC for its proto's header: a proto's bytecode is
 /// rarely longer (a 64 KiB function has ~16k instructions).
 const PROTO_SEARCH: u64 = 64 << 10;
+/// Read a page at a time: a proto near the start of its mapping must not
+/// fail for the unmapped bytes a larger read would cross.
+const PAGE: u64 = 4096;
 
 /// The proto whose bytecode holds `pc`: the header lies right before the
 /// first instruction, which is a function header op (`FUNCF`, `FUNCV` or
 /// their variants). Found by looking back from `pc`, checked as a proto.
 pub fn proto_of_pc<M: Memory>(mem: &M, l: &ObjLayout, pc: u64) -> Option<u64> {
-    if !pc.is_multiple_of(l.bcins_size) {
+    if !pc.is_multiple_of(l.bcins_size) || pc < l.proto_size {
         return None;
     }
-    let lo = pc.saturating_sub(PROTO_SEARCH).max(l.proto_size) & !(l.bcins_size - 1);
-    let window = mem.read_bytes(lo, usize::try_from(pc + l.bcins_size - lo).ok()?)?;
+    let lowest = pc.saturating_sub(PROTO_SEARCH).max(l.proto_size);
     let mut at = pc;
-    while at >= lo + l.proto_size {
-        let ins = buf_u32(&window, at - lo)?;
-        if matches!(l.op(ins), Some(Op::Funcf | Op::Ifuncf | Op::Jfuncf | Op::Funcv | Op::Ifuncv | Op::Jfuncv)) {
-            let proto = at - l.proto_size;
-            if buf_u8(&window, proto - lo + l.gct) == Some(l.gct_proto) {
-                if let Some(h) = ProtoHeader::read(mem, l, proto) {
+    let mut page_end = pc + l.bcins_size;
+    while at >= lowest {
+        let page_start = (at & !(PAGE - 1)).max(lowest & !(l.bcins_size - 1));
+        let page = mem.read_bytes(page_start, usize::try_from(page_end - page_start).ok()?)?;
+        while at >= page_start {
+            let ins = buf_u32(&page, at - page_start)?;
+            if matches!(l.op(ins), Some(Op::Funcf | Op::Ifuncf | Op::Jfuncf | Op::Funcv | Op::Ifuncv | Op::Jfuncv)) {
+                let proto = at - l.proto_size;
+                let is_proto = mem.read_u8(proto + l.gct) == Some(l.gct_proto);
+                if let Some(h) = ProtoHeader::read(mem, l, proto).filter(|_| is_proto) {
                     if pc < h.bc_start(l) + u64::from(h.sizebc) * l.bcins_size {
                         return Some(proto);
                     }
                 }
             }
+            at = at.checked_sub(l.bcins_size)?;
         }
-        at -= l.bcins_size;
+        page_end = page_start;
     }
     None
 }

@@ -180,7 +180,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         penalty_cache: penalized,
         traces,
         exits_total: c.exit_counts.iter().map(|e| e.1).sum(),
-        exits_per_sec: exits.iter().map(|e| e.per_sec).sum(),
+        // + 0.0: an empty f64 sum is -0.0.
+        exits_per_sec: exits.iter().map(|e| e.per_sec).sum::<f64>() + 0.0,
         exits,
         exits_per_request: if c.vms.iter().any(|v| v.requests_followed()) {
             Some(request_exits(&hist))

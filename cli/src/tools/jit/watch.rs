@@ -128,6 +128,11 @@ impl Vm {
         let pid = p.pid;
         let mem = ProcMem::open(pid)?;
         let l = &OPENRESTY_21_GC64;
+        if !jit_state::fits(&mem, l, jl, g) {
+            anyhow::bail!(
+                "the JIT state of process {pid}'s Lua VM does not read as OpenResty's LuaJIT 2.1 (GC64) keeps it, the one build `ljprobe jit` knows: see docs/supported-luajit.md"
+            );
+        }
         let jit_on = jit_state::enabled(&mem, l, jl, g);
         let traces_at_start = jit_state::traces(&mem, l, jl, g);
         let j = g + l.trace.g2j;
@@ -405,5 +410,27 @@ impl Source for Collector {
             None => self.notes.push(format!("process {}: its Lua VM was not found; its aborts and exits are not counted", p.pid)),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exit_watch_goes_off_at_its_budget_and_on_again_the_next_second() {
+        let mut b = Budget::new(100);
+        let t0 = b.window_start;
+        let ms = |n| t0 + Duration::from_millis(n);
+        assert_eq!(b.tick(50, ms(100)), None);
+        assert_eq!(b.tick(120, ms(200)), Some(false), "off once 100 are taken");
+        assert_eq!((b.gen, b.capped_windows), (1, 1));
+        assert_eq!(b.tick(120, ms(500)), None, "stays off for the rest of the second");
+        assert_eq!(b.tick(120, ms(1000)), Some(true), "on again the next second");
+        assert_eq!(b.gen, 2, "an even period: watched");
+        assert_eq!(b.watched, Duration::from_millis(200), "watched until it went off");
+        assert_eq!(b.busiest, 120);
+        let mut all = Budget::new(0);
+        assert_eq!(all.tick(1_000_000, ms(100)), None, "0 watches every exit");
     }
 }

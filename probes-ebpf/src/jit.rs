@@ -9,8 +9,8 @@
 //!   writes on every trace exit, after `J->exitno` and with the VM state
 //!   already `EXIT`: one count per (trace, exit).
 //!
-//! A watchpoint hit costs a debug exception (about 10 us on this machine's
-//! VM), so user space turns the exit watch off for the rest of a second
+//! A watchpoint hit costs a debug exception (about 20 us on this machine's
+//! VM: docs/bench.md#jit), so user space turns the exit watch off for the rest of a second
 //! once a process has taken its budget of exits in it (`--max-exits`).
 //!
 //! `jit_sample` is the cpu tool's Lua sampler (VM state and Lua stack), and

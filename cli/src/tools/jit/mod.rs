@@ -55,7 +55,7 @@ pub struct Args {
     /// Trace exits watched per second and process at most; past that the
     /// exit watch is off for the rest of the second and exit rates are
     /// estimated from the watched time. Each watched exit costs the target a
-    /// debug trap (about 10 us on a VM, 1 us on bare metal). 0: every exit.
+    /// debug trap (about 20 us on the virtual machine it was measured on: docs/bench.md#jit). 0: every exit.
     #[arg(long, default_value_t = 1000)]
     max_exits: u64,
     /// nginx: count exits per request from the start. By default requests
@@ -209,7 +209,12 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     if let Some(path) = &args.json {
         crate::report::write_json(path, &report)?;
     }
-    report::print(&report, args.top, args.svg.as_deref());
+    // With the JSON on standard output, the report for a person goes to standard error.
+    if args.json.as_deref().is_some_and(|p| p.as_os_str() == "-") {
+        report::print(&report, args.top, args.svg.as_deref(), &mut std::io::stderr().lock())?;
+    } else {
+        report::print(&report, args.top, args.svg.as_deref(), &mut std::io::stdout().lock())?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,7 +1,7 @@
 //! The jit report: printed for a person, JSON for a script, and the Lua
 //! stacks with their VM state as a flame graph.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{collections::BTreeMap, io::Write, path::Path};
 
 use anyhow::{Context, Result};
 use ljprobe_flamegraph::{svg, Folded};
@@ -78,54 +78,54 @@ const STATES: &[(&str, &str)] = &[
     ("unknown", "unknown"),
 ];
 
-pub fn print(r: &Report, top: usize, svg_path: Option<&Path>) {
-    println!("{}", r.title);
-    println!("  {} samples at {} Hz in {:.1}s ({} lost)", r.samples, r.frequency, r.collected.elapsed_secs, r.collected.lost);
+pub fn print(r: &Report, top: usize, svg_path: Option<&Path>, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(out, "{}", r.title)?;
+    writeln!(out, "  {} samples at {} Hz in {:.1}s ({} lost)", r.samples, r.frequency, r.collected.elapsed_secs, r.collected.lost)?;
     for pid in &r.jit_off {
-        println!("  process {pid}: the JIT compiler is off (jit.off()): everything runs in the interpreter");
+        writeln!(out, "  process {pid}: the JIT compiler is off (jit.off()): everything runs in the interpreter")?;
     }
-    println!("VM states:");
+    writeln!(out, "VM states:")?;
     for (key, label) in STATES {
         if let Some(s) = r.vm_states.get(*key).filter(|s| s.samples > 0) {
-            println!("  {:>5.1}%  {label}", s.share * 100.0);
+            writeln!(out, "  {:>5.1}%  {label}", s.share * 100.0)?;
         }
     }
     if !r.summary.is_empty() {
-        println!("Hot functions:");
+        writeln!(out, "Hot functions:")?;
         for line in &r.summary {
-            println!("  {line}");
+            writeln!(out, "  {line}")?;
         }
     }
-    println!(
+    writeln!(out, 
         "Trace aborts: {} in the run ({} trace attempts, {} traces assembled)",
         r.aborts_total, r.trace_attempts, r.traces_assembled
-    );
+    )?;
     for a in r.aborts.iter().take(top) {
         let side = a.side_of.map(|(t, e)| format!("({t}/{e}) ")).unwrap_or_default();
         let start = a.start.as_ref().map_or_else(|| "?".into(), ToString::to_string);
         let at = a.at.as_ref().filter(|w| Some(*w) != a.start.as_ref()).map(|w| format!(" at {w}")).unwrap_or_default();
-        println!("  {:>6}x  {side}{start} -- {}{at}", a.count, a.reason.reason);
+        writeln!(out, "  {:>6}x  {side}{start} -- {}{at}", a.count, a.reason.reason)?;
     }
     if !r.blacklisted.is_empty() {
-        println!("Blacklisted (interpreted for good) in the code that ran:");
+        writeln!(out, "Blacklisted (interpreted for good) in the code that ran:")?;
         for b in r.blacklisted.iter().take(top) {
             let why = if b.jit_off {
                 " (jit.off for this function)".to_string()
             } else {
                 b.last_reason.as_ref().map(|r| format!(" (last abort: {r})")).unwrap_or_default()
             };
-            println!("  {} {} {}{why}", b.at, b.kind, b.bytecode);
+            writeln!(out, "  {} {} {}{why}", b.at, b.kind, b.bytecode)?;
         }
     }
     if !r.penalty_cache.is_empty() {
-        println!("Recent abort places (the VM's penalty cache, before or during the run):");
+        writeln!(out, "Recent abort places (the VM's penalty cache, before or during the run):")?;
         for p in r.penalty_cache.iter().take(top) {
             let hint = if p.nyi_in_function.is_empty() { String::new() } else { format!(" (in the function: {})", p.nyi_in_function.join(", ")) };
-            println!("  {}  {}{hint}  (next try after {} hits)", p.start, p.reason, p.backoff);
+            writeln!(out, "  {}  {}{hint}  (next try after {} hits)", p.start, p.reason, p.backoff)?;
         }
     }
     let t = &r.traces;
-    println!("Traces: {} alive ({} at the start, {} of those gone since)", t.alive, t.alive_at_start, t.gone);
+    writeln!(out, "Traces: {} alive ({} at the start, {} of those gone since)", t.alive, t.alive_at_start, t.gone)?;
     let mut biggest: Vec<_> = t.list.iter().collect();
     biggest.sort_by_key(|t| std::cmp::Reverse(t.mcode_bytes));
     for row in biggest.iter().take(top) {
@@ -137,42 +137,43 @@ pub fn print(r: &Report, top: usize, svg_path: Option<&Path>) {
         } else {
             format!("{} to #{}", row.link_type, row.link)
         };
-        println!(
+        writeln!(out, 
             "  #{:<4} {kind:<12} {start} .. {end}  {link}, {} IR, {} B code",
             row.trace, row.ir_instructions, row.mcode_bytes
-        );
+        )?;
     }
     let watched: f64 = r.exit_watch.iter().map(|w| w.watched_secs).sum();
     let capped = r.exit_watch.iter().any(|w| w.capped_seconds > 0);
-    println!(
+    writeln!(out, 
         "Trace exits: {} {}({:.0}/s)",
         r.exits_total,
         if capped { format!("in {watched:.1}s watched ") } else { String::new() },
         r.exits_per_sec
-    );
+    )?;
     for e in r.exits.iter().take(top) {
         let at = e.at.as_ref().map_or_else(|| "?".into(), ToString::to_string);
         let start = e.trace_start.as_ref().map(|w| format!(" (trace from {w})")).unwrap_or_default();
-        println!("  {:>9} ({:.0}/s)  trace {} exit {} -> {at}{start}", e.count, e.per_sec, e.trace, e.exit);
+        writeln!(out, "  {:>9} ({:.0}/s)  trace {} exit {} -> {at}{start}", e.count, e.per_sec, e.trace, e.exit)?;
     }
     if let Some(req) = &r.exits_per_request {
-        println!("Exits per request ({} requests):", req.requests);
+        writeln!(out, "Exits per request ({} requests):", req.requests)?;
         let max = req.buckets.iter().map(|b| b.2).max().unwrap_or(1).max(1);
         for (lo, hi, n) in &req.buckets {
             let bar = "@".repeat(((*n as f64 / max as f64) * 40.0).ceil() as usize);
             let range = if *hi == 1 { "0".to_string() } else { format!("{lo}..{}", hi - 1) };
-            println!("  {range:>13} | {bar:<40} {n}");
+            writeln!(out, "  {range:>13} | {bar:<40} {n}")?;
         }
     }
     for (what, n) in r.lost.iter().filter(|(_, &n)| n > 0) {
-        println!("  note: {n} {what} lost");
+        writeln!(out, "  note: {n} {what} lost")?;
     }
     for note in r.notes.iter().cloned().chain(ljprobe_host::steal::note(r.collected.steal_pct)) {
-        println!("  note: {note}");
+        writeln!(out, "  note: {note}")?;
     }
     if let Some(p) = svg_path {
-        println!("  flame graph of Lua stacks by VM state: {}", p.display());
+        writeln!(out, "  flame graph of Lua stacks by VM state: {}", p.display())?;
     }
+    Ok(())
 }
 
 pub fn write_svg(path: &Path, folded: &Folded, title: &str, subtitle: String) -> Result<()> {

@@ -235,8 +235,11 @@ fn gateway_hot_nyi_aborts_at_its_closure_and_is_blacklisted_while_hot_jit_runs_c
     assert!(s["exits_total"].as_u64().unwrap() > 0, "no trace exit in a fresh gateway\n{}", stdout(&out));
     let requests = s["exits_per_request"]["requests"].as_u64().unwrap_or(0);
     assert!((1..=120).contains(&requests), "{requests} requests counted of 120 sent: {}", s["exits_per_request"]);
-    let verdict = s["summary"].as_array().unwrap().iter().find(|l| l.as_str().unwrap().starts_with("hot_nyi_work"));
+    let verdict = s["summary"].as_array().unwrap().iter().find(|l| l.as_str().unwrap().contains("hot_nyi_work ("));
     assert!(verdict.is_some_and(|v| v.as_str().unwrap().contains("FNEW")), "{:?}", s["summary"]);
+    let nyi_row = s["functions"].as_array().unwrap().iter().find(|f| f["function"].as_str().unwrap().contains("hot_nyi_work"));
+    assert_eq!(nyi_row.map(|r| &r["not_compiled"]), Some(&Value::Bool(true)), "hot_nyi_work not flagged: {nyi_row:?}");
+    assert_eq!(row["not_compiled"], Value::Bool(false), "{row}");
 }
 
 /// Turns the JIT off, then spins in Lua until stdin closes.

@@ -340,9 +340,10 @@ pub struct FunctionStates {
     pub states: BTreeMap<String, u64>,
     pub compiled_share: f64,
     pub interpreted_share: f64,
-    /// Hot (top of the list, at least `HOT_SHARE` of the samples) and
-    /// interpreted more than half of the time.
-    pub mostly_interpreted: bool,
+    /// Hot (at least `HOT_SHARE` of the samples), less than half of its
+    /// time in traces, and more in the interpreter than in traces: the C
+    /// functions it calls then run for interpreted code too.
+    pub not_compiled: bool,
     /// The one line that says why.
     pub verdict: String,
 }
@@ -381,7 +382,7 @@ pub fn functions(by_function: &HashMap<Frame, BTreeMap<String, u64>>, total: u64
                 states: states.clone(),
                 compiled_share: share_of("trace"),
                 interpreted_share,
-                mostly_interpreted: share >= HOT_SHARE && interpreted_share > 0.5,
+                not_compiled: share >= HOT_SHARE && share_of("trace") < 0.5 && interpreted_share > share_of("trace"),
                 verdict: String::new(),
             })
         })
@@ -430,6 +431,7 @@ pub fn verdicts(rows: &mut [FunctionStates], aborts: &[AbortGroup], blacklisted:
         if let Some(e) = exits.iter().find(|e| e.at.as_ref().is_some_and(mine) && e.per_sec >= 1.0) {
             parts.push(format!("trace {} exit {} taken {:.0}/s", e.trace, e.exit, e.per_sec));
         }
-        row.verdict = format!("{} ({}:{}): {}", row.function, row.file, row.line, parts.join("; "));
+        let flag = if row.not_compiled { "[not compiled] " } else { "" };
+        row.verdict = format!("{flag}{} ({}:{}): {}", row.function, row.file, row.line, parts.join("; "));
     }
 }

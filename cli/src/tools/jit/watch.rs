@@ -402,10 +402,15 @@ impl Source for Collector {
         self.builder.add_process(p)?;
         match g {
             Some(g) => {
-                let vm = Vm::open(p, g, &self.layout, self.programs, self.max_exits, &mut self.notes)?;
-                let _ = self.gens.insert(vm.pid, vm.budget.gen, 0);
-                self.res.insert(p.pid, Resolver::new(ProcMem::open(p.pid)?));
-                self.vms.push(vm);
+                // A worker that cannot be watched is said, not fatal: the others go on.
+                match Vm::open(p, g, &self.layout, self.programs, self.max_exits, &mut self.notes) {
+                    Ok(vm) => {
+                        let _ = self.gens.insert(vm.pid, vm.budget.gen, 0);
+                        self.res.insert(p.pid, Resolver::new(ProcMem::open(p.pid)?));
+                        self.vms.push(vm);
+                    }
+                    Err(e) => self.notes.push(format!("{e:#}")),
+                }
             }
             None => self.notes.push(format!("process {}: its Lua VM was not found; its aborts and exits are not counted", p.pid)),
         }

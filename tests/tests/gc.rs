@@ -285,7 +285,8 @@ fn exact_cycles_and_allocation(build: Luajit) {
     require_root();
     let dir = out_dir();
     let (_, mut cmd) = build.script(&format!("gc-fast-{}", build.name), FAST_CYCLES);
-    let mut script = cmd.arg("400000").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("luajit runs");
+    let mut script =
+        cmd.arg("400000").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("luajit runs");
     let json = dir.join(format!("gc-fast-{}.json", build.name));
     let svg = dir.join(format!("gc-fast-{}.svg", build.name));
     let pid = script.id().to_string();
@@ -300,7 +301,16 @@ fn exact_cycles_and_allocation(build: Luajit) {
     let script = script.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&script.stdout);
     let f: Vec<f64> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
-    assert_eq!(f.len(), 2, "the script printed: {text}");
+    // Once in CI the debug build's script ended mid-run without a word (no
+    // segfault logged): say how it ended if it happens again.
+    assert_eq!(
+        f.len(),
+        2,
+        "the script printed: {text}; it ended with {} (stderr: {}); ljprobe said: {}",
+        script.status,
+        String::from_utf8_lossy(&script.stderr),
+        stderr(&out)
+    );
     let s: Value = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
     let (cycles, allocated) = (s["cycles"].as_f64().unwrap(), s["allocated_bytes"].as_f64().unwrap());
     // Hundreds of cycles a second: each one seen, not one per reading.

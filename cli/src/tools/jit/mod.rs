@@ -166,8 +166,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         samples: total,
         jit_off,
         vm_states: c
-            .builder
-            .by_vm_state
+            .by_state
             .iter()
             .map(|(k, &n)| (k.clone(), StateShare { samples: n, share: n as f64 / total.max(1) as f64 }))
             .collect(),

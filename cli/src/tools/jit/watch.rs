@@ -12,8 +12,8 @@ use std::{
 use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use object::{Object, ObjectSymbol};
-use ljprobe_flamegraph::Frame;
-use ljprobe_common::{jit::JitAbort, CpuSample};
+use ljprobe_flamegraph::{Frame, VmState};
+use ljprobe_common::{jit::JitAbort, CpuSample, STACK_NOT_IN_LUA, STACK_NO_VM};
 
 use super::analysis::{self, AbortEvent, ExitPlace, Findings};
 use crate::{
@@ -212,6 +212,8 @@ pub struct Collector {
     per_request: bool,
     /// Samples by their innermost Lua function, then by VM state.
     pub by_function: HashMap<Frame, BTreeMap<String, u64>>,
+    /// Samples by VM state, the JIT compiler's three apart.
+    pub by_state: BTreeMap<String, u64>,
     /// Every Lua function (GCfunc) seen on a sampled stack, per process.
     funcs: HashMap<u32, HashSet<u64>>,
     /// Protos aborts started or stopped in, per process.
@@ -262,6 +264,7 @@ impl Collector {
             max_exits,
             per_request,
             by_function: HashMap::new(),
+            by_state: BTreeMap::new(),
             funcs: HashMap::new(),
             abort_protos: HashMap::new(),
             events: Vec::new(),
@@ -292,6 +295,14 @@ impl Collector {
         let stack = self.builder.build(&s, None, None);
         self.builder.add_weighted(&s, &stack, 1);
         let state = state_key(s.vmstate, s.flags);
+        let fine = match VmState::from_raw(s.vmstate) {
+            _ if s.flags & (STACK_NO_VM | STACK_NOT_IN_LUA) != 0 => state.clone(),
+            VmState::Recording => "jit-recorder".into(),
+            VmState::Optimizing => "jit-optimizer".into(),
+            VmState::Assembling => "jit-assembler".into(),
+            _ => state.clone(),
+        };
+        *self.by_state.entry(fine).or_default() += 1;
         let function = culprit_frame(&stack).function();
         if matches!(function, Frame::Lua { .. }) {
             *self.by_function.entry(function).or_default().entry(state).or_default() += 1;

@@ -123,9 +123,7 @@ impl Link {
         };
         open(&attr, tid, prog_fd).map_err(|e| anyhow!("cannot watch address {addr:#x} of thread {tid} with a hardware breakpoint: {e}"))
     }
-}
 
-impl Link {
     /// Turns the event off or on again without closing it: for a watchpoint
     /// this only reprograms a debug register, unlike closing and reopening a
     /// uprobe, which rewrites the target's code.

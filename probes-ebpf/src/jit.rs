@@ -182,15 +182,8 @@ pub fn jit_exit(_ctx: PerfEventContext) -> u32 {
     let (Some(traceno), Some(exitno)) = (read_u32(j + jl.j_parent as u64), read_u32(j + jl.j_exitno as u64)) else {
         return 0;
     };
-    let key = exit_key(tgid, traceno, exitno);
-    match EXITS.get_ptr_mut(&key) {
-        // SAFETY: the map's value; one VM runs on one thread at a time.
-        Some(n) => unsafe { *n += 1 },
-        None => {
-            if EXITS.insert(&key, &1, 0).is_err() {
-                counters::add(&LOST, 2, 1);
-            }
-        }
+    if !bump(&EXITS, exit_key(tgid, traceno, exitno)) {
+        counters::add(&LOST, 2, 1);
     }
     bump(&EXIT_TOTALS, tgid);
     if let Some(r) = REQ_EXITS.get_ptr_mut(&tgid) {
@@ -200,14 +193,16 @@ pub fn jit_exit(_ctx: PerfEventContext) -> u32 {
     0
 }
 
+/// Adds one to `key`'s count; false if the map is full.
 #[inline(always)]
-fn bump(map: &HashMap<u32, u64>, key: u32) {
+fn bump<K>(map: &HashMap<K, u64>, key: K) -> bool {
     match map.get_ptr_mut(&key) {
         // SAFETY: the map's value; one VM runs on one thread at a time.
-        Some(n) => unsafe { *n += 1 },
-        None => {
-            let _ = map.insert(&key, &1, 0);
+        Some(n) => {
+            unsafe { *n += 1 };
+            true
         }
+        None => map.insert(&key, &1, 0).is_ok(),
     }
 }
 

@@ -11,7 +11,7 @@ use super::{
     layout::ObjLayout,
     mem::{buf_u32, buf_u64, buf_u8, Memory},
     proto::ProtoHeader,
-    trace::buf_u16,
+    trace::{self, buf_u16, Trace, MAX_TRACES},
 };
 
 /// Where one build keeps the compiler's state beyond what the kernel reads.
@@ -79,11 +79,6 @@ pub const JIT_OPENRESTY_21_GC64: JitStateLayout = JitStateLayout {
     proto_iloop: 0x10,
 };
 
-/// `REF_BIAS`: IR instructions count up from it, constants down.
-const REF_BIAS: u32 = 0x8000;
-/// Trace numbers are 16-bit.
-const MAX_TRACES: u32 = 1 << 16;
-
 /// One trace alive in the VM.
 #[derive(Debug, Clone)]
 pub struct TraceInfo {
@@ -101,6 +96,8 @@ pub struct TraceInfo {
     pub startpc: u64,
     /// The bytecode its last snapshot resumes at: where it ends.
     pub endpc: Option<u64>,
+    /// Its snapshots, i.e. exit numbers `0..snapshots`.
+    pub snapshots: u64,
 }
 
 /// Whether the `jit_State` next to `g` reads as one: its state machine in a
@@ -139,37 +136,46 @@ fn traces_inner<M: Memory>(mem: &M, l: &ObjLayout, jl: &JitStateLayout, g: u64) 
         if addr == 0 {
             continue;
         }
-        if let Some(info) = trace_info(mem, l, jl, g, traceno, addr) {
+        if let Some((info, _)) = trace_info(mem, l, jl, traceno, addr) {
             out.push(info);
         }
     }
     Some(out)
 }
 
-fn trace_info<M: Memory>(mem: &M, l: &ObjLayout, jl: &JitStateLayout, g: u64, traceno: u32, addr: u64) -> Option<TraceInfo> {
-    let t = &l.trace;
-    let buf = mem.read_bytes(addr, usize::try_from(t.trace_size).ok()?)?;
+fn trace_info<M: Memory>(mem: &M, l: &ObjLayout, jl: &JitStateLayout, traceno: u32, addr: u64) -> Option<(TraceInfo, Trace)> {
+    let (trace, buf) = trace::trace_at(mem, l, addr, traceno)?;
     let u16_at = |off| buf_u16(&buf, off).map(u32::from);
-    if buf_u8(&buf, l.gct)? != t.gct_trace || u16_at(t.trace_traceno)? != traceno {
-        return None;
-    }
-    let nins = buf_u32(&buf, t.trace_nins)?;
-    let nk = buf_u32(&buf, t.trace_nk)?;
-    if nins <= REF_BIAS || nk > REF_BIAS {
-        return None;
-    }
-    Some(TraceInfo {
+    let bias = l.trace.ref_bias;
+    let info = TraceInfo {
         traceno,
         root: u16_at(jl.trace_root)?,
         link: u16_at(jl.trace_link)?,
         linktype: buf_u8(&buf, jl.trace_linktype)?,
-        ir_ins: nins - REF_BIAS - 1,
-        ir_consts: REF_BIAS - nk,
-        mcode_bytes: buf_u32(&buf, t.trace_szmcode)?,
+        ir_ins: trace.nins - bias - 1,
+        ir_consts: bias - trace.nk,
+        mcode_bytes: u32::try_from(trace.szmcode).ok()?,
         startpt: buf_u64(&buf, jl.trace_startpt)?,
         startpc: buf_u64(&buf, jl.trace_startpc)?,
-        endpc: super::trace::last_snapshot_pc(mem, l, g, traceno),
-    })
+        endpc: trace::resume_pc(mem, l, &trace, trace.nsnap - 1),
+        snapshots: trace.nsnap,
+    };
+    Some((info, trace))
+}
+
+/// Trace `traceno` and where the interpreter resumes after its exit
+/// `exitno` (None past its snapshots: the stack check's exit number).
+pub fn trace_exit<M: Memory>(mem: &M, l: &ObjLayout, jl: &JitStateLayout, g: u64, traceno: u32, exitno: u32) -> Option<(TraceInfo, Option<u64>)> {
+    let j = g.checked_add(l.trace.g2j)?;
+    let array = mem.read_u64(j.checked_add(l.trace.j_trace)?)?;
+    let size = mem.read_u32(j.checked_add(l.trace.j_sizetrace)?)?;
+    if traceno == 0 || traceno >= size {
+        return None;
+    }
+    let addr = mem.read_u64(array.checked_add(u64::from(traceno) * l.gcref_size)?)?;
+    let (info, trace) = trace_info(mem, l, jl, traceno, addr)?;
+    let pc = trace::resume_pc(mem, l, &trace, u64::from(exitno));
+    Some((info, pc))
 }
 
 /// One slot of the penalty cache: a trace start (`pc`) that aborted, how

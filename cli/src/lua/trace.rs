@@ -38,7 +38,7 @@ pub const MAX_INLINED: usize = 64;
 pub const MAX_SNAPS: u64 = 1 << 14;
 
 /// Traces per VM we accept: trace numbers are 16-bit (`TraceNo1`).
-const MAX_TRACES: u32 = 1 << 16;
+pub(super) const MAX_TRACES: u32 = 1 << 16;
 
 /// IR instructions and constants per trace we accept: IR refs are 16-bit
 /// (`IRRef1`), so a saved trace never spans more.
@@ -114,24 +114,15 @@ pub fn inlined_frames<M: Memory>(mem: &M, l: &ObjLayout, g: u64, traceno: u32, a
     Some(Inlined { addr, snapno: u32::try_from(snapno).ok()?, frames, pc, ambiguous })
 }
 
-/// The bytecode instruction trace `traceno`'s last snapshot resumes at: the
-/// end of the trace as the interpreter would see it (the loop or the
-/// instruction it links from).
-pub fn last_snapshot_pc<M: Memory>(mem: &M, l: &ObjLayout, g: u64, traceno: u32) -> Option<u64> {
-    let trace = read_trace(mem, l, g, traceno)?;
-    snapshot_map(mem, &l.trace, &trace, trace.nsnap - 1).map(|(_, _, pc)| pc)
-}
-
-/// The bytecode instruction snapshot `snapno` of trace `traceno` resumes
-/// at, i.e. where the interpreter continues after that exit. None for the
-/// stack check's exit number (`nsnap`), which is no snapshot.
-pub fn snapshot_pc<M: Memory>(mem: &M, l: &ObjLayout, g: u64, traceno: u32, snapno: u32) -> Option<u64> {
-    let trace = read_trace(mem, l, g, traceno)?;
-    let snapno = u64::from(snapno);
+/// The bytecode instruction snapshot `snapno` of `trace` resumes at, i.e.
+/// where the interpreter continues after that exit (the last snapshot's is
+/// where the trace ends). None past the last snapshot: the stack check's
+/// exit number (`nsnap`) is no snapshot.
+pub(super) fn resume_pc<M: Memory>(mem: &M, l: &ObjLayout, trace: &Trace, snapno: u64) -> Option<u64> {
     if snapno >= trace.nsnap {
         return None;
     }
-    snapshot_map(mem, &l.trace, &trace, snapno).map(|(_, _, pc)| pc)
+    snapshot_map(mem, &l.trace, trace, snapno).map(|(_, _, pc)| pc)
 }
 
 /// Trace `traceno` of the VM at `g`, checked against how `trace_save` lays a
@@ -150,6 +141,14 @@ pub(super) fn read_trace<M: Memory>(mem: &M, l: &ObjLayout, g: u64, traceno: u32
     if addr == 0 {
         return None; // Flushed since the sample.
     }
+    trace_at(mem, l, addr, traceno).map(|(trace, _)| trace)
+}
+
+/// The trace object at `addr`, which the trace array holds as number
+/// `traceno`, checked as `read_trace` says; with its header's bytes, for
+/// the fields a caller reads beside these.
+pub(super) fn trace_at<M: Memory>(mem: &M, l: &ObjLayout, addr: u64, traceno: u32) -> Option<(Trace, Vec<u8>)> {
+    let t = &l.trace;
     let buf = mem.read_bytes(addr, usize::try_from(t.trace_size).ok()?)?;
     let u16_at = |off| buf_u16(&buf, off).map(u64::from);
     if buf_u8(&buf, l.gct)? != t.gct_trace || u16_at(t.trace_traceno)? != u64::from(traceno) {
@@ -186,7 +185,7 @@ pub(super) fn read_trace<M: Memory>(mem: &M, l: &ObjLayout, g: u64, traceno: u32
     {
         return None;
     }
-    Some(trace)
+    Some((trace, buf))
 }
 
 /// The snapshot covering machine-code offset `ofs` (in `MCode` units): the

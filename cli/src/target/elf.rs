@@ -53,6 +53,13 @@ pub fn file_offset(file: &object::File, addr: u64) -> Option<u64> {
     })
 }
 
+/// Where the function `name` that the object exports (`.dynsym`) starts in
+/// the file: what a uprobe on it is opened with.
+pub fn exported_offset(file: &object::File, name: &str) -> Option<u64> {
+    let sym = file.dynamic_symbols().find(|s| s.is_definition() && s.name() == Ok(name))?;
+    file_offset(file, sym.address())
+}
+
 /// How far from its link-time addresses the object at `path` is loaded in a
 /// process whose mappings are `maps`: where its first loadable segment is
 /// mapped, less that segment's page-aligned address (0 for a non-PIE

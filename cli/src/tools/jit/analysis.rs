@@ -15,7 +15,7 @@ use super::{
 use crate::lua::{
     jit_names::{LINK_TYPES, NYI_BYTECODE},
     jit_state::{self, JitStateLayout},
-    trace, Op, ProcMem, Resolver, OPENRESTY_21_GC64,
+    Op, ProcMem, Resolver, OPENRESTY_21_GC64,
 };
 
 /// Aborts with the same start, place and reason.
@@ -281,16 +281,14 @@ pub struct ExitRow {
 /// starts. None for the stack check's exit number (`nsnap`): the handler
 /// counts that exit again under the real one it then finds.
 pub fn exit_place(vm: &Vm, jl: &JitStateLayout, r: &mut Resolver<ProcMem>, traceno: u32, exitno: u32) -> Option<ExitPlace> {
-    let l = &OPENRESTY_21_GC64;
-    let pc = trace::snapshot_pc(&vm.mem, l, vm.g, traceno, exitno);
-    let t = jit_state::traces(&vm.mem, l, jl, vm.g).into_iter().find(|t| t.traceno == traceno);
-    if pc.is_none() && t.is_some() {
+    // A trace gone since (flushed) leaves its exits without places.
+    let Some((t, pc)) = jit_state::trace_exit(&vm.mem, &OPENRESTY_21_GC64, jl, vm.g, traceno, exitno) else {
+        return Some(ExitPlace::default());
+    };
+    if u64::from(exitno) >= t.snapshots {
         return None;
     }
-    Some(ExitPlace {
-        at: pc.and_then(|pc| decode::place(r, 0, pc)),
-        trace_start: t.and_then(|t| decode::place(r, t.startpt, t.startpc)),
-    })
+    Some(ExitPlace { at: pc.and_then(|pc| decode::place(r, 0, pc)), trace_start: decode::place(r, t.startpt, t.startpc) })
 }
 
 #[derive(Debug, Clone, Default)]

@@ -11,29 +11,30 @@ mod watch;
 use std::{
     collections::{BTreeMap, HashMap},
     os::fd::{AsFd, AsRawFd},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray},
     programs::{PerfEvent, UProbe},
 };
 use ljprobe_common::jit::{JIT_REQ_SLOTS, JIT_STATE_SLOTS};
+use ljprobe_flamegraph::histogram::Log2Histogram;
 
 use self::{
     report::{ExitWatch, Report, RequestExits, StateShare},
-    watch::{Collector, Programs, Vm},
+    watch::{Collector, KernelMaps, Programs, RequestProbe, Settings, Vm},
 };
-use super::run_args::RunArgs;
+use super::{latency::nginx::FREE, run_args::RunArgs};
 use crate::{
     bpf::{self, attach, objects, perf_link::uprobe_pmu},
     collect,
     lua::jit_state::JIT_OPENRESTY_21_GC64,
     stacks::{StackBuilder, StackKind},
-    target::aim::Aim,
+    target::{aim::Aim, elf},
 };
 
 #[derive(clap::Args)]
@@ -82,17 +83,17 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let mut ebpf = bpf::load(objects::JIT, "jit")?;
     let found = bpf::aim_seeded(&mut ebpf, &aim)?;
     Array::try_from(ebpf.map_mut("JIT_LAYOUT").context("JIT_LAYOUT map missing")?)?.set(0, jl.probe, 0)?;
+    let mut notes = Vec::new();
     let programs = Programs {
         state: watch_program(&mut ebpf, "jit_state_write")?,
         exit: watch_program(&mut ebpf, "jit_exit")?,
-        request: request_program(&mut ebpf, &aim)?,
+        request: request_probe(&mut ebpf, &aim, &mut notes)?,
     };
 
-    let mut notes = Vec::new();
     let mut vms = Vec::new();
     for (p, (pid, g)) in aim.processes.iter().zip(found) {
         match g {
-            Some(g) => vms.push(Vm::open(p, g, &jl, programs, args.max_exits, &mut notes)?),
+            Some(g) => vms.push(Vm::open(p, g, &jl, &programs, args.max_exits, &mut notes)?),
             None => notes.push(format!("process {pid}: its Lua VM was not found in its memory; its aborts and exits are not counted")),
         }
     }
@@ -109,13 +110,10 @@ pub async fn run(args: Args) -> Result<ExitCode> {
 
     let builder = StackBuilder::new(StackKind::Lua, false, false, &aim.processes, aim.luajit_path())?;
     attach::cpu_clock(&mut ebpf, "jit_sample", args.freq, Some(&aim.pids))?;
-    let samples = RingBuf::try_from(ebpf.take_map("SAMPLES").context("SAMPLES map missing")?)?;
-    let aborts = RingBuf::try_from(ebpf.take_map("ABORTS").context("ABORTS map missing")?)?;
-    let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map missing")?)?;
-    let exits = BpfHashMap::try_from(ebpf.take_map("EXITS").context("EXITS map missing")?)?;
-    let totals = BpfHashMap::try_from(ebpf.take_map("EXIT_TOTALS").context("EXIT_TOTALS map missing")?)?;
-    let gens = BpfHashMap::try_from(ebpf.take_map("GENS").context("GENS map missing")?)?;
-    let mut c = Collector::new(builder, samples, aborts, lost, [exits], [totals, gens], vms, programs, jl, (args.max_exits, args.per_request), notes);
+    let maps = KernelMaps::take(&mut ebpf)?;
+    let follows_requests = programs.request.is_some();
+    let settings = Settings { layout: jl, max_exits: args.max_exits, per_request: args.per_request };
+    let mut c = Collector::new(builder, maps, vms, programs, settings, notes);
     let run = collect::Run { ebpf: &mut ebpf, aim: &aim, duration: args.run.duration, what: "samples" };
     let collected = collect::watch(run, TICK, &mut c).await?;
     c.look();
@@ -127,7 +125,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
 
     let secs = collected.elapsed_secs;
     let mut notes = std::mem::take(&mut c.notes);
-    if c.vms.iter().any(|v| !v.watched()) {
+    if c.vms.iter().any(|v| !v.watches_set()) {
         notes.push("aborts and exits come only from the processes whose watchpoints were set (see above)".into());
     }
     let aborts = analysis::group_aborts(&c.events);
@@ -185,7 +183,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         exits_per_request: if c.vms.iter().any(|v| v.requests_followed()) {
             Some(request_exits(&hist))
         } else {
-            if programs.request.is_some() {
+            if follows_requests {
                 notes.push(format!(
                     "exits per request were not counted: no worker took {} exits in a second (--per-request counts them anyway)",
                     watch::REQUEST_EXITS
@@ -223,15 +221,24 @@ fn watch_program(ebpf: &mut aya::Ebpf, name: &str) -> Result<std::os::fd::RawFd>
     Ok(prog.fd()?.as_fd().as_raw_fd())
 }
 
-/// In nginx, the uprobe program that closes each request's count of exits
-/// (put in place per process at its first exit), with the uprobe PMU.
-fn request_program(ebpf: &mut aya::Ebpf, aim: &Aim) -> Result<Option<(u32, std::os::fd::RawFd)>> {
-    if !(aim.root.is_nginx_master() || aim.root.is_nginx_worker()) {
+/// In nginx, the uprobe that closes each request's count of exits (put in
+/// place per worker once it takes exits). Why it cannot be goes to `notes`.
+fn request_probe(ebpf: &mut aya::Ebpf, aim: &Aim, notes: &mut Vec<String>) -> Result<Option<RequestProbe>> {
+    let root = &aim.root;
+    if !(root.is_nginx_master() || root.is_nginx_worker()) {
         return Ok(None);
     }
+    // Through /proc: the program as the processes run it, even if replaced on disk.
+    let data = elf::read_file(Path::new(&format!("/proc/{}/exe", root.pid)))?;
+    let offset = object::File::parse(&*data).ok().and_then(|file| elf::exported_offset(&file, FREE));
+    let Some(offset) = offset else {
+        notes.push(format!("exits per request are not counted: {} does not export {FREE}", root.exe));
+        return Ok(None);
+    };
     let prog: &mut UProbe = ebpf.program_mut("jit_request").context("jit_request missing")?.try_into()?;
     prog.load().map_err(|e| bpf::program_error("loading jit_request", e))?;
-    Ok(Some((uprobe_pmu()?, prog.fd()?.as_fd().as_raw_fd())))
+    let prog = prog.fd()?.as_fd().as_raw_fd();
+    Ok(Some(RequestProbe { pmu: uprobe_pmu()?, prog, path: root.host_path(&root.exe), offset }))
 }
 
 fn request_exits(hist: &[u64]) -> RequestExits {
@@ -239,7 +246,11 @@ fn request_exits(hist: &[u64]) -> RequestExits {
         .iter()
         .enumerate()
         .filter(|(_, &n)| n > 0)
-        .map(|(i, &n)| if i == 0 { (0, 1, n) } else { (1u64 << (i - 1), 1u64 << i, n) })
+        // The kernel buckets as the duration histograms do (`bucket_of`).
+        .map(|(i, &n)| {
+            let (lo, hi) = Log2Histogram::bounds(i);
+            (lo, hi, n)
+        })
         .collect();
     RequestExits {
         requests: hist.iter().sum(),

@@ -5,13 +5,15 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     os::fd::RawFd,
-    path::Path,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use object::{Object, ObjectSymbol};
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    Ebpf,
+};
 use ljprobe_flamegraph::{Frame, VmState};
 use ljprobe_common::{jit::JitAbort, CpuSample, STACK_NOT_IN_LUA, STACK_NO_VM};
 
@@ -27,8 +29,7 @@ use crate::{
         ProcMem, Resolver, OPENRESTY_21_GC64,
     },
     stacks::{culprit_frame, state_key, StackBuilder},
-    target::{elf, Process},
-    tools::latency::nginx::FREE,
+    target::Process,
 };
 
 /// One target's VM and what was read of it when it joined.
@@ -55,13 +56,22 @@ pub struct Vm {
 /// (unless `--per-request` follows them from the start).
 pub const REQUEST_EXITS: u64 = 100;
 
-/// The programs and the uprobe PMU, for VMs that join later too.
-#[derive(Clone, Copy)]
+/// The programs, for VMs that join later too.
 pub struct Programs {
     pub state: RawFd,
     pub exit: RawFd,
     /// `jit_request`, when the targets are nginx.
-    pub request: Option<(u32, RawFd)>,
+    pub request: Option<RequestProbe>,
+}
+
+/// Where each request of an nginx worker ends (`ngx_http_free_request` in
+/// the program every worker runs, found once), and the uprobe program and
+/// PMU that follow it there.
+pub struct RequestProbe {
+    pub pmu: u32,
+    pub prog: RawFd,
+    pub path: PathBuf,
+    pub offset: u64,
 }
 
 /// Keeps one process's exit watch within `--max-exits` a second: once a
@@ -124,7 +134,7 @@ impl Budget {
 impl Vm {
     /// The VM of `pid` at `g`; a watch that cannot be set goes to `notes`
     /// (the rest of the report still comes).
-    pub fn open(p: &Process, g: u64, jl: &JitStateLayout, programs: Programs, max_exits: u64, notes: &mut Vec<String>) -> Result<Vm> {
+    pub fn open(p: &Process, g: u64, jl: &JitStateLayout, programs: &Programs, max_exits: u64, notes: &mut Vec<String>) -> Result<Vm> {
         let pid = p.pid;
         let mem = ProcMem::open(pid)?;
         let l = &OPENRESTY_21_GC64;
@@ -148,7 +158,7 @@ impl Vm {
         };
         let state_watch = watch("aborts", jl.probe.j_state, programs.state);
         let exit_watch = watch("trace exits", jl.probe.j_parent, programs.exit);
-        let request_site = programs.request.and_then(|_| match free_request_site(p) {
+        let request_site = programs.request.as_ref().and_then(|r| match Site::new(pid, &r.path, r.offset) {
             Ok(site) => Some(site),
             Err(e) => {
                 notes.push(format!("process {pid}: exits per request are not counted: {e:#}"));
@@ -174,7 +184,7 @@ impl Vm {
         jit_state::enabled(&self.mem, &OPENRESTY_21_GC64, &JIT_OPENRESTY_21_GC64, self.g).is_some()
     }
 
-    pub fn watched(&self) -> bool {
+    pub fn watches_set(&self) -> bool {
         self.state_watch.is_some() && self.exit_watch.is_some()
     }
 
@@ -183,33 +193,47 @@ impl Vm {
     }
 }
 
-/// `ngx_http_free_request` in the process's program, where each request ends.
-fn free_request_site(p: &Process) -> Result<Site> {
-    let data = elf::read_file(Path::new(&format!("/proc/{}/exe", p.pid)))?;
-    let file = object::File::parse(&*data).with_context(|| format!("{} is not an ELF file", p.exe))?;
-    let sym = file
-        .dynamic_symbols()
-        .find(|s| s.is_definition() && s.name() == Ok(FREE))
-        .with_context(|| format!("{} does not export {FREE}", p.exe))?;
-    let offset = elf::file_offset(&file, sym.address()).with_context(|| format!("{FREE} is in no segment of {}", p.exe))?;
-    Site::new(p.pid, &p.host_path(&p.exe), offset)
-}
-
 /// How often each VM's memory is looked at for what only lives there
 /// (traces, penalty cache, blacklisted bytecode, where exits go): a process
 /// that exits keeps what was seen last.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
-pub struct Collector {
-    pub builder: StackBuilder,
+/// The maps the run reads while it goes.
+pub struct KernelMaps {
     samples: RingBuf<MapData>,
     aborts: RingBuf<MapData>,
     lost: PerCpuArray<MapData, u64>,
     exits: BpfHashMap<MapData, u64, u64>,
     totals: BpfHashMap<MapData, u32, u64>,
     gens: BpfHashMap<MapData, u32, u64>,
-    max_exits: u64,
-    per_request: bool,
+}
+
+impl KernelMaps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<KernelMaps> {
+        let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("{name} map missing"));
+        Ok(KernelMaps {
+            samples: RingBuf::try_from(take("SAMPLES")?)?,
+            aborts: RingBuf::try_from(take("ABORTS")?)?,
+            lost: PerCpuArray::try_from(take("LOST")?)?,
+            exits: BpfHashMap::try_from(take("EXITS")?)?,
+            totals: BpfHashMap::try_from(take("EXIT_TOTALS")?)?,
+            gens: BpfHashMap::try_from(take("GENS")?)?,
+        })
+    }
+}
+
+/// What the run was asked for.
+pub struct Settings {
+    pub layout: JitStateLayout,
+    /// `--max-exits`, `--per-request`.
+    pub max_exits: u64,
+    pub per_request: bool,
+}
+
+pub struct Collector {
+    pub builder: StackBuilder,
+    maps: KernelMaps,
+    settings: Settings,
     /// Samples by their innermost Lua function, then by VM state.
     pub by_function: HashMap<Frame, BTreeMap<String, u64>>,
     /// Samples by VM state, the JIT compiler's three apart.
@@ -226,43 +250,21 @@ pub struct Collector {
     res: HashMap<u32, Resolver<ProcMem>>,
     pub vms: Vec<Vm>,
     programs: Programs,
-    layout: JitStateLayout,
     last_look: Option<Instant>,
     pub notes: Vec<String>,
 }
 
 impl Collector {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        builder: StackBuilder,
-        samples: RingBuf<MapData>,
-        aborts: RingBuf<MapData>,
-        lost: PerCpuArray<MapData, u64>,
-        maps: [BpfHashMap<MapData, u64, u64>; 1],
-        per_process: [BpfHashMap<MapData, u32, u64>; 2],
-        vms: Vec<Vm>,
-        programs: Programs,
-        layout: JitStateLayout,
-        (max_exits, per_request): (u64, bool),
-        notes: Vec<String>,
-    ) -> Collector {
-        let [exits] = maps;
-        let [totals, mut gens] = per_process;
+    pub fn new(builder: StackBuilder, mut maps: KernelMaps, vms: Vec<Vm>, programs: Programs, settings: Settings, notes: Vec<String>) -> Collector {
         // Watching from the start: period 0.
         for vm in &vms {
-            let _ = gens.insert(vm.pid, vm.budget.gen, 0);
+            let _ = maps.gens.insert(vm.pid, vm.budget.gen, 0);
         }
         let res = vms.iter().filter_map(|v| Some((v.pid, Resolver::new(ProcMem::open(v.pid).ok()?)))).collect();
         Collector {
             builder,
-            samples,
-            aborts,
-            lost,
-            exits,
-            totals,
-            gens,
-            max_exits,
-            per_request,
+            maps,
+            settings,
             by_function: HashMap::new(),
             by_state: BTreeMap::new(),
             funcs: HashMap::new(),
@@ -274,7 +276,6 @@ impl Collector {
             res,
             vms,
             programs,
-            layout,
             last_look: None,
             notes,
         }
@@ -282,7 +283,7 @@ impl Collector {
 
     /// Lost records: [samples, aborts, exits not counted].
     pub fn lost_counts(&self) -> [u64; 3] {
-        [0, 1, 2].map(|i| bpf::per_cpu_total(&self.lost, i))
+        [0, 1, 2].map(|i| bpf::per_cpu_total(&self.maps.lost, i))
     }
 
     fn sample(&mut self, bytes: &[u8]) {
@@ -327,18 +328,18 @@ impl Collector {
     fn budget(&mut self) {
         let now = Instant::now();
         for vm in &mut self.vms {
-            let total = self.totals.get(&vm.pid, 0).unwrap_or(0);
+            let total = self.maps.totals.get(&vm.pid, 0).unwrap_or(0);
             if let Some(on) = vm.budget.tick(total, now) {
                 if let Some(w) = &vm.exit_watch {
                     if let Err(e) = w.set_enabled(on) {
                         log::debug!("process {}: exit watch on={on}: {e}", vm.pid);
                     }
                 }
-                let _ = self.gens.insert(vm.pid, vm.budget.gen, 0);
+                let _ = self.maps.gens.insert(vm.pid, vm.budget.gen, 0);
             }
-            if (self.per_request || vm.budget.busiest >= REQUEST_EXITS) && vm.request_link.is_none() {
-                if let (Some(site), Some((pmu, prog))) = (&vm.request_site, self.programs.request) {
-                    match Link::uprobe(pmu, site, prog) {
+            if (self.settings.per_request || vm.budget.busiest >= REQUEST_EXITS) && vm.request_link.is_none() {
+                if let (Some(site), Some(r)) = (&vm.request_site, &self.programs.request) {
+                    match Link::uprobe(r.pmu, site, r.prog) {
                         Ok(link) => vm.request_link = Some(link),
                         Err(e) => {
                             self.notes.push(format!("process {}: exits per request are not counted: {e:#}", vm.pid));
@@ -357,11 +358,11 @@ impl Collector {
         for vm in &self.vms {
             let Some(r) = self.res.get_mut(&vm.pid) else { continue };
             let protos = self.abort_protos.get(&vm.pid).unwrap_or(&none);
-            if let Some(f) = analysis::findings(vm, &self.layout, r, self.funcs.get(&vm.pid), protos) {
+            if let Some(f) = analysis::findings(vm, &self.settings.layout, r, self.funcs.get(&vm.pid), protos) {
                 self.findings.insert(vm.pid, f);
             }
         }
-        self.exit_counts = self.exits.iter().filter_map(Result::ok).collect();
+        self.exit_counts = self.maps.exits.iter().filter_map(Result::ok).collect();
         for &(key, _) in &self.exit_counts {
             if self.exit_places.contains_key(&key) {
                 continue;
@@ -371,7 +372,7 @@ impl Collector {
             if !vm.mem_alive() {
                 continue;
             }
-            let place = analysis::exit_place(vm, &self.layout, r, ((key >> 16) & 0xffff) as u32, (key & 0xffff) as u32);
+            let place = analysis::exit_place(vm, &self.settings.layout, r, ((key >> 16) & 0xffff) as u32, (key & 0xffff) as u32);
             self.exit_places.insert(key, place);
         }
     }
@@ -380,12 +381,12 @@ impl Collector {
 impl Source for Collector {
     fn tick(&mut self) -> Result<u64> {
         let mut samples = Vec::new();
-        let n = collect::drain(&mut self.samples, &mut |b: &[u8]| samples.push(b.to_vec()));
+        let n = collect::drain(&mut self.maps.samples, &mut |b: &[u8]| samples.push(b.to_vec()));
         for s in &samples {
             self.sample(s);
         }
         let mut aborts = Vec::new();
-        collect::drain(&mut self.aborts, &mut |b: &[u8]| {
+        collect::drain(&mut self.maps.aborts, &mut |b: &[u8]| {
             if b.len() >= std::mem::size_of::<JitAbort>() {
                 // SAFETY: as in `sample`.
                 aborts.push(unsafe { std::ptr::read_unaligned(b.as_ptr() as *const JitAbort) });
@@ -406,7 +407,7 @@ impl Source for Collector {
     }
 
     fn lost(&self) -> u64 {
-        bpf::per_cpu_total(&self.lost, 0)
+        bpf::per_cpu_total(&self.maps.lost, 0)
     }
 
     fn joined(&mut self, p: &Process, g: Option<u64>) -> Result<()> {
@@ -414,9 +415,9 @@ impl Source for Collector {
         match g {
             Some(g) => {
                 // A worker that cannot be watched is said, not fatal: the others go on.
-                match Vm::open(p, g, &self.layout, self.programs, self.max_exits, &mut self.notes) {
+                match Vm::open(p, g, &self.settings.layout, &self.programs, self.settings.max_exits, &mut self.notes) {
                     Ok(vm) => {
-                        let _ = self.gens.insert(vm.pid, vm.budget.gen, 0);
+                        let _ = self.maps.gens.insert(vm.pid, vm.budget.gen, 0);
                         self.res.insert(p.pid, Resolver::new(ProcMem::open(p.pid)?));
                         self.vms.push(vm);
                     }

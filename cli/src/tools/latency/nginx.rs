@@ -104,14 +104,13 @@ impl Nginx {
         layout.core_ctx_index = core_ctx_index(p, bias + core.address())?;
         let mut offsets: Vec<(PathBuf, &'static str, u64)> = [RUNS, CREATE, FREE, ACCESS, CONTENT, UPSTREAM]
             .iter()
-            .filter_map(|f| Some((exe.clone(), *f, elf::file_offset(&file, exported(f)?.address())?)))
+            .filter_map(|f| Some((exe.clone(), *f, elf::exported_offset(&file, f)?)))
             .collect();
         // lua-nginx-module's object, if loaded (a module `.so` or built in).
         if let Some(lua) = &lua_module(p) {
             let data = elf::read_file(&p.host_path(&lua.to_string_lossy()))?;
             let so = object::File::parse(&*data)?;
-            let sym = so.dynamic_symbols().find(|s| s.is_definition() && s.name() == Ok(LUA_RUNS));
-            if let Some(off) = sym.and_then(|s| elf::file_offset(&so, s.address())) {
+            if let Some(off) = elf::exported_offset(&so, LUA_RUNS) {
                 offsets.push((lua.clone(), LUA_RUNS, off));
             }
         }

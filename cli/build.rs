@@ -11,6 +11,7 @@ use std::{
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     version(&manifest_dir);
+    layouts(&manifest_dir);
     let probes = manifest_dir.join("../probes-ebpf");
     let common = manifest_dir.join("../common");
     for p in ["src", "Cargo.toml", "Cargo.lock"] {
@@ -77,7 +78,9 @@ fn version(manifest_dir: &Path) {
         for f in watch {
             // Only files that exist: cargo reruns a script on every build for a missing one.
             match git(&["rev-parse", "--path-format=absolute", "--git-path", &f]) {
-                Some(path) if Path::new(&path).exists() => println!("cargo:rerun-if-changed={path}"),
+                Some(path) if Path::new(&path).exists() => {
+                    println!("cargo:rerun-if-changed={path}")
+                }
                 _ => {}
             }
         }
@@ -87,6 +90,26 @@ fn version(manifest_dir: &Path) {
     let version = env::var("CARGO_PKG_VERSION").unwrap_or_default();
     let commit = commit.unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=LJPROBE_VERSION={version} (commit {commit}, {target})");
+}
+
+/// `OUT_DIR/layouts.rs`: every file of `cli/layouts/` built in, so adding a
+/// LuaJIT build is adding a file (`src/target/known_builds.rs` reads them).
+fn layouts(manifest_dir: &Path) {
+    let dir = manifest_dir.join("layouts");
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect())
+        .unwrap_or_default();
+    files.sort();
+    let mut text = String::from("pub const FILES: &[(&str, &str)] = &[\n");
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+        let name = f.file_name().unwrap().to_string_lossy();
+        text += &format!("    ({name:?}, include_str!({:?})),\n", f.display().to_string());
+    }
+    text += "];\n";
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("layouts.rs");
+    fs::write(out, text).unwrap_or_else(|e| fail(&format!("could not write layouts.rs: {e}")));
 }
 
 /// The `[[bin]]` names of probes-ebpf: one per tool.

@@ -61,6 +61,9 @@ enum Command {
     Diff(tools::diff::Args),
     /// CI regression gate: exit 1 when a function got more expensive than the baseline allows.
     Gate(tools::gate::Args),
+    /// Write the layout file of a LuaJIT build from the DWARF of its -g build
+    /// (a build ljprobe does not know yet: docs/supported-luajit.md).
+    Layout(tools::layout::Args),
     /// Write the man pages and the bash, zsh and fish completions into DIR
     /// (`cargo xtask dist` ships them beside the binary).
     #[command(hide = true)]
@@ -83,6 +86,9 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         };
+    }
+    if let Command::Layout(args) = cli.command {
+        return tools::layout::run(args).unwrap_or_else(|e| fail(&e));
     }
     let level = match cli.verbose {
         0 => log::LevelFilter::Warn,
@@ -128,7 +134,9 @@ fn main() -> ExitCode {
             Command::Report(args) => tools::report::run(args).await,
             Command::Diff(args) => tools::diff::run(args),
             Command::Gate(args) => tools::gate::run(args).map_err(|e| anyhow::Error::new(Gate(e))),
-            Command::Generate { .. } => unreachable!("handled before the runtime starts"),
+            Command::Generate { .. } | Command::Layout(_) => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     });
     match result {

@@ -13,9 +13,9 @@ use ljprobe_flamegraph::{Folded, Frame, VmState};
 
 use crate::{
     kallsyms::Kallsyms,
-    lua::{Found, LuaFrame, Pc, ProcMem, Resolver},
+    lua::{Found, LuaFrame, ObjLayout, Pc, ProcMem, Resolver},
     native::{StackCopy, Symbolizer, Unwinder},
-    target::Process,
+    target::{aim::Aim, Process},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -88,6 +88,8 @@ pub struct StackBuilder {
     /// Which frames keep their line; set with `with_lines`.
     lines: Lines,
     luajit_path: Option<String>,
+    /// The targets' LuaJIT build, for reading their Lua objects.
+    layout: ObjLayout,
     resolvers: HashMap<u32, Resolver<ProcMem>>,
     /// Names native frames and the C functions Lua calls.
     symbolizers: HashMap<u32, Symbolizer>,
@@ -103,21 +105,16 @@ pub struct StackBuilder {
 }
 
 impl StackBuilder {
-    /// `luajit_path` is the LuaJIT object's path as the targets map it, if any.
-    /// `per_worker` roots each stack in its process, for an nginx master's workers.
-    pub fn new(
-        kind: StackKind,
-        kernel: bool,
-        per_worker: bool,
-        processes: &[Process],
-        luajit_path: Option<&str>,
-    ) -> Result<StackBuilder> {
+    /// Names the stacks of `aim`'s processes. `per_worker` roots each stack in
+    /// its process, for an nginx master's workers.
+    pub fn new(kind: StackKind, kernel: bool, per_worker: bool, aim: &Aim) -> Result<StackBuilder> {
         let kernel = if kernel { Some(Kallsyms::load()?) } else { None };
         let mut builder = StackBuilder {
             kind,
             per_worker,
             lines: Lines::None,
-            luajit_path: luajit_path.map(str::to_string),
+            luajit_path: aim.luajit_path().map(str::to_string),
+            layout: aim.build.obj,
             resolvers: HashMap::new(),
             symbolizers: HashMap::new(),
             native: HashMap::new(),
@@ -127,7 +124,7 @@ impl StackBuilder {
             in_traces: 0,
             inlined_ambiguous: 0,
         };
-        for p in processes {
+        for p in &aim.processes {
             builder.add_process(p)?;
         }
         Ok(builder)
@@ -149,7 +146,7 @@ impl StackBuilder {
     /// symbols and unwind tables for native ones. Also for a worker that joins
     /// mid-run; a PID seen before (reused) starts afresh.
     pub fn add_process(&mut self, p: &Process) -> Result<()> {
-        self.resolvers.insert(p.pid, Resolver::new(ProcMem::open(p.pid)?));
+        self.resolvers.insert(p.pid, Resolver::with_layout(ProcMem::open(p.pid)?, self.layout));
         self.symbolizers.insert(p.pid, Symbolizer::new(p.pid));
         if self.kind != StackKind::Lua {
             let maps = p.maps()?;

@@ -6,6 +6,7 @@
 /// `jit_State` (whose place is `VmLayout::g2j`) unless said otherwise.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Deserialize), serde(deny_unknown_fields))]
 pub struct JitLayout {
     /// `jit_State.state`: written at each step of the compiler's state
     /// machine; `state_err` is `LJ_TRACE_ERR`, written once per abort.

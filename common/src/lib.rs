@@ -10,6 +10,7 @@ pub mod latency;
 /// target's DWARF or from a built-in layout; the kernel only follows it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Deserialize), serde(default, deny_unknown_fields))]
 pub struct VmLayout {
     /// `offsetof(GG_State, dispatch) - offsetof(GG_State, g)`: the interpreter keeps
     /// the dispatch table in a register, so `G = DISPATCH - g2disp`.
@@ -40,7 +41,9 @@ pub struct VmLayout {
     pub g_gc_total: u32,
     pub g_gc_estimate: u32,
     pub g_gc_currentwhite: u32,
-    pub _pad: u32,
+    /// `sizeof(GCRef)`: 8 in GC64 builds, 4 otherwise (references then
+    /// point below 4 GB). The probes read GC64 VMs only, for now.
+    pub ref_size: u32,
 }
 
 /// Per process, what the collector's accounting said at each atomic phase

@@ -4,7 +4,9 @@
 pub mod cmd;
 pub mod dist;
 pub mod gateway;
+pub mod layouts;
 pub mod load;
+pub mod luajit_builds;
 pub mod paths;
 pub mod perf_gate;
 pub mod planted;

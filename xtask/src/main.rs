@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use xtask::{
     cmd, dist,
     gateway::{Config, LuaJitBuild},
+    layouts,
     load::Load,
     paths, perf_gate, setup,
 };
@@ -93,6 +94,9 @@ enum Task {
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         duration: Duration,
     },
+    /// Rewrite the built-in LuaJIT layouts (cli/layouts/*.toml) from the DWARF
+    /// of the debug builds `setup` makes (docs/supported-luajit.md).
+    Layouts,
     /// Measure what profiling costs the gateway (docs/bench.md).
     Bench {
         #[command(subcommand)]
@@ -141,6 +145,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Task::Bench { what } => bench::run(what),
+        Task::Layouts => layouts::run(),
         Task::PerfGate { slower, update_baseline, duration } => {
             setup::run()?;
             let passed = perf_gate::run(&perf_gate::Options { slower, update_baseline, duration })?;

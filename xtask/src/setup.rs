@@ -5,7 +5,7 @@ use std::{fs, path::Path, process::Command};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cmd, paths};
+use crate::{cmd, luajit_builds};
 
 /// Debian packages, each with why it is needed.
 const PACKAGES: &[(&str, &str)] = &[
@@ -41,7 +41,8 @@ pub fn run() -> Result<()> {
     musl_target()?;
     bpf_linker()?;
     tracefs()?;
-    luajit_debug()?;
+    luajit_builds::luajit_debug()?;
+    luajit_builds::setup()?;
     eprintln!("setup: everything is in place");
     Ok(())
 }
@@ -121,37 +122,8 @@ fn tracefs() -> Result<()> {
     cmd::run(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))
 }
 
-/// A `-g` build of OpenResty's LuaJIT from Debian's own `luajit2` source package:
-/// the same code as the stock library, with `lj_*` symbols and DWARF.
-fn luajit_debug() -> Result<()> {
-    let prefix = paths::luajit_debug();
-    let lib = paths::luajit_debug_lib().join("libluajit-5.1.so.2");
-    if lib.exists() {
-        eprintln!("setup: debug LuaJIT present in {}", prefix.display());
-        return Ok(());
-    }
-    eprintln!("setup: building OpenResty's LuaJIT (Debian source package luajit2) with -g into {}", prefix.display());
-    deb_src()?;
-    let work = paths::target().join("luajit-src");
-    let _ = fs::remove_dir_all(&work);
-    fs::create_dir_all(&work)?;
-    cmd::run(Command::new("apt-get").args(["source", "-q", "luajit2"]).current_dir(&work))?;
-    let src = fs::read_dir(&work)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.is_dir())
-        .context("apt-get source unpacked no directory")?;
-    let prefix_arg = format!("PREFIX={}", prefix.display());
-    cmd::run(Command::new("make").args(["-j2", "CCDEBUG=-g", &prefix_arg]).current_dir(&src))?;
-    cmd::run(Command::new("make").args(["install", &prefix_arg]).current_dir(&src))?;
-    if !lib.exists() {
-        bail!("the LuaJIT build finished but {} is missing", lib.display());
-    }
-    Ok(())
-}
-
 /// `apt-get source` needs a deb-src line for the mirror the machine already uses.
-fn deb_src() -> Result<()> {
+pub(crate) fn deb_src() -> Result<()> {
     let list = Path::new("/etc/apt/sources.list.d/ljprobe-deb-src.list");
     if list.exists() {
         return Ok(());

@@ -9,7 +9,8 @@ use super::Memory;
 /// Offsets inside `global_State`. The same in OpenResty's 2.1 and upstream 2.1
 /// GC64 on x86_64 (both checked with gdb on `-g` builds, see FIELD-NOTES): the
 /// fields OpenResty adds come later in the struct.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GcLayout {
     /// `lua_Alloc allocf`: every byte of the Lua heap goes through it.
     pub allocf: u64,
@@ -30,19 +31,6 @@ pub struct GcLayout {
     pub stepmul: u64,
     pub pause: u64,
 }
-
-pub const GC_21_GC64_X86_64: GcLayout = GcLayout {
-    allocf: 0,
-    allocd: 8,
-    total: 0x10,
-    threshold: 0x18,
-    currentwhite: 0x20,
-    state: 0x21,
-    debt: 0x58,
-    estimate: 0x60,
-    stepmul: 0x68,
-    pause: 0x6c,
-};
 
 /// `GCSpause` .. `GCSfinalize` in lj_gc.h's order, as `ljprobe gc` names them.
 pub const GC_STATES: [&str; 6] = ["pause", "propagate", "atomic", "sweepstring", "sweep", "finalize"];

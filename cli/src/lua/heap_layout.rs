@@ -6,7 +6,8 @@
 
 /// Byte offsets and sizes of one build, beside `ObjLayout` (type tags,
 /// functions, prototypes, strings), which the walk uses too.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HeapLayout {
     /// `global_State.gc.root`: head of the list of every object but strings.
     pub g_root: u64,
@@ -84,64 +85,3 @@ pub struct HeapLayout {
     pub ctype_info: u64,
     pub ctype_sizefield: u64,
 }
-
-/// OpenResty's LuaJIT 2.1 GC64 on x86_64 (luajit2-2.1-20230119): gdb `ptype/o`
-/// on the `-g` build; `tests/heap.rs` checks every value the same way.
-pub const HEAP_OPENRESTY_21_GC64: HeapLayout = HeapLayout {
-    g_root: 40,
-    g_mmudata: 80,
-    g_strtab: 152,
-    g_strmask: 160,
-    g_strnum: 164,
-    g_mainthref: 192,
-    g_registrytv: 272,
-    g_uvhead: 280,
-    g_gcroot: 424,
-    gcroot_count: 38,
-    g_ctype_state: 384,
-    gg_size: 6296,
-
-    marked: 8,
-    weakkey: 0x08,
-    weakval: 0x10,
-
-    gct_tab: 11,    // ~LJ_TTAB
-    gct_udata: 12,  // ~LJ_TUDATA
-    gct_thread: 6,  // ~LJ_TTHREAD
-    gct_upval: 5,   // ~LJ_TUPVAL
-    gct_cdata: 10,  // ~LJ_TCDATA
-
-    tab_colo: 11,
-    tab_array: 16,
-    tab_asize: 48,
-    tab_size: 64,
-    tvalue_size: 8,
-
-    lfunc_base: 40,
-    cfunc_base: 48,
-    cfunc_upvalue: 48,
-
-    uv_closed: 10,
-    uv_tv: 16,
-    uv_next: 24,
-    uv_size: 48,
-
-    th_top: 40,
-    th_stack: 56,
-    th_stacksize: 88,
-    th_env: 72,
-    th_size: 112,
-
-    ud_env: 16,
-    ud_len: 24,
-    ud_meta: 32,
-    ud_size: 48,
-
-    cd_ctypeid: 10,
-    cd_size: 16,
-    cd_var: 0x80,
-    cts_tab: 0,
-    ctype_size: 24,
-    ctype_info: 0,
-    ctype_sizefield: 4,
-};

@@ -15,7 +15,8 @@ use super::{
 };
 
 /// Where one build keeps the compiler's state beyond what the kernel reads.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct JitStateLayout {
     /// What `probes-ebpf/src/jit.rs` reads.
     pub probe: JitLayout,
@@ -42,43 +43,6 @@ pub struct JitStateLayout {
     pub proto_iloop: u8,
 }
 
-/// OpenResty's LuaJIT 2.1-20230119, GC64, x86_64: offsets from the DWARF of
-/// its `-g` build (checked against it in `lua/tests/jit_state.rs`); the
-/// stripped stock build has the same.
-pub const JIT_OPENRESTY_21_GC64: JitStateLayout = JitStateLayout {
-    probe: JitLayout {
-        j_state: 236,
-        state_err: 0x16, // LJ_TRACE_ERR
-        j_parent: 3016,
-        j_exitno: 3020,
-        j_l: 128,
-        j_pc: 136,
-        j_pt: 152,
-        j_errinfo: 3088,
-        cur_traceno: 104,
-        cur_startpt: 64,
-        cur_startpc: 72,
-        l_top: 40,
-        vmstate_exit: !3, // ~LJ_VMST_EXIT
-        tvalue: 8,
-    },
-    j_flags: 168,
-    jit_f_on: 1,
-    j_penalty: 1824,
-    penalty_slots: 64,
-    penalty_size: 16,
-    penalty_val: 8,
-    penalty_reason: 10,
-    trace_startpt: 64,
-    trace_startpc: 72,
-    trace_link: 106,
-    trace_root: 108,
-    trace_linktype: 116,
-    proto_flags: 61,
-    proto_nojit: 0x08,
-    proto_iloop: 0x10,
-};
-
 /// One trace alive in the VM.
 #[derive(Debug, Clone)]
 pub struct TraceInfo {
@@ -104,7 +68,9 @@ pub struct TraceInfo {
 /// known state (`LJ_TRACE_IDLE`, or `LJ_TRACE_ACTIVE` up to `LJ_TRACE_ERR`)
 /// and its trace array no larger than trace numbers go.
 pub fn fits<M: Memory>(mem: &M, l: &ObjLayout, jl: &JitStateLayout, g: u64) -> bool {
-    let Some(j) = g.checked_add(l.trace.g2j) else { return false };
+    let Some(j) = g.checked_add(l.trace.g2j) else {
+        return false;
+    };
     let state = mem.read_u32(j + u64::from(jl.probe.j_state));
     let size = mem.read_u32(j + l.trace.j_sizetrace);
     matches!(state, Some(0 | 0x10..=0x16)) && size.is_some_and(|n| n <= MAX_TRACES)
@@ -188,7 +154,9 @@ pub struct Penalty {
 }
 
 pub fn penalties<M: Memory>(mem: &M, l: &ObjLayout, jl: &JitStateLayout, g: u64) -> Vec<Penalty> {
-    let Some(at) = g.checked_add(l.trace.g2j).and_then(|j| j.checked_add(jl.j_penalty)) else { return Vec::new() };
+    let Some(at) = g.checked_add(l.trace.g2j).and_then(|j| j.checked_add(jl.j_penalty)) else {
+        return Vec::new();
+    };
     let Some(buf) = usize::try_from(jl.penalty_slots * jl.penalty_size).ok().and_then(|n| mem.read_bytes(at, n)) else {
         return Vec::new();
     };

@@ -5,7 +5,8 @@
 use super::bc::Op;
 
 /// Byte offsets (from the object's start) and build constants of one LuaJIT build.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ObjLayout {
     /// `GCHeader.gct`: the type tag, `~LJ_Txxx`.
     pub gct: u64,
@@ -78,17 +79,21 @@ pub struct ObjLayout {
     pub bcins_size: u64,
     /// `LJ_FR2`: GC64 frames take two slots, which moves the self argument of a method call.
     pub fr2: u32,
-    /// Opcode number -> opcode, in this build's `BCDEF` order.
+    /// Opcode number -> opcode, in this build's `BCDEF` order (the same
+    /// in every 2.1 build: not in the layout files).
+    #[serde(skip, default = "luajit_21_ops")]
     pub ops: &'static [Op],
 
-    /// JIT traces, for the frames they inline.
+    /// JIT traces, for the frames they inline (a section of its own in the layout files).
+    #[serde(skip)]
     pub trace: TraceLayout,
 }
 
 /// Where one build keeps the JIT state, its traces and their snapshots
 /// (lj_dispatch.h, lj_jit.h, lj_ir.h), and the snapshot format constants: what
 /// `Resolver::inlined_frames` reads to rebuild the frames a trace has inlined.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TraceLayout {
     /// `GG_OFS(J) - GG_OFS(g)`: the `jit_State` lives in `GG_State` after `G`.
     pub g2j: u64,
@@ -165,118 +170,9 @@ pub struct TraceLayout {
     pub ref_bias: u32,
 }
 
-/// OpenResty's LuaJIT 2.1 GC64 on x86_64. Read from the `-g` build
-/// (`target/luajit-debug/lib/libluajit-5.1.so`) with gdb: `ptype/o struct
-/// GCtrace`, `ptype/o struct SnapShot`, `ptype/o jit_State`, `print
-/// (int)&((GG_State*)0)->J - (int)&((GG_State*)0)->g`, `print sizeof(IRIns)`,
-/// `print (int)IR_KGC` and so on; `tests/trace.rs` checks them the same way.
-/// Debian's stripped build comes from the same source and configuration.
-pub const TRACE_OPENRESTY_21_GC64_X86_64: TraceLayout = TraceLayout {
-    g2j: 736, // GG_State: g at 112, J at 848
-    j_trace: 384,
-    j_sizetrace: 396,
-
-    gct_trace: 9, // ~LJ_TTRACE
-    trace_size: 120,
-    trace_nsnap: 10,
-    trace_nins: 12,
-    trace_ir: 32,
-    trace_nk: 40,
-    trace_nsnapmap: 44,
-    trace_snap: 48,
-    trace_snapmap: 56,
-    trace_szmcode: 84,
-    trace_mcode: 88,
-    trace_traceno: 104,
-
-    snap_size: 12,
-    snap_mapofs: 0,
-    snap_ref: 4,
-    snap_mcofs: 6,
-    snap_nent: 10,
-    snapentry_size: 4,
-    snap_frame: 0x1_0000,
-    mcode_unit: 1,
-
-    irins_size: 8,
-    ir_t: 4,
-    ir_o: 5,
-    ir_kgc: 24,
-    ir_knum: 28,
-    ir_eq: 8,
-    ir_loop: 17,
-    ir_kint: 23,
-    ir_kptr: 25,
-    ir_kkptr: 26,
-    ir_kint64: 29,
-    ir_urefo: 60,
-    ir_urefc: 61,
-    ir_callxs: 99,
-    ir_carg: 100,
-    trace_startpc: 72,
-    irt_mask: 0x1f,
-    irt_func: 8,
-    ref_bias: 0x8000,
-};
-
-/// OpenResty's LuaJIT 2.1 (luajit2-2.1-20230119 and neighbours), GC64, x86_64.
-/// Offsets checked with gdb `ptype /o` against a `-g` build of that source.
-pub const OPENRESTY_21_GC64: ObjLayout = ObjLayout {
-    gct: 9,
-    gct_str: 4,   // ~LJ_TSTR
-    gct_proto: 7, // ~LJ_TPROTO
-    gct_func: 8,  // ~LJ_TFUNC
-
-    func_ffid: 10,
-    func_nupvalues: 11,
-    func_env: 16,
-    func_pc: 32,
-    func_cfunc: 40,
-    func_read: 48,
-    ffid_lua: 0,
-    ffid_c: 1,
-
-    proto_size: 104,
-    proto_sizebc: 12,
-    proto_k: 32,
-    proto_uv: 40,
-    proto_sizekgc: 48,
-    proto_sizekn: 52,
-    proto_sizept: 56,
-    proto_sizeuv: 60,
-    proto_chunkname: 64,
-    proto_firstline: 72,
-    proto_numline: 76,
-    proto_lineinfo: 80,
-    proto_uvinfo: 88,
-    proto_varinfo: 96,
-
-    str_len: 20,
-    str_data: 24,
-
-    func_uvptr: 40,
-    uv_immutable: 11,
-    uv_v: 32,
-    tab_meta: 32,
-    tab_node: 40,
-    tab_hmask: 52,
-    node_size: 24,
-    node_val: 0,
-    node_key: 8,
-    udata_udtype: 10,
-    udata_payload: 48,
-    udtype_clib: 2,
-    cdata_ptr: 16,
-    proto_numparams: 10,
-    ffid_pcall: 20,
-    ffid_xpcall: 21,
-
-    gcref_size: 8,
-    bcins_size: 4,
-    fr2: 1,
-    ops: Op::LUAJIT_21,
-    trace: TRACE_OPENRESTY_21_GC64_X86_64,
-};
+fn luajit_21_ops() -> &'static [Op] {
+    Op::LUAJIT_21
+}
 
 impl ObjLayout {
     pub fn op(&self, ins: u32) -> Option<Op> {

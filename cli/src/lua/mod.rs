@@ -34,14 +34,14 @@ mod trace_call;
 pub use bc::Op;
 pub use callsite::call_target;
 pub use copy::MemCopy;
-pub use heap_layout::{HeapLayout, HEAP_OPENRESTY_21_GC64};
 #[allow(unused_imports)]
 pub use frame::RawFrame;
 #[allow(unused_imports)]
-pub use gc_state::{allocated_so_far, atomic_between, Accounted, Accounting, GcLayout, GcReading, Step, GC_21_GC64_X86_64, GC_STATES};
+pub use gc_state::{allocated_so_far, atomic_between, Accounted, Accounting, GcLayout, GcReading, Step, GC_STATES};
 pub use funcname::{SlotKind, SlotName};
+pub use heap_layout::HeapLayout;
 #[allow(unused_imports)]
-pub use layout::{ObjLayout, TraceLayout, OPENRESTY_21_GC64, TRACE_OPENRESTY_21_GC64_X86_64};
+pub use layout::{ObjLayout, TraceLayout};
 #[allow(unused_imports)]
 pub use mem::{Memory, ProcMem};
 #[allow(unused_imports)]

@@ -7,7 +7,7 @@ use super::{
     frame::{RawFrame, FRAME_LUA, FRAME_TYPE, FRAME_TYPEP, FRAME_VARG},
     funcname::{self, SlotName},
     gcstr::chunk_label,
-    layout::{ObjLayout, OPENRESTY_21_GC64},
+    layout::ObjLayout,
     mem::{buf_u64, buf_u8, Memory},
     proto::{ProtoDebug, ProtoHeader},
     trace::{self, Inlined},
@@ -84,11 +84,6 @@ const MAX_TRACES: usize = 4096;
 const MAX_CALLS: usize = 1 << 16;
 
 impl<M: Memory> Resolver<M> {
-    /// A resolver for OpenResty's LuaJIT 2.1 GC64, the build ljprobe targets.
-    pub fn new(mem: M) -> Self {
-        Self::with_layout(mem, OPENRESTY_21_GC64)
-    }
-
     pub fn with_layout(mem: M, layout: ObjLayout) -> Self {
         Self::with_cache_limits(mem, layout, DEFAULT_MAX_PROTOS, DEFAULT_MAX_BYTES)
     }

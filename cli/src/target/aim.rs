@@ -5,17 +5,24 @@
 use anyhow::{bail, Context, Result};
 use ljprobe_common::VmLayout;
 
-use super::{layout::OPENRESTY_21_GC64_X86_64, LuaJit, Process, Target};
+use super::{
+    known_builds::{self, BuildLayout},
+    LuaJit, Process, Target,
+};
 
 pub struct Aim {
     pub processes: Vec<Process>,
     pub pids: Vec<u32>,
     pub layout: VmLayout,
+    /// Everything user space reads of that build (objects, traces, collector).
+    pub build: &'static BuildLayout,
     /// The LuaJIT object the targets map (the first's: one nginx binary, one
     /// LuaJIT); None without a VM.
     pub luajit: Option<LuaJit>,
     /// The process asked for (an nginx master, a worker, any process).
     pub root: Process,
+    /// `global_State`s already found while choosing the layout, by PID.
+    found: Vec<(u32, u64)>,
 }
 
 impl Aim {
@@ -26,10 +33,10 @@ impl Aim {
         let target = Target::open(pid)?;
         let lua = target.lua_processes();
         let root = target.processes[0].process.clone();
-        let (processes, layout, luajit): (Vec<Process>, VmLayout, Option<LuaJit>) = match lua.first() {
+        let (processes, luajit): (Vec<Process>, Option<LuaJit>) = match lua.first() {
             Some(first) => {
                 let lj = first.luajit.as_ref().context("no LuaJIT")?;
-                (lua.iter().map(|p| p.process.clone()).collect(), lj.layout.offsets, Some(lj.clone()))
+                (lua.iter().map(|p| p.process.clone()).collect(), Some(lj.clone()))
             }
             None if lua_only => bail!(
                 "process {} ({}) has no LuaJIT mapped, so it has no Lua VM to look at: check the PID{native_hint}",
@@ -38,11 +45,26 @@ impl Aim {
             ),
             None => {
                 eprintln!("ljprobe: note: process {} ({}) has no Lua VM{no_lua_note}", root.pid, root.comm);
-                (target.processes.iter().map(|p| p.process.clone()).collect(), OPENRESTY_21_GC64_X86_64, None)
+                (target.processes.iter().map(|p| p.process.clone()).collect(), None)
             }
         };
+        if let Some(lj) = luajit.as_ref().filter(|lj| !lj.layout.gc64) {
+            bail!(
+                "process {} ({}) runs a LuaJIT built without GC64 ({}): ljprobe recognises it but its probes read GC64 builds only for now (see docs/supported-luajit.md)",
+                root.pid,
+                root.comm,
+                lj.layout.build.describe
+            );
+        }
+        // An nginx master's workers are forks of one image: one layout serves them all.
+        let (layout, build) = match &luajit {
+            Some(lj) => (lj.layout.offsets, lj.layout.build),
+            None => (known_builds::openresty_gc64().vm, known_builds::openresty_gc64()),
+        };
+        let found: Vec<(u32, u64)> =
+            lua.iter().filter_map(|p| Some((p.process.pid, p.luajit.as_ref()?.vm_found?))).collect();
         let pids = processes.iter().map(|p| p.pid).collect();
-        Ok(Aim { processes, pids, layout, luajit, root })
+        Ok(Aim { processes, pids, layout, build, luajit, root, found })
     }
 
     /// The LuaJIT object's path as the targets map it.
@@ -54,6 +76,9 @@ impl Aim {
     /// `vm_scan`); None without LuaJIT or when no candidate checks out.
     pub fn global_state(&self, p: &Process) -> Option<u64> {
         let luajit = self.luajit_path()?;
+        if let Some(&(_, g)) = self.found.iter().find(|(pid, _)| *pid == p.pid) {
+            return Some(g);
+        }
         let started = std::time::Instant::now();
         let maps = p.maps().ok()?;
         let code: Vec<(u64, u64)> =

@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use super::{
     elf::{self, ElfSummary},
-    layout::{self, Layout},
+    known_builds::Fork,
+    layout::{self, Hints, Layout},
     process::Process,
 };
 
@@ -49,6 +50,10 @@ pub struct LuaJit {
     pub has_eh_frame: bool,
     pub build_id: Option<String>,
     pub layout: Layout,
+    /// The `global_State` found while the live VM chose the layout (the
+    /// tools' own scan is then skipped for this process).
+    #[serde(skip)]
+    pub vm_found: Option<u64>,
     /// API functions a uprobe can hook (defined in `.dynsym`).
     #[serde(skip)]
     pub api: Vec<String>,
@@ -56,6 +61,13 @@ pub struct LuaJit {
 
 /// A symbol every LuaJIT build exports and plain Lua 5.1 does not.
 const LUAJIT_MARKER: &str = "luaJIT_setmode";
+
+/// Is LuaJIT in this object: exported (a library, or a program linked with
+/// `-E`), or linked in without exports, which leaves its version banner in
+/// the object's read-only data.
+fn has_luajit(s: &ElfSummary) -> bool {
+    s.lua_api.contains(LUAJIT_MARKER) || s.luajit_banner.is_some()
+}
 
 impl LuaJit {
     /// Ok(None) when the process has no LuaJIT mapped.
@@ -74,7 +86,7 @@ impl LuaJit {
         for path in paths {
             let host_path = process.host_path(path);
             let Ok(summary) = elf::summarize(&host_path) else { continue };
-            if summary.lua_api.contains(LUAJIT_MARKER) {
+            if has_luajit(&summary) {
                 return Ok(Some(Self::from_summary(process, path, host_path, summary)));
             }
         }
@@ -106,7 +118,23 @@ impl LuaJit {
         } else {
             debug_file.filter(|_| debug_summary.as_ref().is_some_and(|d| d.has_dwarf))
         };
+        let hints = Hints {
+            fork: match (s.lua_api.contains(LUAJIT_MARKER), s.lua_api.contains("lua_setexdata")) {
+                (false, _) => None,
+                (true, true) => Some(Fork::Openresty),
+                (true, false) => Some(Fork::Upstream),
+            },
+            banner: s.luajit_banner.clone(),
+        };
+        let found = std::cell::Cell::new(None);
+        let fits_live = |l: &ljprobe_common::VmLayout| {
+            let g = live_vm(process, path, l);
+            found.set(g);
+            g.is_some()
+        };
+        let layout = layout::choose(dwarf_source.as_deref(), &hints, fits_live);
         LuaJit {
+            vm_found: if layout.checked_live { found.get() } else { None },
             path: path.to_string(),
             embedding,
             version: s.luajit_banner.as_deref().map(|b| b.trim_start_matches("LuaJIT ").to_string()),
@@ -115,11 +143,19 @@ impl LuaJit {
             symbols,
             has_eh_frame: s.has_eh_frame,
             build_id: s.build_id.clone(),
-            layout: layout::choose(dwarf_source.as_deref()),
+            layout,
             api: s.lua_api.into_iter().collect(),
             host_path,
         }
     }
+}
+
+/// The process's `global_State` as `layout` finds it, in the code of the object at `path`.
+fn live_vm(process: &Process, path: &str, layout: &ljprobe_common::VmLayout) -> Option<u64> {
+    let maps = process.maps().ok()?;
+    let code: Vec<(u64, u64)> =
+        maps.iter().filter(|m| m.executable() && m.file() == Some(path)).map(|m| (m.start, m.end)).collect();
+    super::vm_scan::find_global_state(process.pid, &maps, layout, &code)
 }
 
 fn file_name(path: &str) -> &str {

@@ -5,8 +5,10 @@
 pub mod aim;
 pub mod elf;
 pub mod follow;
+pub mod known_builds;
 pub mod layout;
 pub mod layout_dwarf;
+pub mod layout_gen;
 pub mod luajit;
 pub mod pause;
 pub mod process;

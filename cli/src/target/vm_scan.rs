@@ -55,46 +55,60 @@ pub fn find_global_state(pid: u32, maps: &[Mapping], layout: &VmLayout, luajit_c
 }
 
 /// Every `G` in `bytes` (read from `base`) for which `mainthread->glref == G`,
-/// with `mainthread = G - gg_g`: one comparison per word.
+/// with `mainthread = G - gg_g`: one comparison per reference-sized word
+/// (8 bytes in GC64, else 4, with every reference below 4 GB).
 fn candidates<'a>(base: u64, bytes: &'a [u8], layout: &VmLayout) -> impl Iterator<Item = u64> + 'a {
     let shift = layout.gg_g as u64;
     let glref = layout.l_glref as u64;
-    bytes.chunks_exact(8).enumerate().filter_map(move |(i, w)| {
-        let at = base.checked_add(8u64.checked_mul(i as u64)?)?;
-        let value = u64::from_ne_bytes(w.try_into().ok()?);
+    let size = if layout.ref_size == 4 { 4 } else { 8 };
+    bytes.chunks_exact(size).enumerate().filter_map(move |(i, w)| {
+        let at = base.checked_add((size as u64).checked_mul(i as u64)?)?;
+        let value = match size {
+            4 => u64::from(u32::from_ne_bytes(w.try_into().ok()?)),
+            _ => u64::from_ne_bytes(w.try_into().ok()?),
+        };
         let g = at.checked_sub(glref)?.checked_add(shift)?;
         (value == g).then_some(g)
     })
 }
 
+/// A `GCRef`/`MRef` of the layout's width.
+fn read_ref(mem: &impl Memory, layout: &VmLayout, at: u64) -> Option<u64> {
+    match layout.ref_size {
+        4 => mem.read_u32(at).map(u64::from),
+        _ => mem.read_u64(at),
+    }
+}
+
 /// `cur_L` is read from the target: any value, so every sum is checked.
 fn verify(mem: &impl Memory, g: u64, layout: &VmLayout, luajit_code: &[(u64, u64)]) -> bool {
     let in_code = |a: u64| luajit_code.iter().any(|&(s, e)| a >= s && a < e);
-    let read_at = |base: u64, off: u32| mem.read_u64(base.checked_add(u64::from(off))?);
-    let dispatch_ok = match read_at(g, layout.g2disp) {
+    let ref_at = |base: u64, off: u32| read_ref(mem, layout, base.checked_add(u64::from(off))?);
+    // The dispatch table holds code pointers, 64-bit in every build.
+    let dispatch_ok = match g.checked_add(u64::from(layout.g2disp)).and_then(|a| mem.read_u64(a)) {
         Some(first) => luajit_code.is_empty() || in_code(first),
         None => false,
     };
-    let cur_l = read_at(g, layout.g_cur_l).unwrap_or(0);
-    dispatch_ok && cur_l != 0 && read_at(cur_l, layout.l_glref) == Some(g)
+    let cur_l = ref_at(g, layout.g_cur_l).unwrap_or(0);
+    dispatch_ok && cur_l != 0 && ref_at(cur_l, layout.l_glref) == Some(g)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::layout::OPENRESTY_21_GC64_X86_64 as L;
+    use crate::target::known_builds::openresty_gc64;
 
     #[test]
     fn finds_the_main_thread_back_link() {
         let base = 0x7f00_0000_0000u64;
         let mut bytes = vec![0u8; 4096];
         let main_thread = base + 0x100;
-        let g = main_thread + L.gg_g as u64;
-        let at = (main_thread + L.l_glref as u64 - base) as usize;
+        let g = main_thread + openresty_gc64().vm.gg_g as u64;
+        let at = (main_thread + openresty_gc64().vm.l_glref as u64 - base) as usize;
         bytes[at..at + 8].copy_from_slice(&g.to_ne_bytes());
         // A pointer to elsewhere is not a back link.
         bytes[0x800..0x808].copy_from_slice(&(base + 0x900).to_ne_bytes());
-        assert_eq!(candidates(base, &bytes, &L).collect::<Vec<_>>(), vec![g]);
+        assert_eq!(candidates(base, &bytes, &openresty_gc64().vm).collect::<Vec<_>>(), vec![g]);
     }
 
     use std::collections::HashMap;
@@ -132,7 +146,7 @@ mod tests {
         ) {
             let mut words = words;
             let link = |i: usize| {
-                base.checked_add(8 * i as u64)?.checked_sub(L.l_glref as u64)?.checked_add(L.gg_g as u64)
+                base.checked_add(8 * i as u64)?.checked_sub(openresty_gc64().vm.l_glref as u64)?.checked_add(openresty_gc64().vm.gg_g as u64)
             };
             if let Some(at) = plant.filter(|_| !words.is_empty()) {
                 let i = at.index(words.len());
@@ -141,7 +155,7 @@ mod tests {
                 }
             }
             let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-            let got: Vec<u64> = candidates(base, &bytes, &L).collect();
+            let got: Vec<u64> = candidates(base, &bytes, &openresty_gc64().vm).collect();
             let want: Vec<u64> = (0..words.len()).filter_map(|i| link(i).filter(|&g| g == words[i])).collect();
             prop_assert_eq!(got, want);
         }
@@ -158,22 +172,22 @@ mod tests {
             let back = if back_is_g { g } else { back };
             let mut mem = HashMap::new();
             let at = |base: u64, off: u32| base.checked_add(u64::from(off));
-            if let Some(a) = at(g, L.g2disp) {
+            if let Some(a) = at(g, openresty_gc64().vm.g2disp) {
                 mem.insert(a, dispatch);
             }
-            if let Some(a) = at(g, L.g_cur_l) {
+            if let Some(a) = at(g, openresty_gc64().vm.g_cur_l) {
                 mem.insert(a, cur_l);
             }
-            if let Some(a) = at(cur_l, L.l_glref) {
+            if let Some(a) = at(cur_l, openresty_gc64().vm.l_glref) {
                 mem.entry(a).or_insert(back);
             }
             let mem = Words(mem);
-            let got = verify(&mem, g, &L, &code);
+            let got = verify(&mem, g, &openresty_gc64().vm, &code);
             let in_code = code.is_empty() || code.iter().any(|&(s, e)| dispatch >= s && dispatch < e);
             let read = |a: Option<u64>| a.and_then(|a| mem.read_u64(a));
-            let want = read(at(g, L.g2disp)).is_some()
+            let want = read(at(g, openresty_gc64().vm.g2disp)).is_some()
                 && in_code
-                && read(at(g, L.g_cur_l)).is_some_and(|l| l != 0 && read(at(l, L.l_glref)) == Some(g));
+                && read(at(g, openresty_gc64().vm.g_cur_l)).is_some_and(|l| l != 0 && read(at(l, openresty_gc64().vm.l_glref)) == Some(g));
             prop_assert_eq!(got, want);
         }
     }

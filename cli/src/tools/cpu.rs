@@ -39,7 +39,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?.set(0, config, 0)?;
     // Symbols and unwind tables are read before attaching: the samples counted
     // start with the run.
-    let mut builder = StackBuilder::new(args.stacks.stack, args.stacks.kernel, args.stacks.per_worker, &aim.processes, aim.luajit_path())?
+    let mut builder = StackBuilder::new(args.stacks.stack, args.stacks.kernel, args.stacks.per_worker, &aim)?
         .with_lines(args.stacks.lines);
     attach::cpu_clock(&mut ebpf, "cpu_sample", args.freq, Some(&aim.pids))?;
     let mut ring = aya::maps::RingBuf::try_from(ebpf.take_map("SAMPLES").context("SAMPLES map missing")?)?;

@@ -330,29 +330,45 @@ fn print_process(p: &TargetProcess) {
     println!("  version      {}{fork}", lj.version.as_deref().unwrap_or("unknown"));
     let symbols = match &lj.symbols {
         Symbols::Symtab { count } => format!("{count} internal lj_* symbols in .symtab"),
-        Symbols::DebugFile { path, count } => format!("{count} internal lj_* symbols in {}", path.display()),
+        Symbols::DebugFile { path, count } => {
+            format!("{count} internal lj_* symbols in {}", path.display())
+        }
         Symbols::Missing { debuglink } => match debuglink {
             Some(link) => format!("stripped: its debug file {link} is not installed (looked under /usr/lib/debug)"),
             None => "stripped, no debug file".into(),
         },
     };
     println!("  symbols      {symbols}");
-    let layout = match &lj.layout.source {
-        LayoutSource::Dwarf { path } => format!("from DWARF in {}", path.display()),
-        LayoutSource::Builtin { name, note } => {
+    let l = &lj.layout;
+    let layout = match &l.source {
+        LayoutSource::Dwarf { path, same_as_known: true } => {
+            format!("{} (from DWARF in {}, the same as the known build)", l.name, path.display())
+        }
+        LayoutSource::Dwarf { path, same_as_known: false } => format!(
+            "VM offsets from DWARF in {}; the rest from the known build {} (not the same VM offsets)",
+            path.display(),
+            l.name
+        ),
+        LayoutSource::Builtin { how, note } => {
             let note = note.as_deref().map(|n| format!("; {n}")).unwrap_or_default();
-            format!("built-in {name}, checked against the live VM below{note}")
+            let checked = if l.checked_live { "" } else { ", checked against the live VM below" };
+            format!("{}: chosen by {how}{checked}{note}", l.name)
         }
     };
     println!("  layout       {layout}");
-    match lj.layout.gc64 {
-        Some(true) => println!("  GC64         yes (DWARF)"),
-        Some(false) => println!("  GC64         no (DWARF): 32-bit object references"),
-        None => println!("  GC64         assumed by the built-in layout until the VM check below"),
+    println!("  build        {}", l.build.describe);
+    match l.gc64 {
+        true => println!("  GC64         yes"),
+        false => println!("  GC64         no: 32-bit object references"),
     }
     println!("  unwind info  {}", if lj.has_eh_frame { ".eh_frame present" } else { "no .eh_frame" });
     println!("  works here");
-    println!("    Lua-level stacks (VM walk)        yes, once the VM check below passes");
+    let vm_walk = if l.gc64 {
+        "yes, once the VM check below passes"
+    } else {
+        "no: ljprobe's probes read GC64 builds only for now"
+    };
+    println!("    Lua-level stacks (VM walk)        {vm_walk}");
     let cfi = if lj.has_eh_frame { "yes (CFI)" } else { "no: the library has no .eh_frame" };
     println!("    C-level stacks                    {cfi}");
     let internal = if lj.symbols.available() {

@@ -11,6 +11,7 @@ pub mod gc;
 pub mod heap;
 pub mod jit;
 pub mod latency;
+pub mod layout;
 pub mod leak;
 pub mod offcpu;
 pub mod report;

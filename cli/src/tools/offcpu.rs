@@ -69,7 +69,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         BpfHashMap::try_from(ebpf.take_map("PENDING_NATIVE").context("PENDING_NATIVE map missing")?)?;
     // Symbols and unwind tables are read before attaching: the time counted
     // starts with the run.
-    let builder = StackBuilder::new(args.stacks.stack, args.stacks.kernel, args.stacks.per_worker, &aim.processes, aim.luajit_path())?
+    let builder = StackBuilder::new(args.stacks.stack, args.stacks.kernel, args.stacks.per_worker, &aim)?
         .with_lines(args.stacks.lines);
     tracepoint::attach(&mut ebpf, "offcpu_switch", "sched", "sched_switch")?;
     let mut blocks = Blocks { builder, by_key: HashMap::new(), count: 0 };

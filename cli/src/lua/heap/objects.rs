@@ -7,8 +7,9 @@ use serde::Serialize;
 
 use crate::lua::{
     mem::{buf_u32, buf_u64, buf_u8},
-    HeapLayout, Memory, ObjLayout,
+    GcLayout, HeapLayout, Memory, ObjLayout,
 };
+use crate::target::known_builds::BuildLayout;
 
 /// Types as `ljprobe heap` counts them: a Lua function and a C function apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -98,6 +99,7 @@ pub struct Vm<'a, M: Memory> {
     pub mem: &'a M,
     pub l: &'a ObjLayout,
     pub h: &'a HeapLayout,
+    pub gc: &'a GcLayout,
     pub g: u64,
 }
 
@@ -108,10 +110,9 @@ fn max_objects(total: u64) -> u64 {
 }
 
 impl<'a, M: Memory> Vm<'a, M> {
-    /// The VM at `g` read through `mem`, with the built-in layouts of the
-    /// one build family ljprobe reads (see docs/supported-luajit.md).
-    pub fn builtin(mem: &'a M, g: u64) -> Self {
-        Vm { mem, l: &crate::lua::OPENRESTY_21_GC64, h: &crate::lua::HEAP_OPENRESTY_21_GC64, g }
+    /// The VM at `g` read through `mem`, as `build` lays it out.
+    pub fn new(mem: &'a M, build: &'a BuildLayout, g: u64) -> Self {
+        Vm { mem, l: &build.obj, h: &build.heap, gc: &build.gc, g }
     }
 }
 

@@ -28,7 +28,7 @@ fn mov_chains_do_not_make_naming_quadratic() {
     bc.push(ins_abc(Op::Call, 0, 1, 1));
     let mut img = Image::default();
     let proto = img.proto(&ProtoSpec { chunkname: "@/mov.lua", bc, vars: dead_vars(n), ..Default::default() });
-    let mut r = Resolver::with_layout(img.mem, L);
+    let mut r = Resolver::with_layout(img.mem, *L);
     let start = Instant::now();
     assert_eq!(r.call_name(proto, n as u32 + 1), None);
     assert!(start.elapsed() < FAST, "naming took {:?}", start.elapsed());

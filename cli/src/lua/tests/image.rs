@@ -1,15 +1,12 @@
 //! A fake address space and a builder of synthetic LuaJIT objects in it, laid
-//! out as `OPENRESTY_21_GC64` says, so the resolver can be tested without a target.
+//! out as OpenResty's GC64 build (`cli/layouts/openresty-2.1-gc64-x86_64.toml`) says, so the resolver can be tested without a target.
 
 use std::collections::BTreeMap;
 
-use crate::lua::{
-    bc::Op,
-    layout::{ObjLayout, OPENRESTY_21_GC64},
-    mem::Memory,
-};
+use crate::lua::{bc::Op, layout::ObjLayout, mem::Memory};
 
-pub const L: ObjLayout = OPENRESTY_21_GC64;
+pub static L: std::sync::LazyLock<ObjLayout> =
+    std::sync::LazyLock::new(|| crate::target::known_builds::openresty_gc64().obj);
 
 /// Mapped regions; a read must fall inside one.
 #[derive(Default, Clone, Debug)]
@@ -33,7 +30,9 @@ impl FakeMem {
 
 impl Memory for FakeMem {
     fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
-        let Some((&start, data)) = self.regions.range(..=addr).next_back() else { return false };
+        let Some((&start, data)) = self.regions.range(..=addr).next_back() else {
+            return false;
+        };
         let Some(range) = usize::try_from(addr - start).ok().and_then(|off| Some(off..off.checked_add(buf.len())?))
         else {
             return false;

@@ -5,10 +5,10 @@ use std::{collections::HashMap, fs, path::Path};
 
 use object::{Object, ObjectSection, ObjectSymbol};
 
-use super::{debug_prefix, require, require_root, LiveLua};
+use super::{debug_prefix, image::L, require, require_root, LiveLua};
 use crate::lua::{
     bc::{self, AMode, Mm, Op},
-    LuaFrame, ProcMem, RawFrame, Resolver, SlotKind, SlotName, OPENRESTY_21_GC64 as L,
+    LuaFrame, ProcMem, RawFrame, Resolver, SlotKind, SlotName,
 };
 
 const SCRIPT: &str = r#"local function local_fn() return 1 end
@@ -84,7 +84,7 @@ fn check_live(luajit: &Path, tag: &str) {
     let target = Target::start(luajit, tag);
     let script = target.live.script.to_str().expect("utf-8 temp path").to_string();
     let mem = ProcMem::open(target.live.child.id()).expect("open /proc/PID/mem");
-    let mut r = Resolver::with_layout(mem, L);
+    let mut r = Resolver::with_layout(mem, *L);
 
     for (label, line) in DEFINED {
         let got = r.resolve(&[RawFrame { func: target.func(label), link: 0 }]);

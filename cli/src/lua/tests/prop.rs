@@ -124,7 +124,7 @@ proptest! {
             }
         }
         // The same object through the resolver, called from itself at each position.
-        let mut r = Resolver::with_layout(mem, L);
+        let mut r = Resolver::with_layout(mem, *L);
         let frames: Vec<RawFrame> = lookups
             .iter()
             .map(|&(pos, _)| RawFrame { func, link: ADDR + L.proto_size + u64::from(pos % 64) * L.bcins_size })
@@ -170,7 +170,7 @@ proptest! {
             let k = d.kgc(i as u32).expect("constant");
             prop_assert_eq!(read_str(&mem, &L, k), Some(s.clone()));
         }
-        let mut r = Resolver::with_layout(mem, L);
+        let mut r = Resolver::with_layout(mem, *L);
         let got = r.resolve(&[RawFrame { func, link: 0 }]);
         prop_assert_eq!(got, vec![LuaFrame::Lua { name: None, file: path, line: firstline as u32, at: None }]);
     }
@@ -274,7 +274,7 @@ proptest! {
         addrs in vec(hostile_word(), 0..4),
     ) {
         let frames: Vec<RawFrame> = frames.into_iter().map(|(func, link)| RawFrame { func, link }).collect();
-        let mut r = Resolver::with_layout(mem, L);
+        let mut r = Resolver::with_layout(mem, *L);
         let got = r.resolve(&frames);
         prop_assert!(got.len() <= frames.len());
         for f in &got {

@@ -1,5 +1,4 @@
-//! Frames inlined by JIT traces: the layout against the `-g` build (gdb), the
-//! snapshot walk over synthetic traces (including garbage), and a live LuaJIT
+//! Frames inlined by JIT traces: the snapshot walk over synthetic traces (including garbage), and a live LuaJIT
 //! blocked in an FFI call made by an inlined function. The live parts need
 //! root (/proc/PID/mem) and the builds `cargo xtask setup` installs.
 
@@ -10,63 +9,16 @@ use std::{
 };
 
 use super::{
-    debug_prefix, gdb_values,
+    debug_prefix,
     image::{FakeMem, Image, L},
     require, require_root, LiveLua,
 };
 use crate::{
     lua::{trace::inlined_frames, LuaFrame, Memory, ProcMem, RawFrame, Resolver, MAX_INLINED},
-    target::{layout::OPENRESTY_21_GC64_X86_64 as VM, process::Process, vm_scan::find_global_state},
+    target::{known_builds::openresty_gc64, process::Process, vm_scan::find_global_state},
 };
 
-const T: crate::lua::TraceLayout = L.trace;
-
-
-// ---- The layout, as gdb reads it from the debug build's DWARF ----
-
-#[test]
-fn trace_layout_matches_the_debug_build() {
-    let lib = debug_prefix().join("lib/libluajit-5.1.so.2");
-    require(&lib);
-    let off = |ty: &str, field: &str| format!("(long)&(({ty}*)0)->{field}");
-    let want: Vec<(String, u64)> = vec![
-        ("(long)&((GG_State*)0)->J - (long)&((GG_State*)0)->g".into(), T.g2j),
-        (off("jit_State", "trace"), T.j_trace),
-        (off("jit_State", "sizetrace"), T.j_sizetrace),
-        ("((long)sizeof(GCtrace)+7)&~7".into(), T.trace_size),
-        (off("GCtrace", "gct"), L.gct),
-        (off("GCtrace", "nsnap"), T.trace_nsnap),
-        (off("GCtrace", "nins"), T.trace_nins),
-        (off("GCtrace", "ir"), T.trace_ir),
-        (off("GCtrace", "nk"), T.trace_nk),
-        (off("GCtrace", "nsnapmap"), T.trace_nsnapmap),
-        (off("GCtrace", "snap"), T.trace_snap),
-        (off("GCtrace", "snapmap"), T.trace_snapmap),
-        (off("GCtrace", "szmcode"), T.trace_szmcode),
-        (off("GCtrace", "mcode"), T.trace_mcode),
-        (off("GCtrace", "traceno"), T.trace_traceno),
-        ("(long)sizeof(SnapShot)".into(), T.snap_size),
-        (off("SnapShot", "mapofs"), T.snap_mapofs),
-        (off("SnapShot", "mcofs"), T.snap_mcofs),
-        (off("SnapShot", "nent"), T.snap_nent),
-        ("(long)sizeof(SnapEntry)".into(), T.snapentry_size),
-        ("(long)sizeof(MCode)".into(), T.mcode_unit),
-        ("(long)sizeof(IRIns)".into(), T.irins_size),
-        (off("IRIns", "t"), T.ir_t),
-        (off("IRIns", "o"), T.ir_o),
-        ("(long)IR_KGC".into(), u64::from(T.ir_kgc)),
-        ("(long)IR_KNUM".into(), u64::from(T.ir_knum)),
-        ("(long)IRT_TYPE".into(), u64::from(T.irt_mask)),
-        ("(long)IRT_FUNC".into(), u64::from(T.irt_func)),
-        ("(long)REF_BIAS".into(), u64::from(T.ref_bias)),
-        ("(long)sizeof(GCRef)".into(), L.gcref_size),
-    ];
-    let exprs: Vec<String> = want.iter().map(|(e, _)| e.clone()).collect();
-    let got = gdb_values(&lib, &exprs);
-    for ((expr, value), got) in want.iter().zip(got) {
-        assert_eq!(got, *value, "{expr}");
-    }
-}
+static T: std::sync::LazyLock<crate::lua::TraceLayout> = std::sync::LazyLock::new(|| L.trace);
 
 // ---- Synthetic traces ----
 
@@ -74,11 +26,17 @@ pub(super) const G: u64 = 0x7e00_0000_0000;
 pub(super) const MCODE: u64 = 0x7e10_0000_0000;
 const SZMCODE: u32 = 0x200;
 pub(super) const SNAP1_AT: u16 = 0x80;
-const REF_BIAS: u32 = T.ref_bias;
-const KNUM: u8 = T.ir_knum;
-const KGC: u8 = T.ir_kgc;
-const IRT_FUNC: u8 = T.irt_func;
+// The layout file's values (checked in `synthetic_constants_are_the_layouts`).
+const REF_BIAS: u32 = 0x8000;
+const KNUM: u8 = 28;
+const KGC: u8 = 24;
+const IRT_FUNC: u8 = 8;
 const IRT_NUM: u8 = 14;
+
+#[test]
+fn synthetic_constants_are_the_layouts() {
+    assert_eq!((REF_BIAS, KNUM, KGC, IRT_FUNC), (T.ref_bias, T.ir_knum, T.ir_kgc, T.irt_func));
+}
 
 fn entry(slot: u32, flags: u32, r: u32) -> u32 {
     (slot << 24) | flags | r
@@ -187,7 +145,7 @@ fn rebuilds_inlined_frames_innermost_first() {
         inlined_frames(&b.img.mem, &L, G, b.traceno, &[0, 1, MCODE + 0x10_0000, in_snap1, MCODE + 1]).expect("found");
     assert_eq!((got.addr, got.snapno, got.frames), (in_snap1, 1, want.clone()));
     // Through the resolver as well.
-    let mut r = Resolver::with_layout(b.img.mem.clone(), L);
+    let mut r = Resolver::with_layout(b.img.mem.clone(), *L);
     assert_eq!(r.inlined_frames(G, b.traceno, &[in_snap1]), want);
     // The last byte of the trace belongs to the last snapshot.
     assert_eq!(frames_at(&b, &b.img.mem, &[MCODE + u64::from(SZMCODE)]), want);
@@ -208,7 +166,7 @@ fn nothing_outside_the_trace() {
     for addr in [0, MCODE, MCODE + u64::from(SZMCODE) + 1, u64::MAX] {
         assert_eq!(frames_at(&b, &b.img.mem, &[addr]), vec![], "{addr:#x}");
     }
-    let mut r = Resolver::with_layout(b.img.mem.clone(), L);
+    let mut r = Resolver::with_layout(b.img.mem.clone(), *L);
     let inside = MCODE + u64::from(SNAP1_AT) + 1;
     assert_eq!(r.inlined_frames(G, 0, &[inside]), vec![], "trace 0");
     assert_eq!(r.inlined_frames(G, 4, &[inside]), vec![], "a free trace number");
@@ -393,16 +351,16 @@ fn check_live(luajit: &Path, tag: &str, text: &str, want: &[(Option<&str>, u32)]
     let code: Vec<(u64, u64)> =
         maps.iter().filter(|m| m.executable() && m.file() == Some(exe)).map(|m| (m.start, m.end)).collect();
     assert!(!code.is_empty(), "no executable mapping of {exe}");
-    let g = find_global_state(pid, &maps, &VM, &code).expect("global_State found by scanning");
+    let g = find_global_state(pid, &maps, &openresty_gc64().vm, &code).expect("global_State found by scanning");
     let mem = ProcMem::open(pid).expect("open /proc/PID/mem");
-    let mut r = Resolver::with_layout(mem, L);
+    let mut r = Resolver::with_layout(mem, *L);
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut last = String::from("never saw the thread asleep inside a trace");
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
         let Some(sp) = sleeping_sp(pid) else { continue };
-        let Some(vmstate) = r.memory().read_i32(g + u64::from(VM.g_vmstate)) else { continue };
+        let Some(vmstate) = r.memory().read_i32(g + u64::from(openresty_gc64().vm.g_vmstate)) else { continue };
         if vmstate <= 0 {
             last = format!("asleep with vmstate {vmstate}, not in a trace");
             continue;
@@ -416,7 +374,7 @@ fn check_live(luajit: &Path, tag: &str, text: &str, want: &[(Option<&str>, u32)]
             continue;
         };
         // The root frame, as the kernel walks it from jit_base: [func][link] below the base.
-        let jit_base = r.memory().read_u64(g + u64::from(VM.g_jit_base)).expect("jit_base");
+        let jit_base = r.memory().read_u64(g + u64::from(openresty_gc64().vm.g_jit_base)).expect("jit_base");
         let root = RawFrame {
             func: r.memory().read_u64(jit_base - 16).expect("root func") & ((1 << 47) - 1),
             link: r.memory().read_u64(jit_base - 8).expect("root link"),

@@ -29,7 +29,7 @@ fn name_of_last_call(spec: ProtoSpec) -> Option<SlotName> {
     let mut img = Image::default();
     let pos = spec.bc.len() as u32;
     let proto = img.proto(&spec);
-    Resolver::with_layout(img.mem, L).call_name(proto, pos)
+    Resolver::with_layout(img.mem, *L).call_name(proto, pos)
 }
 
 #[test]
@@ -37,7 +37,7 @@ fn labels_file_and_line() {
     let mut img = Image::default();
     let p = img.proto(&ProtoSpec { chunkname: "@/srv/app/handler.lua", firstline: 12, ..spec(vec![]) });
     let f = img.lua_func(p);
-    let mut r = Resolver::with_layout(img.mem, L);
+    let mut r = Resolver::with_layout(img.mem, *L);
     assert_eq!(r.resolve(&[RawFrame { func: f, link: 0 }]), vec![lua(None, "/srv/app/handler.lua", 12)]);
 }
 
@@ -110,7 +110,7 @@ fn names_a_local_through_a_copy() {
     let mut img = Image::default();
     let p = img.proto(&ProtoSpec { vars, uvnames: uvnames.clone(), ..spec(bc.clone()) });
     let no_vars = img.proto(&ProtoSpec { uvnames, ..spec(bc) });
-    let mut r = Resolver::with_layout(img.mem, L);
+    let mut r = Resolver::with_layout(img.mem, *L);
     assert_eq!(r.call_name(p, 3), slot(SlotKind::Local, "inner"));
     assert_eq!(r.slotname(p, 3, 0), slot(SlotKind::Local, "inner"));
     // Past the variable's range, the walk finds what filled the slot.
@@ -201,7 +201,7 @@ fn stack() -> Stack {
 #[test]
 fn resolves_a_stack_through_c_builtin_and_vararg_frames() {
     let Stack { mem, frames, cfn } = stack();
-    let mut r = Resolver::with_layout(mem, L);
+    let mut r = Resolver::with_layout(mem, *L);
     let want = vec![
         LuaFrame::Builtin { ffid: 5, name: Some("pairs".into()) },
         lua(Some("a_name"), "/a.lua", 20),
@@ -218,7 +218,7 @@ fn resolves_a_stack_through_c_builtin_and_vararg_frames() {
 #[test]
 fn call_site_must_lie_inside_the_caller() {
     let Stack { mem, frames, .. } = stack();
-    let mut r = Resolver::with_layout(mem, L);
+    let mut r = Resolver::with_layout(mem, *L);
     let (fpairs, fa) = (frames[0].func, frames[2].func);
     let proto = r.func_proto(fa).expect("A is a Lua function");
     let bc_start = proto + L.proto_size;
@@ -248,7 +248,7 @@ fn garbage_gives_question_marks_not_panics() {
     let r = mem.region_mut(badname).expect("proto region");
     r[L.proto_chunkname as usize..][..8].copy_from_slice(&0x1234u64.to_ne_bytes());
 
-    let mut r = Resolver::with_layout(mem, L);
+    let mut r = Resolver::with_layout(mem, *L);
     let frame = |func| RawFrame { func, link: 0 };
     let got =
         r.resolve(&[frame(0), frame(0xdead_0000), frame(s), frame(fjunk), frame(fhuge), frame(fbadname), frame(fgood)]);
@@ -309,7 +309,7 @@ fn corrupted_objects_never_panic() {
             let i = (noise(&mut rng) % frames.len() as u64) as usize;
             frames[i].link ^= noise(&mut rng) & 0xfff;
         }
-        let mut r = Resolver::with_layout(mem, L);
+        let mut r = Resolver::with_layout(mem, *L);
         let got = r.resolve(&frames);
         assert!(got.len() <= frames.len());
     }
@@ -326,7 +326,7 @@ fn proto_cache_is_bounded() {
         .collect();
     let mem = img.mem;
     for (max_protos, max_bytes, bound) in [(4, usize::MAX, 8), (1000, 1, 2)] {
-        let mut r = Resolver::with_cache_limits(mem.clone(), L, max_protos, max_bytes);
+        let mut r = Resolver::with_cache_limits(mem.clone(), *L, max_protos, max_bytes);
         for _ in 0..3 {
             for &(f, line) in &funcs {
                 let got = r.resolve(&[RawFrame { func: f, link: 0 }]);

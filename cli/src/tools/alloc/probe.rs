@@ -62,7 +62,7 @@ impl AllocProbe {
         let counts: PerCpuArray<MapData, u64> = PerCpuArray::try_from(ebpf.take_map("COUNTS").context("COUNTS map missing")?)?;
         let cycles: aya::maps::HashMap<MapData, u32, GcCycles> =
             aya::maps::HashMap::try_from(ebpf.take_map("CYCLES").context("CYCLES map missing")?)?;
-        let builder = StackBuilder::new(stacks.stack, stacks.kernel, stacks.per_worker, &aim.processes, aim.luajit_path())?;
+        let builder = StackBuilder::new(stacks.stack, stacks.kernel, stacks.per_worker, &aim)?;
         let mut uprobe_fd = |name: &str, what: &str| -> Result<i32> {
             let prog: &mut UProbe = ebpf.program_mut(name).with_context(|| format!("{name} missing"))?.try_into()?;
             prog.load().map_err(|e| bpf::program_error(what, e))?;
@@ -86,7 +86,7 @@ impl AllocProbe {
 
     /// The sites the sampler probes.
     pub fn probed(&self) -> Vec<Probed> {
-        self.allocators.iter().map(|a| Probed { site: a.site.clone(), g: a.g }).collect()
+        self.allocators.iter().map(|a| Probed { site: a.site.clone(), g: a.g, gc: a.gc }).collect()
     }
 }
 
@@ -95,7 +95,7 @@ impl AllocProbe {
 pub fn joined(sampler: &super::sampler::Sampler, tally: &mut super::tally::Tally, p: &crate::target::Process, g: Option<u64>, aim: &Aim) -> Result<()> {
     tally.builder.add_process(p)?;
     match Allocator::find(p, g, aim.luajit.as_ref()) {
-        Ok(a) => sampler.add(Probed { site: a.site, g: a.g }),
+        Ok(a) => sampler.add(Probed { site: a.site, g: a.g, gc: a.gc }),
         Err(e) => eprintln!("ljprobe: not probing the allocator of new process {}: {e:#}", p.pid),
     }
     Ok(())

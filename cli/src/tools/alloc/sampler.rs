@@ -30,7 +30,7 @@ use serde::Serialize;
 use super::attacher::{Attacher, Progs};
 use crate::{
     bpf::perf_link::{uprobe_pmu, Link, Site},
-    lua::{allocated_so_far, Accounted, ProcMem, GC_21_GC64_X86_64},
+    lua::{allocated_so_far, Accounted, GcLayout, ProcMem},
 };
 
 /// How long a window counts: long against the time a uprobe takes to
@@ -57,11 +57,14 @@ const NAP: Duration = Duration::from_millis(100);
 pub struct Probed {
     pub site: Site,
     pub g: u64,
+    /// Where its build keeps the collector's fields.
+    pub gc: GcLayout,
 }
 
 struct Live {
     site: Site,
     g: u64,
+    gc: GcLayout,
     mem: ProcMem,
     /// The watchpoint on its collector's state (None: could not be set).
     watch: Option<Link>,
@@ -252,7 +255,7 @@ impl Run {
         let new: Vec<Probed> = inbox.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
         for p in new {
             let Ok(mem) = ProcMem::open(p.site.pid) else { continue };
-            let state = p.g + GC_21_GC64_X86_64.currentwhite;
+            let state = p.g + p.gc.currentwhite;
             let watch = match Link::write_watch(p.site.pid, state, self.programs.watch) {
                 Ok(w) => Some(w),
                 Err(e) => {
@@ -260,7 +263,8 @@ impl Run {
                     None
                 }
             };
-            let mut live = Live { site: p.site, g: p.g, mem, watch, first: None, last: None, window: Vec::new() };
+            let mut live =
+                Live { site: p.site, g: p.g, gc: p.gc, mem, watch, first: None, last: None, window: Vec::new() };
             live.first = self.account(&live);
             live.last = live.first;
             if self.on {
@@ -274,7 +278,7 @@ impl Run {
     fn account(&self, t: &Live) -> Option<Accounted> {
         t.watch.as_ref()?;
         let pid = t.site.pid;
-        allocated_so_far(&GC_21_GC64_X86_64, &t.mem, t.g, || self.maps.cycles.get(&pid, 0).ok())
+        allocated_so_far(&t.gc, &t.mem, t.g, || self.maps.cycles.get(&pid, 0).ok())
     }
 
     /// Every target's allocation (net of frees outside the collector) since

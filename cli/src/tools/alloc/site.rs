@@ -10,8 +10,8 @@ use object::{Object, ObjectSymbol};
 
 use crate::{
     bpf::perf_link::Site,
-    lua::{ProcMem, GC_21_GC64_X86_64},
-    target::{process::Process, LuaJit},
+    lua::{GcLayout, ProcMem},
+    target::{known_builds, process::Process, LuaJit},
 };
 
 /// One target's allocator, as a uprobe site, and its VM for polling.
@@ -22,6 +22,8 @@ pub struct Allocator {
     pub addr: u64,
     /// The file it lives in, as the target maps it.
     pub file: String,
+    /// Where the VM's build keeps its collector's fields.
+    pub gc: GcLayout,
     /// `lj_tab_resize`'s code at run time, [start, end), when named.
     pub resize: Option<(u64, u64)>,
 }
@@ -37,7 +39,8 @@ impl Allocator {
             )
         };
         let mem = ProcMem::open(p.pid)?;
-        let addr = GC_21_GC64_X86_64
+        let gc = luajit.map_or_else(known_builds::openresty_gc64, |lj| lj.layout.build).gc;
+        let addr = gc
             .allocf(&mem, g)
             .with_context(|| format!("cannot read the allocator of the Lua VM in process {}", p.pid))?;
         let maps = p.maps()?;
@@ -51,7 +54,7 @@ impl Allocator {
         let host_path: PathBuf = p.host_path(file);
         let site = Site::new(p.pid, &host_path, offset)?;
         let resize = luajit.and_then(|lj| resize_range(p, lj, &maps));
-        Ok(Allocator { site, g, addr, file: file.to_string(), resize })
+        Ok(Allocator { site, g, gc, addr, file: file.to_string(), resize })
     }
 }
 

@@ -69,8 +69,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let lost_map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map missing")?)?;
     let hist_map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("HIST").context("HIST map missing")?)?;
 
-    let builder =
-        StackBuilder::new(StackKind::Lua, false, false, &aim.processes, aim.luajit_path())?.with_lines(args.lines);
+    let builder = StackBuilder::new(StackKind::Lua, false, false, &aim)?.with_lines(args.lines);
     // Attached once everything is read: the iterations counted start with the run.
     for call in ["epoll_wait", "epoll_pwait", "epoll_pwait2"] {
         if tracepoint::exists("syscalls", &format!("sys_enter_{call}")) {

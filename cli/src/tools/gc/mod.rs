@@ -23,7 +23,6 @@ use super::run_args::RunArgs;
 use crate::{
     bpf::{self, attach, objects},
     collect,
-    lua::GC_21_GC64_X86_64,
     target::aim::Aim,
 };
 
@@ -76,7 +75,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let mut vms = Vec::new();
     let mut notes = Vec::new();
     for (pid, g) in found {
-        match g.and_then(|g| Vm::open(pid, g, GC_21_GC64_X86_64, watch, &mut notes)) {
+        match g.and_then(|g| Vm::open(pid, g, aim.build.gc, watch, &mut notes)) {
             Some(vm) => vms.push(vm),
             None => notes.push(format!("process {pid}: its Lua VM was not found in its memory; its heap is not in the figures")),
         }
@@ -94,7 +93,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let states = PerCpuArray::try_from(ebpf.take_map("STATES").context("STATES map missing")?)?;
     attach::cpu_clock(&mut ebpf, "gc_sample", args.freq, Some(&aim.pids))?;
     let cycles = aya::maps::HashMap::try_from(ebpf.take_map("CYCLES").context("CYCLES map missing")?)?;
-    let mut poller = Poller::new(vms, GC_21_GC64_X86_64, states, cycles, watch, args.interval);
+    let mut poller = Poller::new(vms, aim.build.gc, states, cycles, watch, args.interval);
     let run = collect::Run { ebpf: &mut ebpf, aim: &aim, duration: args.run.duration, what: "samples" };
     let collected = collect::watch(run, POLL, &mut poller).await?;
     drop(ebpf);

@@ -127,7 +127,7 @@ pub fn analyse<M: Memory>(vm: &Vm<'_, M>, pid: u32, comm: String, snapshot: How,
 /// `analyse`, keeping the walk (`ljprobe leak` pairs allocations with it).
 pub fn analyse_walk<M: Memory>(vm: &Vm<'_, M>, pid: u32, comm: String, snapshot: How, top: usize) -> (HeapReport, Walk) {
     let started = std::time::Instant::now();
-    let gc = crate::lua::GC_21_GC64_X86_64.read(vm.mem, vm.g);
+    let gc = vm.gc.read(vm.mem, vm.g);
     let gc_total = gc.map_or(0, |r| r.total);
     let Walk { objs, graph, mut names } = walk(vm, gc_total);
     let mut by_kind: HashMap<Kind, (u64, u64)> = HashMap::new();

@@ -15,7 +15,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{bail, Result};
 
 use crate::{
-    lua::{heap::Vm, ProcMem, GC_21_GC64_X86_64},
+    lua::{heap::Vm, GcLayout, ProcMem},
     target::aim::Aim,
 };
 
@@ -54,8 +54,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             eprintln!("ljprobe: note: process {} ({}): its Lua VM was not found in its memory; no snapshot of it", p.pid, p.comm);
             continue;
         };
-        let snap = snapshot::take(p, args.max_pause.unwrap_or_else(|| default_pause(p.pid, g)))?;
-        let vm = Vm::builtin(&snap.mem, g);
+        let snap = snapshot::take(p, args.max_pause.unwrap_or_else(|| default_pause(p.pid, g, &aim.build.gc)))?;
+        let vm = Vm::new(&snap.mem, aim.build, g);
         reports.push(analysis::analyse(&vm, p.pid, p.comm.clone(), snap.how.clone(), args.top));
     }
     if reports.is_empty() {
@@ -72,7 +72,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
 /// The pause the issue allows for the VM at `g` in `pid`: 50 ms per 100 MB of
 /// its heap as `gc.total` says now (a copy runs at 2-4 GB/s here,
 /// docs/bench.md#heap), never under 50 ms.
-pub(crate) fn default_pause(pid: u32, g: u64) -> Duration {
-    let heap = ProcMem::open(pid).ok().and_then(|m| GC_21_GC64_X86_64.read(&m, g)).map_or(0, |r| r.total);
+pub(crate) fn default_pause(pid: u32, g: u64, gc: &GcLayout) -> Duration {
+    let heap = ProcMem::open(pid).ok().and_then(|m| gc.read(&m, g)).map_or(0, |r| r.total);
     Duration::from_millis(50).max(Duration::from_secs_f64(0.05 * heap as f64 / 100e6))
 }

@@ -14,8 +14,7 @@ use super::{
 };
 use crate::lua::{
     jit_names::{LINK_TYPES, NYI_BYTECODE},
-    jit_state::{self, JitStateLayout},
-    Op, ProcMem, Resolver, OPENRESTY_21_GC64,
+    jit_state, Op, ProcMem, Resolver,
 };
 
 /// Aborts with the same start, place and reason.
@@ -126,12 +125,11 @@ pub struct Findings {
 /// (`protos`) or is in the penalty cache.
 pub fn findings(
     vm: &Vm,
-    jl: &JitStateLayout,
     r: &mut Resolver<ProcMem>,
     funcs: Option<&HashSet<u64>>,
     protos: &HashSet<u64>,
 ) -> Option<Findings> {
-    let l = &OPENRESTY_21_GC64;
+    let (l, jl) = (&vm.build.obj, &vm.build.jit);
     let now = jit_state::traces(&vm.mem, l, jl, vm.g);
     // A VM whose trace array cannot be read at all is gone (exited).
     jit_state::enabled(&vm.mem, l, jl, vm.g)?;
@@ -212,11 +210,13 @@ pub fn findings(
 /// The `FNEW` and `UCLO` instructions of a proto (the bytecodes LuaJIT 2.1's
 /// recorder raises "NYI: bytecode" for), as `FNEW at line N`.
 fn nyi_bytecodes(r: &mut Resolver<ProcMem>, proto: u64) -> Vec<String> {
-    let l = &OPENRESTY_21_GC64;
+    let l = &r.layout().clone();
     let Some(bc) = r.bytecode(proto) else { return Vec::new() };
     let mut out = Vec::new();
     for (pos, &ins) in bc.iter().enumerate() {
-        let Some(op @ (Op::Fnew | Op::Uclo)) = l.op(ins) else { continue };
+        let Some(op @ (Op::Fnew | Op::Uclo)) = l.op(ins) else {
+            continue;
+        };
         let pc = proto + l.proto_size + pos as u64 * l.bcins_size;
         if let Some(w) = decode::place(r, proto, pc) {
             let s = format!("{} at line {}", format!("{op:?}").to_uppercase(), w.line);
@@ -280,9 +280,9 @@ pub struct ExitRow {
 /// Where exit `exitno` of trace `traceno` resumes, and where that trace
 /// starts. None for the stack check's exit number (`nsnap`): the handler
 /// counts that exit again under the real one it then finds.
-pub fn exit_place(vm: &Vm, jl: &JitStateLayout, r: &mut Resolver<ProcMem>, traceno: u32, exitno: u32) -> Option<ExitPlace> {
+pub fn exit_place(vm: &Vm, r: &mut Resolver<ProcMem>, traceno: u32, exitno: u32) -> Option<ExitPlace> {
     // A trace gone since (flushed) leaves its exits without places.
-    let Some((t, pc)) = jit_state::trace_exit(&vm.mem, &OPENRESTY_21_GC64, jl, vm.g, traceno, exitno) else {
+    let Some((t, pc)) = jit_state::trace_exit(&vm.mem, &vm.build.obj, &vm.build.jit, vm.g, traceno, exitno) else {
         return Some(ExitPlace::default());
     };
     if u64::from(exitno) >= t.snapshots {
@@ -366,7 +366,9 @@ pub fn functions(by_function: &HashMap<Frame, BTreeMap<String, u64>>, total: u64
     let mut rows: Vec<FunctionStates> = by_function
         .iter()
         .filter_map(|(f, states)| {
-            let Frame::Lua { name, file, line, .. } = f else { return None };
+            let Frame::Lua { name, file, line, .. } = f else {
+                return None;
+            };
             let samples: u64 = states.values().sum();
             let share_of = |k: &str| states.get(k).copied().unwrap_or(0) as f64 / samples.max(1) as f64;
             let interpreted_share = share_of("interpreter");

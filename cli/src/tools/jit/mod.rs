@@ -32,7 +32,6 @@ use super::{latency::nginx::FREE, run_args::RunArgs};
 use crate::{
     bpf::{self, attach, objects, perf_link::uprobe_pmu},
     collect,
-    lua::jit_state::JIT_OPENRESTY_21_GC64,
     stacks::{StackBuilder, StackKind},
     target::{aim::Aim, elf},
 };
@@ -78,8 +77,9 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     for p in args.svg.iter().chain(args.json.iter().filter(|p| p.as_os_str() != "-")) {
         crate::output::check(p)?;
     }
-    let jl = JIT_OPENRESTY_21_GC64;
     let aim = Aim::open(args.run.pid, true, "", "")?;
+    let build = aim.build;
+    let jl = build.jit;
     let mut ebpf = bpf::load(objects::JIT, "jit")?;
     let found = bpf::aim_seeded(&mut ebpf, &aim)?;
     Array::try_from(ebpf.map_mut("JIT_LAYOUT").context("JIT_LAYOUT map missing")?)?.set(0, jl.probe, 0)?;
@@ -93,7 +93,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let mut vms = Vec::new();
     for (p, (pid, g)) in aim.processes.iter().zip(found) {
         match g {
-            Some(g) => vms.push(Vm::open(p, g, &jl, &programs, args.max_exits, &mut notes)?),
+            Some(g) => vms.push(Vm::open(p, g, build, &programs, args.max_exits, &mut notes)?),
             None => notes.push(format!("process {pid}: its Lua VM was not found in its memory; its aborts and exits are not counted")),
         }
     }
@@ -108,11 +108,11 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         eprintln!("ljprobe: process {}: the JIT compiler is off (jit.off()), so nothing is compiled; VM states only", vm.pid);
     }
 
-    let builder = StackBuilder::new(StackKind::Lua, false, false, &aim.processes, aim.luajit_path())?;
+    let builder = StackBuilder::new(StackKind::Lua, false, false, &aim)?;
     attach::cpu_clock(&mut ebpf, "jit_sample", args.freq, Some(&aim.pids))?;
     let maps = KernelMaps::take(&mut ebpf)?;
     let follows_requests = programs.request.is_some();
-    let settings = Settings { layout: jl, max_exits: args.max_exits, per_request: args.per_request };
+    let settings = Settings { build, max_exits: args.max_exits, per_request: args.per_request };
     let mut c = Collector::new(builder, maps, vms, programs, settings, notes);
     let run = collect::Run { ebpf: &mut ebpf, aim: &aim, duration: args.run.duration, what: "samples" };
     let collected = collect::watch(run, TICK, &mut c).await?;

@@ -25,17 +25,19 @@ use crate::{
     },
     collect::{self, Source},
     lua::{
-        jit_state::{self, JitStateLayout, TraceInfo, JIT_OPENRESTY_21_GC64},
-        ProcMem, Resolver, OPENRESTY_21_GC64,
+        jit_state::{self, TraceInfo},
+        ProcMem, Resolver,
     },
     stacks::{culprit_frame, state_key, StackBuilder},
-    target::Process,
+    target::{known_builds::BuildLayout, Process},
 };
 
 /// One target's VM and what was read of it when it joined.
 pub struct Vm {
     pub pid: u32,
     pub g: u64,
+    /// The build the VM is read as.
+    pub build: &'static BuildLayout,
     pub mem: ProcMem,
     /// Closed at the end of the run (dropped).
     state_watch: Option<Link>,
@@ -134,13 +136,22 @@ impl Budget {
 impl Vm {
     /// The VM of `pid` at `g`; a watch that cannot be set goes to `notes`
     /// (the rest of the report still comes).
-    pub fn open(p: &Process, g: u64, jl: &JitStateLayout, programs: &Programs, max_exits: u64, notes: &mut Vec<String>) -> Result<Vm> {
+    pub fn open(
+        p: &Process,
+        g: u64,
+        build: &'static BuildLayout,
+        programs: &Programs,
+        max_exits: u64,
+        notes: &mut Vec<String>,
+    ) -> Result<Vm> {
         let pid = p.pid;
         let mem = ProcMem::open(pid)?;
-        let l = &OPENRESTY_21_GC64;
+        let (l, jl) = (&build.obj, &build.jit);
         if !jit_state::fits(&mem, l, jl, g) {
             anyhow::bail!(
-                "the JIT state of process {pid}'s Lua VM does not read as OpenResty's LuaJIT 2.1 (GC64) keeps it, the one build `ljprobe jit` knows: see docs/supported-luajit.md"
+                "the JIT state of process {pid}'s Lua VM does not read as the {} layout keeps it ({}): see docs/supported-luajit.md",
+                build.name,
+                build.describe
             );
         }
         let jit_on = jit_state::enabled(&mem, l, jl, g);
@@ -168,6 +179,7 @@ impl Vm {
         Ok(Vm {
             pid,
             g,
+            build,
             mem,
             state_watch,
             exit_watch,
@@ -181,7 +193,7 @@ impl Vm {
 
     /// Whether its memory can still be read (the process lives).
     pub fn mem_alive(&self) -> bool {
-        jit_state::enabled(&self.mem, &OPENRESTY_21_GC64, &JIT_OPENRESTY_21_GC64, self.g).is_some()
+        jit_state::enabled(&self.mem, &self.build.obj, &self.build.jit, self.g).is_some()
     }
 
     pub fn watches_set(&self) -> bool {
@@ -224,7 +236,8 @@ impl KernelMaps {
 
 /// What the run was asked for.
 pub struct Settings {
-    pub layout: JitStateLayout,
+    /// The targets' build, for workers that join too.
+    pub build: &'static BuildLayout,
     /// `--max-exits`, `--per-request`.
     pub max_exits: u64,
     pub per_request: bool,
@@ -260,7 +273,10 @@ impl Collector {
         for vm in &vms {
             let _ = maps.gens.insert(vm.pid, vm.budget.gen, 0);
         }
-        let res = vms.iter().filter_map(|v| Some((v.pid, Resolver::new(ProcMem::open(v.pid).ok()?)))).collect();
+        let res = vms
+            .iter()
+            .filter_map(|v| Some((v.pid, Resolver::with_layout(ProcMem::open(v.pid).ok()?, v.build.obj))))
+            .collect();
         Collector {
             builder,
             maps,
@@ -358,7 +374,7 @@ impl Collector {
         for vm in &self.vms {
             let Some(r) = self.res.get_mut(&vm.pid) else { continue };
             let protos = self.abort_protos.get(&vm.pid).unwrap_or(&none);
-            if let Some(f) = analysis::findings(vm, &self.settings.layout, r, self.funcs.get(&vm.pid), protos) {
+            if let Some(f) = analysis::findings(vm, r, self.funcs.get(&vm.pid), protos) {
                 self.findings.insert(vm.pid, f);
             }
         }
@@ -372,7 +388,7 @@ impl Collector {
             if !vm.mem_alive() {
                 continue;
             }
-            let place = analysis::exit_place(vm, &self.settings.layout, r, ((key >> 16) & 0xffff) as u32, (key & 0xffff) as u32);
+            let place = analysis::exit_place(vm, r, ((key >> 16) & 0xffff) as u32, (key & 0xffff) as u32);
             self.exit_places.insert(key, place);
         }
     }
@@ -415,10 +431,10 @@ impl Source for Collector {
         match g {
             Some(g) => {
                 // A worker that cannot be watched is said, not fatal: the others go on.
-                match Vm::open(p, g, &self.settings.layout, &self.programs, self.settings.max_exits, &mut self.notes) {
+                match Vm::open(p, g, self.settings.build, &self.programs, self.settings.max_exits, &mut self.notes) {
                     Ok(vm) => {
                         let _ = self.maps.gens.insert(vm.pid, vm.budget.gen, 0);
-                        self.res.insert(p.pid, Resolver::new(ProcMem::open(p.pid)?));
+                        self.res.insert(p.pid, Resolver::with_layout(ProcMem::open(p.pid)?, self.settings.build.obj));
                         self.vms.push(vm);
                     }
                     Err(e) => self.notes.push(format!("{e:#}")),

@@ -119,7 +119,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?.set(0, config, 0)?;
     let mut ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
     let lost_map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map missing")?)?;
-    let builder = StackBuilder::new(StackKind::Lua, false, false, &aim.processes, aim.luajit_path())?;
+    let builder = StackBuilder::new(StackKind::Lua, false, false, &aim)?;
 
     for call in ["epoll_wait", "epoll_pwait", "epoll_pwait2"] {
         if tracepoint::exists("syscalls", &format!("sys_enter_{call}")) {

@@ -34,7 +34,7 @@ use crate::{
     collect::{self, Source},
     lua::heap::Vm,
     report::Outputs,
-    target::{aim::Aim, Process},
+    target::{aim::Aim, known_builds::BuildLayout, Process},
 };
 
 #[derive(clap::Args)]
@@ -75,7 +75,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     // The heap as the run finds it.
     let mut starts = HashMap::new();
     for (p, a) in aim.processes.iter().zip(&allocators) {
-        starts.insert(p.pid, snapshot_of(p, a.g)?);
+        starts.insert(p.pid, snapshot_of(p, a.g, aim.build)?);
     }
     let run_started = std::time::Instant::now();
     // Until the recording: nothing attached, nothing paid.
@@ -115,7 +115,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             notes.push(format!("process {} exited during the run: nothing of it is live", p.pid));
             continue;
         }
-        match snapshot::take(p, super::heap::default_pause(p.pid, a.g)) {
+        match snapshot::take(p, super::heap::default_pause(p.pid, a.g, &aim.build.gc)) {
             Ok(s) => snaps.push((p, a.g, s)),
             Err(e) => notes.push(format!("process {}: no end snapshot ({e:#})", p.pid)),
         }
@@ -131,7 +131,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     drop(ebpf);
     let mut ends = HashMap::new();
     for (p, g, s) in &snaps {
-        let vm = Vm::builtin(&s.mem, *g);
+        let vm = Vm::new(&s.mem, aim.build, *g);
         let (report, walk) = analysis::analyse_walk(&vm, p.pid, p.comm.clone(), s.how.clone(), 20);
         ends.insert(p.pid, End::new(vm, walk, report));
     }
@@ -153,9 +153,9 @@ pub async fn run(args: Args) -> Result<ExitCode> {
 }
 
 /// One snapshot of `p`'s heap, analysed; the copy is let go.
-fn snapshot_of(p: &Process, g: u64) -> Result<analysis::HeapReport> {
-    let s = snapshot::take(p, super::heap::default_pause(p.pid, g))?;
-    let vm = Vm::builtin(&s.mem, g);
+fn snapshot_of(p: &Process, g: u64, build: &BuildLayout) -> Result<analysis::HeapReport> {
+    let s = snapshot::take(p, super::heap::default_pause(p.pid, g, &build.gc))?;
+    let vm = Vm::new(&s.mem, build, g);
     Ok(analysis::analyse(&vm, p.pid, p.comm.clone(), s.how.clone(), 0))
 }
 

@@ -387,14 +387,10 @@ fn to_frame(f: LuaFrame, symbolizer: Option<&mut Symbolizer>) -> Frame {
             let symbol = symbolizer.and_then(|s| symbol(s, addr));
             Frame::Native(symbol.or(name).unwrap_or_else(|| format!("C function {addr:#x}")))
         }
-        // Without a call-site name (called from C: a callback of gsub, a
-        // metamethod), the build's own name of the fast function.
-        LuaFrame::Builtin { ffid, name } => Frame::Native(
-            match name.or_else(|| crate::lua::jit_names::FAST_FUNCTIONS.get(usize::from(ffid)).map(|n| n.to_string())) {
-                Some(n) => format!("{n} [builtin]"),
-                None => format!("builtin#{ffid}"),
-            },
-        ),
+        LuaFrame::Builtin { ffid, name } => Frame::Native(match name {
+            Some(n) => format!("{n} [builtin]"),
+            None => format!("builtin#{ffid}"),
+        }),
     }
 }
 

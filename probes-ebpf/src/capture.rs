@@ -134,8 +134,9 @@ pub fn native(out: &mut NativeStack, regs: &pt_regs, layout: &VmLayout, cur_l: O
 /// a return address (the byte before it is the call), or 0.
 #[inline(always)]
 fn trace_pc(sample: &CpuSample, layout: &VmLayout, g: u64, traceno: u64) -> u64 {
+    // `jit_State.trace` is a real pointer, to an array of GCRefs.
     let Some(traces) = vm::read_u64(g + layout.g2j as u64 + layout.j_trace as u64) else { return 0 };
-    let Some(trace) = vm::read_u64(traces + 8 * traceno) else { return 0 };
+    let Some(trace) = vm::read_ref(layout, traces + layout.ref_size as u64 * traceno) else { return 0 };
     let (Some(mcode), Some(size)) =
         (vm::read_u64(trace + layout.trace_mcode as u64), vm::read_u32(trace + layout.trace_szmcode as u64))
     else {

@@ -21,6 +21,18 @@ pub fn read_i32(addr: u64) -> Option<i32> {
     unsafe { bpf_probe_read_user(addr as *const i32) }.ok()
 }
 
+/// A `GCRef` or `MRef`: 64-bit in GC64 builds, else 32-bit (the VM then
+/// keeps every object below 4 GB). Real pointers (`cframe`, machine code)
+/// are 64-bit in both and read with `read_u64`.
+#[inline(always)]
+pub fn read_ref(layout: &VmLayout, addr: u64) -> Option<u64> {
+    if layout.ref_size == 4 {
+        read_u32(addr).map(u64::from)
+    } else {
+        read_u64(addr)
+    }
+}
+
 /// A checked VM: the candidate `G` and what it says about the running coroutine.
 pub struct Vm {
     pub g: u64,
@@ -38,12 +50,12 @@ pub fn check_g(layout: &VmLayout, g: u64) -> Option<Vm> {
         return None;
     }
     let main_thread = g - gg_g;
-    if read_u64(main_thread + layout.l_glref as u64)? != g {
+    if read_ref(layout, main_thread + layout.l_glref as u64)? != g {
         return None;
     }
     Some(Vm {
         g,
-        cur_l: read_u64(g + layout.g_cur_l as u64)?,
+        cur_l: read_ref(layout, g + layout.g_cur_l as u64)?,
         vmstate: read_i32(g + layout.g_vmstate as u64)?,
     })
 }
@@ -54,5 +66,5 @@ pub fn g_of_thread(layout: &VmLayout, l: u64) -> Option<u64> {
     if l == 0 {
         return None;
     }
-    read_u64(l + layout.l_glref as u64)
+    read_ref(layout, l + layout.l_glref as u64)
 }

@@ -84,6 +84,11 @@ pub struct ObjLayout {
     #[serde(skip, default = "luajit_21_ops")]
     pub ops: &'static [Op],
 
+    /// Fast function ids (`ffid`) to the build's names (its `jit/vmdef.lua`
+    /// `ffnames`: OpenResty's fork has more than upstream): the `[names]`
+    /// section of the layout files.
+    #[serde(skip)]
+    pub fast_functions: &'static [String],
     /// JIT traces, for the frames they inline (a section of its own in the layout files).
     #[serde(skip)]
     pub trace: TraceLayout,
@@ -175,6 +180,27 @@ fn luajit_21_ops() -> &'static [Op] {
 }
 
 impl ObjLayout {
+    /// A `GCRef` or `MRef` at `off` in a copied object: 64-bit in GC64
+    /// builds, else 32-bit (the VM keeps every object below 4 GB then).
+    pub fn buf_ref(&self, buf: &[u8], off: u64) -> Option<u64> {
+        match self.gcref_size {
+            4 => super::mem::buf_u32(buf, off).map(u64::from),
+            _ => super::mem::buf_u64(buf, off),
+        }
+    }
+
+    /// The same, read from the target.
+    pub fn read_ref<M: super::Memory>(&self, mem: &M, addr: u64) -> Option<u64> {
+        match self.gcref_size {
+            4 => mem.read_u32(addr).map(u64::from),
+            _ => mem.read_u64(addr),
+        }
+    }
+
+    pub fn fast_function(&self, ffid: u8) -> Option<&'static str> {
+        self.fast_functions.get(usize::from(ffid)).map(String::as_str)
+    }
+
     pub fn op(&self, ins: u32) -> Option<Op> {
         self.ops.get(super::bc::op(ins) as usize).copied()
     }

@@ -3,7 +3,7 @@
 
 use super::{
     layout::ObjLayout,
-    mem::{buf_i32, buf_u32, buf_u64, buf_u8, Memory},
+    mem::{buf_i32, buf_u32, buf_u8, Memory},
 };
 
 /// Beyond this many instructions the header is garbage (the brief's bound; LuaJIT's parser stops far earlier).
@@ -55,15 +55,15 @@ impl ProtoHeader {
             addr,
             sizebc,
             sizept: buf_u32(&hdr, l.proto_sizept)?,
-            k: buf_u64(&hdr, l.proto_k)?,
+            k: l.buf_ref(&hdr, l.proto_k)?,
             sizekgc: buf_u32(&hdr, l.proto_sizekgc)?,
             sizeuv: buf_u8(&hdr, l.proto_sizeuv)?,
-            chunkname: buf_u64(&hdr, l.proto_chunkname)?,
+            chunkname: l.buf_ref(&hdr, l.proto_chunkname)?,
             firstline: buf_i32(&hdr, l.proto_firstline)?,
             numline: buf_i32(&hdr, l.proto_numline)?,
-            lineinfo: buf_u64(&hdr, l.proto_lineinfo)?,
-            uvinfo: buf_u64(&hdr, l.proto_uvinfo)?,
-            varinfo: buf_u64(&hdr, l.proto_varinfo)?,
+            lineinfo: l.buf_ref(&hdr, l.proto_lineinfo)?,
+            uvinfo: l.buf_ref(&hdr, l.proto_uvinfo)?,
+            varinfo: l.buf_ref(&hdr, l.proto_varinfo)?,
         })
     }
 
@@ -161,7 +161,7 @@ fn read_kgc(img: &[u8], l: &ObjLayout, k_off: u64, sizekgc: u32) -> Option<Vec<u
         return None;
     }
     (0..u64::from(sizekgc))
-        .map(|i| buf_u64(img, k_off.checked_sub((i + 1).checked_mul(l.gcref_size)?)?))
+        .map(|i| l.buf_ref(img, k_off.checked_sub((i + 1).checked_mul(l.gcref_size)?)?))
         .collect()
 }
 

@@ -206,6 +206,12 @@ impl<M: Memory> Resolver<M> {
     /// trace number is another object.
     fn trace_object(&self, g: u64, traceno: u32) -> Option<u64> {
         let t = &self.layout.trace;
+        // Traces are read as GC64 builds lay out their IR (64-bit constants
+        // in the next instruction); elsewhere a trace keeps its inlined
+        // frames to itself rather than have them made up.
+        if self.layout.gcref_size != 8 {
+            return None;
+        }
         let traces = self.mem.read_u64(g.checked_add(t.g2j)?.checked_add(t.j_trace)?)?;
         let slot = traces.checked_add(u64::from(traceno).checked_mul(self.layout.gcref_size)?)?;
         self.mem.read_u64(slot).filter(|&a| a != 0)
@@ -226,7 +232,7 @@ impl<M: Memory> Resolver<M> {
         match self.read_func(func)? {
             Func::Lua { proto } => self.place(proto, None).map(|p| format!("{}:{}", p.file, p.line)),
             Func::C { addr } => Some(format!("C:{addr:x}")),
-            Func::Builtin { ffid } => super::jit_names::FAST_FUNCTIONS.get(usize::from(ffid)).map(|n| n.to_string()),
+            Func::Builtin { ffid } => self.layout.fast_function(ffid).map(str::to_string),
         }
     }
 
@@ -285,7 +291,11 @@ impl<M: Memory> Resolver<M> {
         match self.read_func(func) {
             None => unknown(name),
             Some(Func::C { addr }) => LuaFrame::C { addr, name },
-            Some(Func::Builtin { ffid }) => LuaFrame::Builtin { ffid, name },
+            // Without a call-site name (called from C: a callback of gsub,
+            // a metamethod), the build's own name of the fast function.
+            Some(Func::Builtin { ffid }) => {
+                LuaFrame::Builtin { ffid, name: name.or_else(|| self.layout.fast_function(ffid).map(str::to_string)) }
+            }
             Some(Func::Lua { proto }) => match self.entry(proto) {
                 Some(e) => LuaFrame::Lua { name, file: e.file.clone(), line: e.line, at },
                 None => unknown(name),
@@ -304,7 +314,7 @@ impl<M: Memory> Resolver<M> {
         }
         let ffid = buf_u8(&buf, l.func_ffid)?;
         Some(if ffid == l.ffid_lua {
-            Func::Lua { proto: buf_u64(&buf, l.func_pc)?.checked_sub(l.proto_size)? }
+            Func::Lua { proto: l.buf_ref(&buf, l.func_pc)?.checked_sub(l.proto_size)? }
         } else if ffid == l.ffid_c {
             Func::C { addr: buf_u64(&buf, l.func_cfunc)? }
         } else {

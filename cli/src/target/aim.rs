@@ -48,14 +48,6 @@ impl Aim {
                 (target.processes.iter().map(|p| p.process.clone()).collect(), None)
             }
         };
-        if let Some(lj) = luajit.as_ref().filter(|lj| !lj.layout.gc64) {
-            bail!(
-                "process {} ({}) runs a LuaJIT built without GC64 ({}): ljprobe recognises it but its probes read GC64 builds only for now (see docs/supported-luajit.md)",
-                root.pid,
-                root.comm,
-                lj.layout.build.describe
-            );
-        }
         // An nginx master's workers are forks of one image: one layout serves them all.
         let (layout, build) = match &luajit {
             Some(lj) => (lj.layout.offsets, lj.layout.build),
@@ -65,6 +57,21 @@ impl Aim {
             lua.iter().filter_map(|p| Some((p.process.pid, p.luajit.as_ref()?.vm_found?))).collect();
         let pids = processes.iter().map(|p| p.pid).collect();
         Ok(Aim { processes, pids, layout, build, luajit, root, found })
+    }
+
+    /// Refuses a target whose LuaJIT is not GC64 for `tool`, which reads the
+    /// VM's heap, collector or trace compiler as GC64 builds lay them out
+    /// (stacks, the other tools' matter, read both).
+    pub fn needs_gc64(&self, tool: &str) -> Result<()> {
+        match &self.luajit {
+            Some(lj) if !lj.layout.gc64 => bail!(
+                "process {} ({}) runs a LuaJIT built without GC64 ({}): `ljprobe {tool}` reads GC64 builds only for now; cpu, offcpu and epoll-loop work (see docs/supported-luajit.md)",
+                self.root.pid,
+                self.root.comm,
+                lj.layout.build.describe
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// The LuaJIT object's path as the targets map it.

@@ -47,6 +47,14 @@ pub struct BuildLayout {
     pub gc: GcLayout,
     pub heap: HeapLayout,
     pub jit: JitStateLayout,
+    pub names: Names,
+}
+
+/// The build's own names, from its `jit/vmdef.lua`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Names {
+    pub fast_functions: Vec<String>,
 }
 
 impl BuildLayout {
@@ -56,6 +64,8 @@ impl BuildLayout {
             bail!("layout {} is for {}; ljprobe reads x86_64 only", b.name, b.arch);
         }
         b.obj.trace = b.trace;
+        // Parsed once per built-in file, for the life of the process.
+        b.obj.fast_functions = Box::leak(b.names.fast_functions.clone().into_boxed_slice());
         b.vm = b.vm_with(b.vm);
         Ok(b)
     }

@@ -249,6 +249,7 @@ pub fn generate(lib: &Path, facts: &BuildFacts) -> Result<String> {
     if let Some(banner) = &summary.luajit_banner {
         writeln!(out, "banner = {banner:?}")?;
     }
+    let names = fast_functions(lib)?;
     let mut section = "";
     for (sec, field, src) in SPEC {
         if *sec != section {
@@ -264,7 +265,41 @@ pub fn generate(lib: &Path, facts: &BuildFacts) -> Result<String> {
             }
         }
     }
+    writeln!(out, "\n[names]")?;
+    writeln!(out, "# Fast function ids to names: the build's jit/vmdef.lua `ffnames`.")?;
+    writeln!(out, "fast_functions = [")?;
+    for chunk in names.chunks(6) {
+        let line: Vec<String> = chunk.iter().map(|n| format!("{n:?}")).collect();
+        writeln!(out, "    {},", line.join(", "))?;
+    }
+    writeln!(out, "]")?;
     Ok(out)
+}
+
+/// `ffnames` of the build's `jit/vmdef.lua`, which `make install` puts
+/// under the prefix the library or program was installed in. Not in DWARF
+/// under these names (the enum says `FF_io_method___gc`, vmdef `io.method.__gc`).
+fn fast_functions(lib: &Path) -> Result<Vec<String>> {
+    let prefix = lib.parent().and_then(Path::parent).context("the build's install prefix")?;
+    let share = prefix.join("share");
+    let vmdef = std::fs::read_dir(&share)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("jit/vmdef.lua"))
+        .find(|p| p.is_file())
+        .with_context(|| format!("no jit/vmdef.lua under {}: install the -g build with `make install`", share.display()))?;
+    let text = std::fs::read_to_string(&vmdef)?;
+    let start = text.find("ffnames = {\n").with_context(|| format!("no ffnames in {}", vmdef.display()))?;
+    let body = &text[start..];
+    let body = &body[..body.find("\n}").unwrap_or(body.len())];
+    let names: Vec<String> =
+        body.lines().skip(1).filter_map(|l| Some(l.split_once('"')?.1.rsplit_once('"')?.0.to_string())).collect();
+    if names.len() < 2 || names[0] != "Lua" || names[1] != "C" {
+        bail!("{}'s ffnames does not start with Lua, C", vmdef.display());
+    }
+    Ok(names)
 }
 
 fn expr(src: &Src) -> String {

@@ -70,6 +70,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     args.outputs.check(&default_svg)?;
     // The allocator is found through the VM, whatever stacks are drawn.
     let aim = Aim::open(args.run.pid, true, "", "")?;
+    aim.needs_gc64("alloc")?;
     let probe = AllocProbe::load(&aim, &args.stacks, false)?;
     let probed = probe.probed();
     let AllocProbe { mut ebpf, allocators: _, resize, maps, programs, builder, native } = probe;

@@ -63,6 +63,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         bail!("--interval {:?} is too short: the heap is read every {POLL:?}, so give at least {:?}", args.interval, POLL * 2);
     }
     let aim = Aim::open(args.run.pid, true, "", "")?;
+    aim.needs_gc64("gc")?;
     let mut ebpf = bpf::load(objects::GC, "gc")?;
     let found = bpf::aim_seeded(&mut ebpf, &aim)?;
     let watch = if args.exact {

@@ -47,6 +47,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     report::check(&args)?;
     crate::system::may_stop(args.pid)?;
     let aim = Aim::open(args.pid, true, "", "")?;
+    aim.needs_gc64("heap")?;
     let mut reports = Vec::new();
     for p in &aim.processes {
         crate::target::traceable(p)?;

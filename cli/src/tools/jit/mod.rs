@@ -78,6 +78,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         crate::output::check(p)?;
     }
     let aim = Aim::open(args.run.pid, true, "", "")?;
+    aim.needs_gc64("jit")?;
     let build = aim.build;
     let jl = build.jit;
     let mut ebpf = bpf::load(objects::JIT, "jit")?;

@@ -69,6 +69,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let default_svg = format!("ljprobe-leak-{}.svg", args.pid);
     args.outputs.check(&default_svg)?;
     let aim = Aim::open(args.pid, true, "", "")?;
+    aim.needs_gc64("leak")?;
     let probe = AllocProbe::load(&aim, &args.stacks, true)?;
     let probed = probe.probed();
     let AllocProbe { mut ebpf, allocators, resize: _, maps, programs, builder, native } = probe;

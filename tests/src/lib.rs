@@ -2,6 +2,7 @@
 //! test on free loopback ports, and checks on what a user would read.
 
 pub mod chromium;
+pub mod fidelity;
 pub mod luajit;
 
 use std::{

@@ -16,6 +16,9 @@ pub struct Luajit {
     pub name: &'static str,
     pub bin: String,
     pub lua_path: Option<String>,
+    /// A program that embeds LuaJIT and runs the script named by its first
+    /// argument, without `luajit`'s `-jp` option: profiled through `jit.p`.
+    pub embedded: bool,
 }
 
 pub fn debug_build() -> Luajit {
@@ -24,13 +27,33 @@ pub fn debug_build() -> Luajit {
         name: "debug",
         bin: prefix.join("bin/luajit").display().to_string(),
         lua_path: Some(format!("{}/share/luajit-2.1.0-beta3/?.lua;;", prefix.display())),
+        embedded: false,
     }
 }
 
 /// Debian's stripped `luajit2`: the VM nginx runs.
 pub fn stock_build() -> Luajit {
-    Luajit { name: "stock", bin: "/usr/bin/luajit".into(), lua_path: None }
+    Luajit { name: "stock", bin: "/usr/bin/luajit".into(), lua_path: None, embedded: false }
 }
+
+/// One of the builds `cargo xtask setup` makes under target/luajit-builds
+/// (`xtask::luajit_builds::BUILDS`), with its own `jit.*` modules.
+pub fn setup_build(name: &'static str) -> Luajit {
+    let b = xtask::luajit_builds::find(name).unwrap_or_else(|| panic!("no build {name} in xtask::luajit_builds"));
+    assert!(b.luajit().exists(), "{} is missing: run `cargo xtask setup`", b.luajit().display());
+    Luajit { name, bin: b.luajit().display().to_string(), lua_path: Some(b.lua_path()), embedded: false }
+}
+
+/// Runs `jit.p` around a script for a program without `-jp`: arguments
+/// MODE SCRIPT ARGS..., the script sees `arg` as `luajit` would give it.
+const PROFILED: &str = r#"
+local mode, script = arg[1], arg[2]
+arg = { [0] = script, select(3, unpack(arg)) }
+local p = require("jit.p")
+p.start(mode)
+dofile(script)
+p.stop()
+"#;
 
 impl Luajit {
     /// Writes `text` to `target/test-out/NAME.lua` and returns it with a
@@ -49,7 +72,14 @@ impl Luajit {
     /// Starts `script` with `args` under `-jp=<mode>` (its report on stdout at exit).
     pub fn spawn_profiled(&self, mode: &str, script: &Path, args: &[&str]) -> Child {
         let mut cmd = Command::new(&self.bin);
-        cmd.arg(format!("-jp={mode}")).arg(script).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if self.embedded {
+            let wrapper = crate::out_dir().join("jit-p-wrapper.lua");
+            std::fs::write(&wrapper, PROFILED).expect("the wrapper is written");
+            cmd.arg(wrapper).arg(mode);
+        } else {
+            cmd.arg(format!("-jp={mode}"));
+        }
+        cmd.arg(script).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         if let Some(p) = &self.lua_path {
             cmd.env("LUA_PATH", p);
         }

@@ -97,6 +97,7 @@ fn finds_the_vm_of_gateway_workers_on_the_debug_luajit() {
     assert_eq!(lj["symbols"]["kind"], "symtab");
     assert!(lj["symbols"]["count"].as_u64().unwrap() > 100);
     assert_eq!(lj["layout"]["source"]["kind"], "dwarf");
+    assert_eq!(lj["layout"]["name"], "openresty-2.1-gc64-x86_64");
     assert_eq!(lj["layout"]["gc64"], true);
     assert_eq!(lj["openresty_fork"], true);
 }
@@ -109,6 +110,7 @@ fn finds_the_vm_of_gateway_workers_on_the_stock_stripped_luajit() {
     assert!(lj["path"].as_str().unwrap().starts_with("/usr/lib/"), "{lj}");
     assert_eq!(lj["symbols"]["kind"], "missing");
     assert_eq!(lj["layout"]["source"]["kind"], "builtin");
+    assert_eq!(lj["layout"]["name"], "openresty-2.1-gc64-x86_64");
     assert_eq!(lj["version"], "2.1.0-beta3");
     assert_eq!(report["vms"][0]["found"], true);
 }

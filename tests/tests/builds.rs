@@ -1,0 +1,290 @@
+//! Every LuaJIT build `cargo xtask setup` makes, each on a real process:
+//! upstream 2.1 as Debian ships it (stripped) and with `-g`, both forks built
+//! without GC64, LuaJIT linked statically into a stripped C host that exports
+//! nothing, and Debian's `wrk` embedding the upstream library. For each:
+//! `doctor` names its layout, `cpu --stack lua` agrees with LuaJIT's own
+//! profiler on the same run, `offcpu` names the blocking call, and the tools
+//! that read GC64 only refuse the others in one sentence.
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use ljprobe_tests::{
+    assert_one_sentence, fidelity::fidelity, gateway, ljprobe, ljprobe_then, luajit::{self, Luajit}, out_dir, read_folded,
+    require_root, stderr, stdout, weight, Background,
+};
+use serde_json::Value;
+use xtask::{gateway::LuaJitBuild, luajit_builds};
+
+/// Each build `setup` makes, the layout ljprobe must pick, and whether it is GC64.
+const BUILDS: &[(&str, &str, bool)] = &[
+    ("upstream-stock", "upstream-2.1-gc64-x86_64", true),
+    ("upstream-debug", "upstream-2.1-gc64-x86_64", true),
+    ("openresty-nogc64-debug", "openresty-2.1-nogc64-x86_64", false),
+    ("upstream-nogc64-debug", "upstream-2.1-nogc64-x86_64", false),
+];
+
+/// A script that runs until killed: a hot loop, and a thin wrapper around an
+/// FFI call that blocks 5 ms every so often.
+const SPIN_AND_NAP: &str = r#"
+local ffi = require("ffi")
+ffi.cdef("int usleep(unsigned int usec);")
+local function crunch(n)
+  local x = 0
+  for i = 1, n do x = (x + i * 3) % 1000003 end
+  return x
+end
+local function nap()
+  ffi.C.usleep(5000)
+end
+print("ready")
+io.stdout:flush()
+local sink = 0
+while true do
+  sink = sink + crunch(200000)
+  nap()
+end
+"#;
+
+/// `text` running under `lj` (killed when dropped), once it has said `ready`.
+fn run(lj: &Luajit, name: &str, text: &str) -> Background {
+    let (_, mut cmd) = lj.script(name, text);
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("luajit runs");
+    wait_ready(&mut child);
+    Background(child)
+}
+
+fn wait_ready(child: &mut Child) {
+    use std::io::BufRead;
+    let out = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(out).read_line(&mut line).expect("the script speaks");
+    assert_eq!(line.trim(), "ready", "the script did not start");
+}
+
+fn doctor(name: &str, pid: u32) -> Value {
+    let json = out_dir().join(format!("builds-doctor-{name}.json"));
+    let out = ljprobe(&["doctor", "--pid", &pid.to_string(), "--json", json.to_str().unwrap()]);
+    assert!(out.status.success(), "{name}: {}\n{}", stdout(&out), stderr(&out));
+    serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap()
+}
+
+fn assert_layout(name: &str, report: &Value, layout: &str, gc64: bool) {
+    let lj = &report["target"]["processes"][0]["luajit"];
+    assert_eq!(lj["layout"]["name"], layout, "{name}: {lj}");
+    assert_eq!(lj["layout"]["gc64"], gc64, "{name}: {lj}");
+    assert_eq!(report["vms"][0]["found"], true, "{name}: the VM check with that layout: {report}");
+}
+
+#[test]
+fn doctor_names_the_layout_of_every_build() {
+    require_root();
+    let mut all = vec![
+        (luajit::debug_build(), "openresty-2.1-gc64-x86_64", true),
+        (luajit::stock_build(), "openresty-2.1-gc64-x86_64", true),
+    ];
+    all.extend(BUILDS.iter().map(|&(b, layout, gc64)| (luajit::setup_build(b), layout, gc64)));
+    for (lj, layout, gc64) in &all {
+        let target = run(lj, &format!("builds-doctor-{}", lj.name), SPIN_AND_NAP);
+        let report = doctor(lj.name, target.id());
+        assert_layout(lj.name, &report, layout, *gc64);
+        let source = &report["target"]["processes"][0]["luajit"]["layout"]["source"];
+        // A stripped build is known by its file, chosen by its fork and the live VM.
+        if lj.name.ends_with("stock") {
+            assert_eq!(source["kind"], "builtin", "{}: {source}", lj.name);
+        } else {
+            assert_eq!(source["kind"], "dwarf", "{}: {source}", lj.name);
+            assert_eq!(source["same_as_known"], true, "{}: {source}", lj.name);
+        }
+    }
+}
+
+#[test]
+fn cpu_agrees_with_jp_on_upstream_stock() {
+    fidelity(luajit::setup_build("upstream-stock"), None);
+}
+
+#[test]
+fn cpu_agrees_with_jp_on_upstream_debug() {
+    fidelity(luajit::setup_build("upstream-debug"), Some("pmain"));
+}
+
+#[test]
+fn cpu_agrees_with_jp_on_openresty_without_gc64() {
+    fidelity(luajit::setup_build("openresty-nogc64-debug"), Some("pmain"));
+}
+
+#[test]
+fn cpu_agrees_with_jp_on_upstream_without_gc64() {
+    fidelity(luajit::setup_build("upstream-nogc64-debug"), Some("pmain"));
+}
+
+/// Blocked time lands on the FFI call's system call under the script, on
+/// every build; where traces are read (GC64), with the C function the trace
+/// called (`usleep`) too.
+#[test]
+fn offcpu_names_the_blocking_call_on_every_build() {
+    require_root();
+    for &(build, _, gc64) in BUILDS {
+        let lj = luajit::setup_build(build);
+        let target = run(&lj, &format!("builds-offcpu-{build}"), SPIN_AND_NAP);
+        let folded = out_dir().join(format!("builds-offcpu-{build}.folded"));
+        let out = ljprobe(&["offcpu", "--pid", &target.id().to_string(), "--duration", "2s", "--folded", folded.to_str().unwrap()]);
+        assert!(out.status.success(), "{build}: {}\n{}", stdout(&out), stderr(&out));
+        let stacks = read_folded(&folded);
+        let total = weight(&stacks, |_| true);
+        let script = format!("builds-offcpu-{build}.lua");
+        let call = if gc64 { "usleep;clock_nanosleep (syscall)" } else { "clock_nanosleep (syscall)" };
+        let napping = weight(&stacks, |s| s.contains(&script) && s.contains(call));
+        assert!(total > 0 && napping * 10 >= total * 9, "{build}: {napping} of {total} us in `{call}`:\n{stacks:#?}");
+    }
+}
+
+/// What reads the heap, the collector or the trace compiler works on
+/// upstream GC64 and refuses a non-GC64 build in one sentence.
+#[test]
+fn the_other_tools_work_on_upstream_and_refuse_without_gc64() {
+    require_root();
+    let lj = luajit::setup_build("upstream-stock");
+    let target = run(&lj, "builds-tools-upstream", SPIN_AND_NAP);
+    let pid = target.id().to_string();
+    for args in [
+        vec!["gc", "--duration", "1s"],
+        vec!["alloc", "--duration", "1s"],
+        vec!["heap"],
+        vec!["jit", "--duration", "1s"],
+    ] {
+        let json = out_dir().join(format!("builds-{}.json", args[0]));
+        let mut all = vec![args[0], "--pid", &pid, "--json", json.to_str().unwrap()];
+        all.extend_from_slice(&args[1..]);
+        let out = ljprobe(&all);
+        assert!(out.status.success(), "{}: {}\n{}", args[0], stdout(&out), stderr(&out));
+        let report: Value = serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
+        assert!(report.is_object(), "{}: {report}", args[0]);
+    }
+    drop(target);
+    let lj = luajit::setup_build("upstream-nogc64-debug");
+    let target = run(&lj, "builds-tools-nogc64", SPIN_AND_NAP);
+    let pid = target.id().to_string();
+    for tool in ["gc", "alloc", "heap", "leak", "jit"] {
+        let out = ljprobe(&[tool, "--pid", &pid]);
+        assert_one_sentence(&out, "without GC64");
+    }
+}
+
+/// A C program that runs the Lua script named by its first argument.
+const HOST: &str = r#"
+#include <stdio.h>
+#include <lua.h>
+#include <lauxlib.h>
+#include <lualib.h>
+int main(int argc, char **argv) {
+  lua_State *L = luaL_newstate();
+  luaL_openlibs(L);
+  lua_newtable(L);
+  for (int i = 1; i < argc; i++) { lua_pushstring(L, argv[i]); lua_rawseti(L, -2, i - 1); }
+  lua_setglobal(L, "arg");
+  if (luaL_dofile(L, argv[1])) { fprintf(stderr, "%s\n", lua_tostring(L, -1)); return 1; }
+  lua_close(L);
+  return 0;
+}
+"#;
+
+/// Upstream LuaJIT linked statically into `host`, stripped, exporting nothing:
+/// found by its banner and its live VM, not by a file name or a symbol.
+fn static_host() -> PathBuf {
+    let b = luajit_builds::find("upstream-debug").expect("upstream-debug is a setup build");
+    let dir = out_dir();
+    let (src, bin) = (dir.join("static-host.c"), dir.join("static-host"));
+    fs::write(&src, HOST).unwrap();
+    let out = Command::new("cc")
+        .arg("-O2")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .arg(format!("-I{}", b.prefix().join("include/luajit-2.1").display()))
+        .arg(b.prefix().join("lib/libluajit-5.1.a"))
+        .args(["-lm", "-ldl"])
+        .output()
+        .expect("cc runs (build-essential)");
+    assert!(out.status.success(), "building the static host: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(Command::new("strip").arg(&bin).status().unwrap().success());
+    let nm = Command::new("nm").args(["-D", "--defined-only"]).arg(&bin).output().unwrap();
+    assert!(!String::from_utf8_lossy(&nm.stdout).contains("lua_"), "the host exports the Lua API");
+    bin
+}
+
+#[test]
+fn a_stripped_program_with_luajit_linked_in_is_found_and_profiled() {
+    require_root();
+    let host = static_host();
+    let b = luajit_builds::find("upstream-debug").unwrap();
+    let lj = Luajit { name: "static-host", bin: host.display().to_string(), lua_path: Some(b.lua_path()), embedded: true };
+    let target = run(&lj, "builds-static-doctor", SPIN_AND_NAP);
+    let report = doctor("static-host", target.id());
+    assert_layout("static-host", &report, "upstream-2.1-gc64-x86_64", true);
+    let luajit = &report["target"]["processes"][0]["luajit"];
+    assert_eq!(luajit["embedding"], "static", "{luajit}");
+    assert!(luajit["path"].as_str().unwrap().ends_with("static-host"), "{luajit}");
+    drop(target);
+    fidelity(lj, None);
+}
+
+/// Debian's `wrk` runs its Lua scripts on the LuaJIT library it loads: the
+/// upstream one here, through LD_LIBRARY_PATH. Not nginx, several VMs (one
+/// per thread and the main one).
+#[test]
+fn wrk_running_upstream_luajit_is_profiled_at_its_lua_function() {
+    require_root();
+    let gw = gateway("builds-wrk", LuaJitBuild::Stock);
+    let b = luajit_builds::find("upstream-stock").unwrap();
+    let script = out_dir().join("builds-wrk.lua");
+    fs::write(
+        &script,
+        r#"
+local function crunch(n)
+  local x = 0
+  for i = 1, n do x = (x + i * 3) % 1000003 end
+  return x
+end
+sink = 0
+response = function(status, headers, body)
+  sink = sink + crunch(100000)
+end
+"#,
+    )
+    .unwrap();
+    let wrk = Background(
+        Command::new("wrk")
+            .args(["-t1", "-c1", "-d120s", "-s"])
+            .arg(&script)
+            .arg(format!("{}/health", gw.config.url()))
+            .env("LD_LIBRARY_PATH", b.lib_dir())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("wrk runs"),
+    );
+    thread::sleep(Duration::from_millis(500));
+    let report = doctor("wrk", wrk.id());
+    assert_layout("wrk", &report, "upstream-2.1-gc64-x86_64", true);
+    let luajit = &report["target"]["processes"][0]["luajit"];
+    assert_eq!(luajit["embedding"], "shared-library", "{luajit}");
+    assert!(luajit["path"].as_str().unwrap().contains("upstream-stock"), "{luajit}");
+    let folded = out_dir().join("builds-wrk.folded");
+    let out = ljprobe_then(
+        &["cpu", "--pid", &wrk.id().to_string(), "--duration", "2s", "--folded", folded.to_str().unwrap()],
+        |_| (),
+    );
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let stacks = read_folded(&folded);
+    // Its script's only work is crunch, which takes far longer than a
+    // loopback request: most of wrk's time is in it.
+    let total = weight(&stacks, |_| true);
+    let crunch = weight(&stacks, |s| s.contains(&format!("crunch {}:2", script.display())));
+    assert!(crunch * 10 >= total * 5, "{crunch} of {total} samples in crunch:\n{stacks:#?}");
+}

@@ -94,7 +94,10 @@ impl LuaJit {
     }
 
     fn from_summary(process: &Process, path: &str, host_path: PathBuf, s: ElfSummary) -> LuaJit {
-        let embedding = if file_name(path).starts_with("libluajit") {
+        // A library (of any name) that exports the Lua API is LuaJIT shared;
+        // inside the program itself, or a library that keeps it to itself, it
+        // was linked in.
+        let embedding = if path != process.exe && s.lua_api.contains(LUAJIT_MARKER) {
             Embedding::SharedLibrary
         } else {
             Embedding::Static

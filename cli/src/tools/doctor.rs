@@ -363,20 +363,17 @@ fn print_process(p: &TargetProcess) {
     }
     println!("  unwind info  {}", if lj.has_eh_frame { ".eh_frame present" } else { "no .eh_frame" });
     println!("  works here");
-    let vm_walk = if l.gc64 {
-        "yes, once the VM check below passes"
-    } else {
-        "no: ljprobe's probes read GC64 builds only for now"
-    };
-    println!("    Lua-level stacks (VM walk)        {vm_walk}");
+    println!("    Lua stacks (cpu, offcpu, epoll-loop, latency)   yes, once the VM check below passes");
     let cfi = if lj.has_eh_frame { "yes (CFI)" } else { "no: the library has no .eh_frame" };
-    println!("    C-level stacks                    {cfi}");
+    println!("    C stacks (--stack c, mixed)                     {cfi}");
+    let vm_tools = if l.gc64 { "yes" } else { "no: they read GC64 builds only for now" };
+    println!("    gc, alloc, heap, leak, jit                      {vm_tools}");
     let internal = if lj.symbols.available() {
         "yes".to_string()
     } else {
         "no: needs LuaJIT's internal symbols (a -g build, or its debug file under /usr/lib/debug)".to_string()
     };
-    println!("    allocation, GC and trace probes   {internal}");
+    println!("    table resizes in alloc (lj_tab_resize)          {internal}");
 }
 
 fn print_vm(v: &VmReport) {

@@ -81,12 +81,23 @@ fn assert_layout(name: &str, report: &Value, layout: &str, gc64: bool) {
     assert_eq!(report["vms"][0]["found"], true, "{name}: the VM check with that layout: {report}");
 }
 
+/// The non-GC64 OpenResty build with its symbols and DWARF stripped: known
+/// by its file alone, chosen by its fork and the live VM (32-bit references).
+fn stripped_nogc64() -> Luajit {
+    let b = luajit_builds::find("openresty-nogc64-debug").expect("a setup build");
+    let bin = out_dir().join("luajit-nogc64-stripped");
+    fs::copy(b.luajit(), &bin).expect("the luajit binary is copied");
+    assert!(Command::new("strip").arg(&bin).status().unwrap().success());
+    Luajit { name: "nogc64-stripped", bin: bin.display().to_string(), lua_path: Some(b.lua_path()), embedded: false }
+}
+
 #[test]
 fn doctor_names_the_layout_of_every_build() {
     require_root();
     let mut all = vec![
         (luajit::debug_build(), "openresty-2.1-gc64-x86_64", true),
         (luajit::stock_build(), "openresty-2.1-gc64-x86_64", true),
+        (stripped_nogc64(), "openresty-2.1-nogc64-x86_64", false),
     ];
     all.extend(BUILDS.iter().map(|&(b, layout, gc64)| (luajit::setup_build(b), layout, gc64)));
     for (lj, layout, gc64) in &all {
@@ -95,7 +106,7 @@ fn doctor_names_the_layout_of_every_build() {
         assert_layout(lj.name, &report, layout, *gc64);
         let source = &report["target"]["processes"][0]["luajit"]["layout"]["source"];
         // A stripped build is known by its file, chosen by its fork and the live VM.
-        if lj.name.ends_with("stock") {
+        if lj.name.ends_with("stock") || lj.name.ends_with("stripped") {
             assert_eq!(source["kind"], "builtin", "{}: {source}", lj.name);
         } else {
             assert_eq!(source["kind"], "dwarf", "{}: {source}", lj.name);
@@ -124,6 +135,11 @@ fn cpu_agrees_with_jp_on_upstream_without_gc64() {
     fidelity(luajit::setup_build("upstream-nogc64-debug"), Some("pmain"));
 }
 
+#[test]
+fn cpu_agrees_with_jp_on_a_stripped_build_without_gc64() {
+    fidelity(stripped_nogc64(), None);
+}
+
 /// Blocked time lands on the FFI call's system call under the script, on
 /// every build; where traces are read (GC64), with the C function the trace
 /// called (`usleep`) too.
@@ -131,18 +147,22 @@ fn cpu_agrees_with_jp_on_upstream_without_gc64() {
 fn offcpu_names_the_blocking_call_on_every_build() {
     require_root();
     for &(build, _, gc64) in BUILDS {
-        let lj = luajit::setup_build(build);
-        let target = run(&lj, &format!("builds-offcpu-{build}"), SPIN_AND_NAP);
-        let folded = out_dir().join(format!("builds-offcpu-{build}.folded"));
-        let out = ljprobe(&["offcpu", "--pid", &target.id().to_string(), "--duration", "2s", "--folded", folded.to_str().unwrap()]);
-        assert!(out.status.success(), "{build}: {}\n{}", stdout(&out), stderr(&out));
-        let stacks = read_folded(&folded);
-        let total = weight(&stacks, |_| true);
-        let script = format!("builds-offcpu-{build}.lua");
-        let call = if gc64 { "usleep;clock_nanosleep (syscall)" } else { "clock_nanosleep (syscall)" };
-        let napping = weight(&stacks, |s| s.contains(&script) && s.contains(call));
-        assert!(total > 0 && napping * 10 >= total * 9, "{build}: {napping} of {total} us in `{call}`:\n{stacks:#?}");
+        assert_offcpu_names_the_nap(&luajit::setup_build(build), gc64);
     }
+}
+
+fn assert_offcpu_names_the_nap(lj: &Luajit, gc64: bool) {
+    let name = lj.name;
+    let target = run(lj, &format!("builds-offcpu-{name}"), SPIN_AND_NAP);
+    let folded = out_dir().join(format!("builds-offcpu-{name}.folded"));
+    let out = ljprobe(&["offcpu", "--pid", &target.id().to_string(), "--duration", "2s", "--folded", folded.to_str().unwrap()]);
+    assert!(out.status.success(), "{name}: {}\n{}", stdout(&out), stderr(&out));
+    let stacks = read_folded(&folded);
+    let total = weight(&stacks, |_| true);
+    let script = format!("builds-offcpu-{name}.lua");
+    let call = if gc64 { "usleep;clock_nanosleep (syscall)" } else { "clock_nanosleep (syscall)" };
+    let napping = weight(&stacks, |s| s.contains(&script) && s.contains(call));
+    assert!(total > 0 && napping * 10 >= total * 9, "{name}: {napping} of {total} us in `{call}`:\n{stacks:#?}");
 }
 
 /// What reads the heap, the collector or the trace compiler works on
@@ -231,7 +251,13 @@ fn a_stripped_program_with_luajit_linked_in_is_found_and_profiled() {
     let luajit = &report["target"]["processes"][0]["luajit"];
     assert_eq!(luajit["embedding"], "static", "{luajit}");
     assert!(luajit["path"].as_str().unwrap().ends_with("static-host"), "{luajit}");
+    let json = out_dir().join("builds-static-gc.json");
+    let gc = ljprobe(&["gc", "--pid", &target.id().to_string(), "--duration", "1s", "--json", json.to_str().unwrap()]);
+    assert!(gc.status.success(), "gc: {}", stderr(&gc));
+    let heap: Value = serde_json::from_str(&fs::read_to_string(&json).unwrap()).expect("gc's JSON");
+    assert!(heap.is_object(), "{heap}");
     drop(target);
+    assert_offcpu_names_the_nap(&lj, true);
     fidelity(lj, None);
 }
 

@@ -15,7 +15,7 @@ use std::{
 };
 
 use ljprobe_tests::{
-    assert_one_sentence, fidelity::fidelity, gateway, ljprobe, ljprobe_then, luajit::{self, Luajit}, out_dir, read_folded,
+    assert_one_sentence, fidelity::fidelity, gateway, ljprobe, luajit::{self, Luajit}, out_dir, read_folded,
     require_root, stderr, stdout, weight, Background,
 };
 use serde_json::Value;
@@ -155,10 +155,15 @@ fn assert_offcpu_names_the_nap(lj: &Luajit, gc64: bool) {
     let name = lj.name;
     let target = run(lj, &format!("builds-offcpu-{name}"), SPIN_AND_NAP);
     let folded = out_dir().join(format!("builds-offcpu-{name}.folded"));
-    let out = ljprobe(&["offcpu", "--pid", &target.id().to_string(), "--duration", "2s", "--folded", folded.to_str().unwrap()]);
+    let svg = out_dir().join(format!("builds-offcpu-{name}.svg"));
+    let out = ljprobe(&[
+        "offcpu", "--pid", &target.id().to_string(), "--duration", "2s",
+        "--folded", folded.to_str().unwrap(), "--svg", svg.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{name}: {}\n{}", stdout(&out), stderr(&out));
     let stacks = read_folded(&folded);
-    let total = weight(&stacks, |_| true);
+    // Time preempted (another process on the CPU, a CPU quota) is shown apart and is not the nap's.
+    let total = weight(&stacks, |s| !s.contains("[runnable: waiting for a CPU]"));
     let script = format!("builds-offcpu-{name}.lua");
     let call = if gc64 { "usleep;clock_nanosleep (syscall)" } else { "clock_nanosleep (syscall)" };
     let napping = weight(&stacks, |s| s.contains(&script) && s.contains(call));
@@ -180,7 +185,8 @@ fn the_other_tools_work_on_upstream_and_refuse_without_gc64() {
         vec!["jit", "--duration", "1s"],
     ] {
         let json = out_dir().join(format!("builds-{}.json", args[0]));
-        let mut all = vec![args[0], "--pid", &pid, "--json", json.to_str().unwrap()];
+        let svg = out_dir().join(format!("builds-{}.svg", args[0]));
+        let mut all = vec![args[0], "--pid", &pid, "--json", json.to_str().unwrap(), "--svg", svg.to_str().unwrap()];
         all.extend_from_slice(&args[1..]);
         let out = ljprobe(&all);
         assert!(out.status.success(), "{}: {}\n{}", args[0], stdout(&out), stderr(&out));
@@ -251,8 +257,11 @@ fn a_stripped_program_with_luajit_linked_in_is_found_and_profiled() {
     let luajit = &report["target"]["processes"][0]["luajit"];
     assert_eq!(luajit["embedding"], "static", "{luajit}");
     assert!(luajit["path"].as_str().unwrap().ends_with("static-host"), "{luajit}");
-    let json = out_dir().join("builds-static-gc.json");
-    let gc = ljprobe(&["gc", "--pid", &target.id().to_string(), "--duration", "1s", "--json", json.to_str().unwrap()]);
+    let (json, svg) = (out_dir().join("builds-static-gc.json"), out_dir().join("builds-static-gc.svg"));
+    let gc = ljprobe(&[
+        "gc", "--pid", &target.id().to_string(), "--duration", "1s",
+        "--json", json.to_str().unwrap(), "--svg", svg.to_str().unwrap(),
+    ]);
     assert!(gc.status.success(), "gc: {}", stderr(&gc));
     let heap: Value = serde_json::from_str(&fs::read_to_string(&json).unwrap()).expect("gc's JSON");
     assert!(heap.is_object(), "{heap}");
@@ -301,11 +310,11 @@ end
     let luajit = &report["target"]["processes"][0]["luajit"];
     assert_eq!(luajit["embedding"], "shared-library", "{luajit}");
     assert!(luajit["path"].as_str().unwrap().contains("upstream-stock"), "{luajit}");
-    let folded = out_dir().join("builds-wrk.folded");
-    let out = ljprobe_then(
-        &["cpu", "--pid", &wrk.id().to_string(), "--duration", "2s", "--folded", folded.to_str().unwrap()],
-        |_| (),
-    );
+    let (folded, svg) = (out_dir().join("builds-wrk.folded"), out_dir().join("builds-wrk.svg"));
+    let out = ljprobe(&[
+        "cpu", "--pid", &wrk.id().to_string(), "--duration", "2s",
+        "--folded", folded.to_str().unwrap(), "--svg", svg.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     let stacks = read_folded(&folded);
     // Its script's only work is crunch, which takes far longer than a

@@ -1,4 +1,4 @@
-//! `cargo xtask bench cpu|offcpu|alloc|report|latency|heap|jit`: what profiling costs the gateway's throughput;
+//! `cargo xtask bench cpu|offcpu|alloc|report|latency|heap|jit|builds`: what profiling costs the gateway's throughput;
 //! `bench soak`: ljprobe's own CPU and memory over a long run (soak.rs).
 //!
 //! Absolute requests/sec depend on the machine and on whatever else runs on it, so
@@ -25,6 +25,7 @@ use xtask::{
 };
 
 mod alloc;
+mod builds;
 mod cpu;
 mod heap;
 mod jit;
@@ -106,6 +107,13 @@ pub enum What {
     /// `ljprobe cpu --stack mixed` and `ljprobe offcpu` on the worker, together,
     /// for a long run under sustained mixed load: ljprobe's own CPU share, peak
     /// RSS and RSS growth, records per second and lost records.
+    /// `ljprobe cpu` on each LuaJIT build: BPF time per sample, ljprobe's own CPU and RSS.
+    Builds {
+        #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        rounds: u32,
+    },
     Soak {
         /// How long each tool traces.
         #[arg(long, default_value = "10m", value_parser = crate::parse_duration)]
@@ -125,6 +133,7 @@ pub fn run(what: What) -> Result<()> {
         What::Latency { duration, rounds } => latency::run(duration, rounds),
         What::Heap { duration, rounds } => heap::run(duration, rounds),
         What::Jit { duration, rounds } => jit::run(duration, rounds),
+        What::Builds { duration, rounds } => builds::run(duration, rounds),
         What::Soak { duration, every } => soak::run(duration, every),
     }
 }

@@ -143,7 +143,7 @@ mod tests {
         for ((file, text), b) in files::FILES.iter().zip(known()) {
             let lib = root.join(&b.generated_from);
             assert!(lib.exists(), "{file}: its debug build {} is missing: run `cargo xtask setup`", lib.display());
-            let facts = BuildFacts { name: &b.name, describe: &b.describe, generated_from: &b.generated_from };
+            let facts = BuildFacts { name: &b.name, describe: &b.describe, generated_from: &b.generated_from, vmdef: None };
             let now = layout_gen::generate(&lib, &facts).unwrap_or_else(|e| panic!("{file}: {e:#}"));
             assert!(
                 now == *text,

@@ -222,6 +222,9 @@ pub struct BuildFacts<'a> {
     /// The `-g` build as the file names it (relative to the workspace for
     /// the built-in ones, which `cargo xtask layouts` regenerates from it).
     pub generated_from: &'a str,
+    /// The build's `jit/vmdef.lua`, when it is not installed beside the
+    /// library (`PREFIX/share/luajit-*/jit/vmdef.lua`, found by itself).
+    pub vmdef: Option<&'a Path>,
 }
 
 /// The layout file of the `-g` build `lib` (a LuaJIT library or an executable
@@ -249,7 +252,7 @@ pub fn generate(lib: &Path, facts: &BuildFacts) -> Result<String> {
     if let Some(banner) = &summary.luajit_banner {
         writeln!(out, "banner = {banner:?}")?;
     }
-    let names = fast_functions(lib)?;
+    let names = fast_functions(lib, facts.vmdef)?;
     let mut section = "";
     for (sec, field, src) in SPEC {
         if *sec != section {
@@ -279,18 +282,28 @@ pub fn generate(lib: &Path, facts: &BuildFacts) -> Result<String> {
 /// `ffnames` of the build's `jit/vmdef.lua`, which `make install` puts
 /// under the prefix the library or program was installed in. Not in DWARF
 /// under these names (the enum says `FF_io_method___gc`, vmdef `io.method.__gc`).
-fn fast_functions(lib: &Path) -> Result<Vec<String>> {
-    let prefix = lib.parent().and_then(Path::parent).context("the build's install prefix")?;
-    let share = prefix.join("share");
-    let vmdef = std::fs::read_dir(&share)
-        .ok()
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("jit/vmdef.lua"))
-        .find(|p| p.is_file())
-        .with_context(|| format!("no jit/vmdef.lua under {}: install the -g build with `make install`", share.display()))?;
-    let text = std::fs::read_to_string(&vmdef)?;
+fn fast_functions(lib: &Path, given: Option<&Path>) -> Result<Vec<String>> {
+    let vmdef = match given {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let prefix = lib.parent().and_then(Path::parent).context("the build's install prefix")?;
+            let share = prefix.join("share");
+            std::fs::read_dir(&share)
+                .ok()
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path().join("jit/vmdef.lua"))
+                .find(|p| p.is_file())
+                .with_context(|| {
+                    format!(
+                        "no jit/vmdef.lua under {}: install the -g build with `make install`, or give its src/jit/vmdef.lua with --vmdef",
+                        share.display()
+                    )
+                })?
+        }
+    };
+    let text = std::fs::read_to_string(&vmdef).with_context(|| format!("cannot read {}", vmdef.display()))?;
     let start = text.find("ffnames = {\n").with_context(|| format!("no ffnames in {}", vmdef.display()))?;
     let body = &text[start..];
     let body = &body[..body.find("\n}").unwrap_or(body.len())];

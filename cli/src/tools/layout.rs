@@ -18,6 +18,10 @@ pub struct Args {
     /// One line saying which build this is.
     #[arg(long)]
     pub describe: String,
+    /// The build's `jit/vmdef.lua` (its fast functions' names), when it is not
+    /// installed under the library's prefix (`src/jit/vmdef.lua` of the build tree).
+    #[arg(long)]
+    pub vmdef: Option<PathBuf>,
     /// Write here instead of standard output.
     #[arg(long, short)]
     pub out: Option<PathBuf>,
@@ -26,7 +30,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<ExitCode> {
     let text = layout_gen::generate(
         &args.from,
-        &BuildFacts { name: &args.name, describe: &args.describe, generated_from: &args.from.to_string_lossy() },
+        &BuildFacts { name: &args.name, describe: &args.describe, generated_from: &args.from.to_string_lossy(), vmdef: args.vmdef.as_deref() },
     )?;
     match &args.out {
         Some(path) => std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?,

@@ -270,6 +270,63 @@ fn a_stripped_program_with_luajit_linked_in_is_found_and_profiled() {
     fidelity(lj, None);
 }
 
+/// A C program that loads LuaJIT from a library given by path (of any name)
+/// and runs the Lua script named by its first argument.
+const DLOPEN_HOST: &str = r#"
+#include <dlfcn.h>
+#include <stdio.h>
+#define LUA_GLOBALSINDEX (-10002)
+typedef void *S;
+int main(int argc, char **argv) {
+  void *lib = dlopen(argv[1], RTLD_NOW | RTLD_GLOBAL);
+  if (!lib) { fprintf(stderr, "%s\n", dlerror()); return 1; }
+  S (*newstate)(void) = dlsym(lib, "luaL_newstate");
+  void (*openlibs)(S) = dlsym(lib, "luaL_openlibs");
+  void (*createtable)(S, int, int) = dlsym(lib, "lua_createtable");
+  void (*pushstring)(S, const char *) = dlsym(lib, "lua_pushstring");
+  void (*rawseti)(S, int, int) = dlsym(lib, "lua_rawseti");
+  void (*setfield)(S, int, const char *) = dlsym(lib, "lua_setfield");
+  int (*loadfile)(S, const char *) = dlsym(lib, "luaL_loadfile");
+  int (*pcall)(S, int, int, int) = dlsym(lib, "lua_pcall");
+  const char *(*tolstring)(S, int, size_t *) = dlsym(lib, "lua_tolstring");
+  S L = newstate();
+  openlibs(L);
+  createtable(L, argc, 0);
+  for (int i = 2; i < argc; i++) { pushstring(L, argv[i]); rawseti(L, -2, i - 2); }
+  setfield(L, LUA_GLOBALSINDEX, "arg");
+  if (loadfile(L, argv[2]) || pcall(L, 0, 0, 0)) { fprintf(stderr, "%s\n", tolstring(L, -1, 0)); return 1; }
+  return 0;
+}
+"#;
+
+/// Upstream's stripped library under a name that says nothing of LuaJIT,
+/// loaded by a program that is neither nginx nor luajit.
+#[test]
+fn luajit_in_a_library_of_any_name_is_found_and_profiled() {
+    require_root();
+    let b = luajit_builds::find("upstream-stock").expect("a setup build");
+    let dir = out_dir();
+    let lib = dir.join("libengine.so.1");
+    fs::copy(b.lib(), &lib).expect("the library is copied");
+    let (src, bin) = (dir.join("dlopen-host.c"), dir.join("dlopen-host"));
+    fs::write(&src, DLOPEN_HOST).unwrap();
+    let out = Command::new("cc").arg("-O2").arg("-o").arg(&bin).arg(&src).arg("-ldl").output().expect("cc runs");
+    assert!(out.status.success(), "building the host: {}", String::from_utf8_lossy(&out.stderr));
+    // The host takes the library first; the script and its arguments follow.
+    let wrapper = dir.join("dlopen-host.sh");
+    fs::write(&wrapper, format!("#!/bin/sh\nexec {} {} \"$@\"\n", bin.display(), lib.display())).unwrap();
+    assert!(Command::new("chmod").arg("+x").arg(&wrapper).status().unwrap().success());
+    let lj = Luajit { name: "dlopen-host", bin: wrapper.display().to_string(), lua_path: Some(b.lua_path()), embedded: true };
+    let target = run(&lj, "builds-dlopen-doctor", SPIN_AND_NAP);
+    let report = doctor("dlopen-host", target.id());
+    assert_layout("dlopen-host", &report, "upstream-2.1-gc64-x86_64", true);
+    let luajit = &report["target"]["processes"][0]["luajit"];
+    assert_eq!(luajit["embedding"], "shared-library", "{luajit}");
+    assert!(luajit["path"].as_str().unwrap().ends_with("libengine.so.1"), "{luajit}");
+    drop(target);
+    fidelity(lj, None);
+}
+
 /// Debian's `wrk` runs its Lua scripts on the LuaJIT library it loads: the
 /// upstream one here, through LD_LIBRARY_PATH. Not nginx, several VMs (one
 /// per thread and the main one).

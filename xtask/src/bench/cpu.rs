@@ -9,7 +9,11 @@ use anyhow::Result;
 
 use super::{measure, print_bpf, print_cpu_ratios, print_goals, print_ratios, tools::Tool, Suite};
 
-pub fn run(duration: Duration, rounds: u32) -> Result<()> {
+/// `high_rate_only`: the /health part alone.
+pub fn run(duration: Duration, rounds: u32, high_rate_only: bool) -> Result<()> {
+    if high_rate_only {
+        return high_rate(duration, rounds);
+    }
     let suite = Suite {
         route: "/hot/jit",
         connections: 20,
@@ -48,6 +52,10 @@ fn high_rate(duration: Duration, rounds: u32) -> Result<()> {
             Tool::LjprobeEpollLoop,
             Tool::PerfCpu(99),
             Tool::BpftraceProfile(99),
+            // What sampling at 999 Hz costs the worker with perf: with DWARF
+            // stacks, and with no stack at all (the timer and the sample alone).
+            Tool::PerfCpu(999),
+            Tool::PerfCpuNoStacks(999),
         ],
         own_cost: Tool::LjprobeCpu(99),
     };
@@ -64,6 +72,11 @@ fn high_rate(duration: Duration, rounds: u32) -> Result<()> {
         ("high rate, ljprobe 99 Hz: no more than perf 99 Hz".into(), format!("+{:.1}% vs +{:.1}%", more(0), more(5)), cpu[0] <= cpu[5]),
         ("high rate, offcpu: <= +3% CPU a request".into(), format!("+{:.1}%", more(3)), more(3) <= 3.0),
         ("high rate, epoll-loop: <= +3% CPU a request".into(), format!("+{:.1}%", more(4)), more(4) <= 3.0),
+        (
+            "high rate, ljprobe 999 Hz: no more than perf 999 Hz".into(),
+            format!("+{:.1}% vs +{:.1}% (no stacks +{:.1}%)", more(1), more(7), more(8)),
+            cpu[1] <= cpu[7],
+        ),
     ]);
     m.own.print();
     Ok(())

@@ -45,6 +45,9 @@ pub enum What {
         duration: Duration,
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
         rounds: u32,
+        /// Only the /health part (every profiler at full rate), not /hot/jit.
+        #[arg(long)]
+        high_rate: bool,
     },
     /// Throughput of a context-switch-heavy route with `ljprobe offcpu` (Lua and
     /// mixed stacks), `ljprobe epoll-loop` and `perf record` of sched_switch with
@@ -126,7 +129,7 @@ pub enum What {
 
 pub fn run(what: What) -> Result<()> {
     match what {
-        What::Cpu { duration, rounds } => cpu::run(duration, rounds),
+        What::Cpu { duration, rounds, high_rate } => cpu::run(duration, rounds, high_rate),
         What::Offcpu { duration, rounds } => offcpu::run(duration, rounds),
         What::Alloc { duration, rounds } => alloc::run(duration, rounds),
         What::Report { duration, rounds } => report::run(duration, rounds),

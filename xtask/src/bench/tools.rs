@@ -17,6 +17,9 @@ pub enum Tool {
     BpftraceProfile(u32),
     /// `perf record -e cpu-clock -F N --call-graph dwarf` on the worker.
     PerfCpu(u32),
+    /// `perf record -e cpu-clock -F N` on the worker, no stacks: what the
+    /// sampling timer and a sample cost by themselves.
+    PerfCpuNoStacks(u32),
     /// `ljprobe offcpu --stack S` on the master.
     LjprobeOffcpu(&'static str),
     /// `ljprobe epoll-loop` on the master.
@@ -55,6 +58,7 @@ impl Tool {
             Tool::LjprobeCpuMixed(hz) => format!("ljprobe mixed {hz} Hz"),
             Tool::BpftraceProfile(hz) => format!("bpftrace ustack {hz} Hz"),
             Tool::PerfCpu(hz) => format!("perf {hz} Hz"),
+            Tool::PerfCpuNoStacks(hz) => format!("perf {hz} Hz no stacks"),
             Tool::LjprobeOffcpu(stack) => format!("ljprobe offcpu {stack}"),
             Tool::LjprobeEpollLoop => "ljprobe epoll-loop".into(),
             Tool::PerfSwitch => "perf sched_switch -g".into(),
@@ -90,17 +94,21 @@ impl Tool {
             c
         };
         // perf takes the worker: `-p` covers only the threads of one process.
-        let perf = |event: &str, freq: Option<u32>| {
+        let perf_with = |event: &str, freq: Option<u32>, stacks: bool| {
             let mut c = Command::new("perf");
             c.args(["record", "-e", event]);
             if let Some(hz) = freq {
                 c.args(["-F", &hz.to_string()]);
             }
-            c.args(["-g", "--call-graph", "dwarf", "-p", &gw.worker().to_string(), "-o"])
+            if stacks {
+                c.args(["-g", "--call-graph", "dwarf"]);
+            }
+            c.args(["-p", &gw.worker().to_string(), "-o"])
                 .arg(bench.out.join("perf.data"))
                 .args(["--", "sleep", &secs.to_string()]);
             c
         };
+        let perf = |event: &str, freq: Option<u32>| perf_with(event, freq, true);
         match *self {
             Tool::LjprobeCpu(hz) => ljprobe(&["cpu", "--freq", &hz.to_string()]),
             Tool::LjprobeCpuMixed(hz) => ljprobe(&["cpu", "--stack", "mixed", "--freq", &hz.to_string()]),
@@ -114,6 +122,7 @@ impl Tool {
             // cpu-clock is the event ljprobe uses; without a PMU perf falls back
             // to it anyway, with one it would otherwise take `cycles`.
             Tool::PerfCpu(hz) => perf("cpu-clock", Some(hz)),
+            Tool::PerfCpuNoStacks(hz) => perf_with("cpu-clock", Some(hz), false),
             Tool::LjprobeOffcpu(stack) => ljprobe(&["offcpu", "--stack", stack]),
             Tool::LjprobeEpollLoop => ljprobe(&["epoll-loop"]),
             Tool::PerfSwitch => perf("sched:sched_switch", None),
@@ -173,7 +182,7 @@ impl Tool {
             Tool::BpftraceProfile(_) => None,
             Tool::LjprobeOffcpu(_) => Some((json()?["blocks"].as_u64()?, "blocks")),
             Tool::LjprobeEpollLoop => Some((json()?["iterations"].as_u64()?, "iterations")),
-            Tool::PerfCpu(_) | Tool::PerfSwitch => Some((perf_samples(stderr)?, "samples")),
+            Tool::PerfCpu(_) | Tool::PerfCpuNoStacks(_) | Tool::PerfSwitch => Some((perf_samples(stderr)?, "samples")),
             Tool::LjprobeAlloc { .. } => Some((json()?["events"].as_u64()?, "allocator calls while attached")),
             Tool::LjprobeGc { .. } => Some((json()?["samples"].as_u64()?, "samples")),
             Tool::BpftraceAllocCount | Tool::BpftraceRequestCount => None,

@@ -1,10 +1,11 @@
 //! Every LuaJIT build `cargo xtask setup` makes, each on a real process:
 //! upstream 2.1 as Debian ships it (stripped) and with `-g`, both forks built
-//! without GC64, LuaJIT linked statically into a stripped C host that exports
-//! nothing, and Debian's `wrk` embedding the upstream library. For each:
-//! `doctor` names its layout, `cpu --stack lua` agrees with LuaJIT's own
+//! without GC64 (and one of them stripped), LuaJIT linked statically into a
+//! stripped C host that exports nothing, upstream's library under another name
+//! loaded with dlopen, and Debian's `wrk` embedding the upstream library. For
+//! each: `doctor` names its layout, `cpu --stack lua` agrees with LuaJIT's own
 //! profiler on the same run, `offcpu` names the blocking call, and the tools
-//! that read GC64 only refuse the others in one sentence.
+//! that read GC64 only work on upstream and refuse non-GC64 in one sentence.
 
 use std::{
     fs,

@@ -226,20 +226,9 @@ int main(int argc, char **argv) {
 /// found by its banner and its live VM, not by a file name or a symbol.
 fn static_host() -> PathBuf {
     let b = luajit_builds::find("upstream-debug").expect("upstream-debug is a setup build");
-    let dir = out_dir();
-    let (src, bin) = (dir.join("static-host.c"), dir.join("static-host"));
-    fs::write(&src, HOST).unwrap();
-    let out = Command::new("cc")
-        .arg("-O2")
-        .arg("-o")
-        .arg(&bin)
-        .arg(&src)
-        .arg(format!("-I{}", b.prefix().join("include/luajit-2.1").display()))
-        .arg(b.prefix().join("lib/libluajit-5.1.a"))
-        .args(["-lm", "-ldl"])
-        .output()
-        .expect("cc runs (build-essential)");
-    assert!(out.status.success(), "building the static host: {}", String::from_utf8_lossy(&out.stderr));
+    let include = format!("-I{}", b.prefix().join("include/luajit-2.1").display());
+    let archive = b.prefix().join("lib/libluajit-5.1.a").display().to_string();
+    let bin = compile("static-host", HOST, &[&include, &archive, "-lm", "-ldl"]);
     assert!(Command::new("strip").arg(&bin).status().unwrap().success());
     let nm = Command::new("nm").args(["-D", "--defined-only"]).arg(&bin).output().unwrap();
     assert!(!String::from_utf8_lossy(&nm.stdout).contains("lua_"), "the host exports the Lua API");
@@ -253,11 +242,7 @@ fn a_stripped_program_with_luajit_linked_in_is_found_and_profiled() {
     let b = luajit_builds::find("upstream-debug").unwrap();
     let lj = Luajit { name: "static-host", bin: host.display().to_string(), lua_path: Some(b.lua_path()), embedded: true };
     let target = run(&lj, "builds-static-doctor", SPIN_AND_NAP);
-    let report = doctor("static-host", target.id());
-    assert_layout("static-host", &report, "upstream-2.1-gc64-x86_64", true);
-    let luajit = &report["target"]["processes"][0]["luajit"];
-    assert_eq!(luajit["embedding"], "static", "{luajit}");
-    assert!(luajit["path"].as_str().unwrap().ends_with("static-host"), "{luajit}");
+    assert_upstream_found("static-host", target.id(), "static", |p| p.ends_with("static-host"));
     let (json, svg) = (out_dir().join("builds-static-gc.json"), out_dir().join("builds-static-gc.svg"));
     let gc = ljprobe(&[
         "gc", "--pid", &target.id().to_string(), "--duration", "1s",
@@ -269,6 +254,26 @@ fn a_stripped_program_with_luajit_linked_in_is_found_and_profiled() {
     drop(target);
     assert_offcpu_names_the_nap(&lj, true);
     fidelity(lj, None);
+}
+
+/// `source` compiled with `cc -O2` and `args` into target/test-out/NAME.
+fn compile(name: &str, source: &str, args: &[&str]) -> PathBuf {
+    let dir = out_dir();
+    let (src, bin) = (dir.join(format!("{name}.c")), dir.join(name));
+    fs::write(&src, source).unwrap();
+    let out = Command::new("cc").arg("-O2").arg("-o").arg(&bin).arg(&src).args(args).output().expect("cc runs (build-essential)");
+    assert!(out.status.success(), "building {name}: {}", String::from_utf8_lossy(&out.stderr));
+    bin
+}
+
+/// `doctor` on `pid` finds upstream's GC64 layout, embedded as `embedding`
+/// in an object whose path passes `path`.
+fn assert_upstream_found(name: &str, pid: u32, embedding: &str, path: impl Fn(&str) -> bool) {
+    let report = doctor(name, pid);
+    assert_layout(name, &report, "upstream-2.1-gc64-x86_64", true);
+    let luajit = &report["target"]["processes"][0]["luajit"];
+    assert_eq!(luajit["embedding"], embedding, "{name}: {luajit}");
+    assert!(path(luajit["path"].as_str().unwrap()), "{name}: {luajit}");
 }
 
 /// A C program that loads LuaJIT from a library given by path (of any name)
@@ -309,21 +314,14 @@ fn luajit_in_a_library_of_any_name_is_found_and_profiled() {
     let dir = out_dir();
     let lib = dir.join("libengine.so.1");
     fs::copy(b.lib(), &lib).expect("the library is copied");
-    let (src, bin) = (dir.join("dlopen-host.c"), dir.join("dlopen-host"));
-    fs::write(&src, DLOPEN_HOST).unwrap();
-    let out = Command::new("cc").arg("-O2").arg("-o").arg(&bin).arg(&src).arg("-ldl").output().expect("cc runs");
-    assert!(out.status.success(), "building the host: {}", String::from_utf8_lossy(&out.stderr));
+    let bin = compile("dlopen-host", DLOPEN_HOST, &["-ldl"]);
     // The host takes the library first; the script and its arguments follow.
     let wrapper = dir.join("dlopen-host.sh");
     fs::write(&wrapper, format!("#!/bin/sh\nexec {} {} \"$@\"\n", bin.display(), lib.display())).unwrap();
     assert!(Command::new("chmod").arg("+x").arg(&wrapper).status().unwrap().success());
     let lj = Luajit { name: "dlopen-host", bin: wrapper.display().to_string(), lua_path: Some(b.lua_path()), embedded: true };
     let target = run(&lj, "builds-dlopen-doctor", SPIN_AND_NAP);
-    let report = doctor("dlopen-host", target.id());
-    assert_layout("dlopen-host", &report, "upstream-2.1-gc64-x86_64", true);
-    let luajit = &report["target"]["processes"][0]["luajit"];
-    assert_eq!(luajit["embedding"], "shared-library", "{luajit}");
-    assert!(luajit["path"].as_str().unwrap().ends_with("libengine.so.1"), "{luajit}");
+    assert_upstream_found("dlopen-host", target.id(), "shared-library", |p| p.ends_with("libengine.so.1"));
     drop(target);
     fidelity(lj, None);
 }
@@ -363,11 +361,7 @@ end
             .expect("wrk runs"),
     );
     thread::sleep(Duration::from_millis(500));
-    let report = doctor("wrk", wrk.id());
-    assert_layout("wrk", &report, "upstream-2.1-gc64-x86_64", true);
-    let luajit = &report["target"]["processes"][0]["luajit"];
-    assert_eq!(luajit["embedding"], "shared-library", "{luajit}");
-    assert!(luajit["path"].as_str().unwrap().contains("upstream-stock"), "{luajit}");
+    assert_upstream_found("wrk", wrk.id(), "shared-library", |p| p.contains("upstream-stock"));
     let (folded, svg) = (out_dir().join("builds-wrk.folded"), out_dir().join("builds-wrk.svg"));
     let out = ljprobe(&[
         "cpu", "--pid", &wrk.id().to_string(), "--duration", "2s",

@@ -189,14 +189,6 @@ impl ObjLayout {
         }
     }
 
-    /// The same, read from the target.
-    pub fn read_ref<M: super::Memory>(&self, mem: &M, addr: u64) -> Option<u64> {
-        match self.gcref_size {
-            4 => mem.read_u32(addr).map(u64::from),
-            _ => mem.read_u64(addr),
-        }
-    }
-
     pub fn fast_function(&self, ffid: u8) -> Option<&'static str> {
         self.fast_functions.get(usize::from(ffid)).map(String::as_str)
     }

@@ -25,6 +25,16 @@ pub enum Fork {
     Upstream,
 }
 
+impl Fork {
+    /// As the layout files and the JSON spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fork::Openresty => "openresty",
+            Fork::Upstream => "upstream",
+        }
+    }
+}
+
 /// Everything ljprobe reads of one build: the kernel's part (`vm`) and user
 /// space's (objects, traces, collector, heap walk, trace compiler).
 #[derive(Debug, Clone, Deserialize)]
@@ -47,14 +57,15 @@ pub struct BuildLayout {
     pub gc: GcLayout,
     pub heap: HeapLayout,
     pub jit: JitStateLayout,
-    pub names: Names,
+    /// Read from the file's `[names]`; they live on in `obj.fast_functions`.
+    names: Names,
 }
 
 /// The build's own names, from its `jit/vmdef.lua`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Names {
-    pub fast_functions: Vec<String>,
+struct Names {
+    fast_functions: Vec<String>,
 }
 
 impl BuildLayout {
@@ -65,7 +76,7 @@ impl BuildLayout {
         }
         b.obj.trace = b.trace;
         // Parsed once per built-in file, for the life of the process.
-        b.obj.fast_functions = Box::leak(b.names.fast_functions.clone().into_boxed_slice());
+        b.obj.fast_functions = Box::leak(std::mem::take(&mut b.names.fast_functions).into_boxed_slice());
         b.vm = b.vm_with(b.vm);
         Ok(b)
     }

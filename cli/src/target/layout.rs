@@ -62,7 +62,7 @@ fn candidates(hints: &Hints) -> (Vec<&'static BuildLayout>, Option<String>) {
     if c.is_empty() {
         note = Some(format!(
             "no known build is {}{}: every known layout was tried",
-            hints.fork.map_or("of this fork".to_string(), |f| format!("{f:?}").to_lowercase()),
+            hints.fork.map_or("of this fork", Fork::name),
             hints.banner.as_deref().map(|b| format!(" with banner {b}")).unwrap_or_default()
         ));
         c = known_builds::known().iter().collect();
@@ -109,7 +109,7 @@ pub fn choose(dwarf: Option<&Path>, hints: &Hints, fits_live: impl Fn(&VmLayout)
         }
     }
     let told = match (hints.fork, &hints.banner) {
-        (Some(f), _) => format!("{} fork (its exported API)", format!("{f:?}").to_lowercase()),
+        (Some(f), _) => format!("{} fork (its exported API)", f.name()),
         (None, Some(b)) => format!("{b} (its banner)"),
         (None, None) => "nothing it says about itself".to_string(),
     };

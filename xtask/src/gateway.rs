@@ -79,7 +79,22 @@ impl Config {
         self.prefix.join("logs/nginx.pid")
     }
 
-    fn state_file(&self) -> PathBuf {
+    /// nginx's access log (the tests' ground truth). At full rate it grows by
+    /// about 12 MB a second: each start begins a new one, and benches empty it
+    /// between runs (`truncate_access_log`).
+    pub fn access_log(&self) -> PathBuf {
+        self.prefix.join("logs/access.log")
+    }
+
+    /// Empties the access log of a running gateway: nginx appends (O_APPEND),
+    /// so its next write lands at the new end.
+    pub fn truncate_access_log(&self) {
+        if let Ok(f) = fs::OpenOptions::new().write(true).open(self.access_log()) {
+            let _ = f.set_len(0);
+        }
+    }
+
+        fn state_file(&self) -> PathBuf {
         self.prefix.join("gateway.json")
     }
 
@@ -118,6 +133,7 @@ impl Config {
             return self.status();
         }
         self.render()?;
+        let _ = fs::remove_file(self.access_log());
         let mut nginx = Command::new("nginx");
         nginx.arg("-p").arg(&self.prefix).arg("-c").arg(self.conf_path());
         match self.luajit {

@@ -48,6 +48,11 @@ pub enum What {
         /// Only the /health part (every profiler at full rate), not /hot/jit.
         #[arg(long)]
         high_rate: bool,
+        /// In the /health part, only the profilers whose label contains one of
+        /// these comma-separated words (e.g. `epoll-loop,offcpu,perf 99 Hz`):
+        /// more rounds of the few in question in the same time.
+        #[arg(long, value_name = "LABELS")]
+        only: Option<String>,
     },
     /// Throughput of a context-switch-heavy route with `ljprobe offcpu` (Lua and
     /// mixed stacks), `ljprobe epoll-loop` and `perf record` of sched_switch with
@@ -129,7 +134,7 @@ pub enum What {
 
 pub fn run(what: What) -> Result<()> {
     match what {
-        What::Cpu { duration, rounds, high_rate } => cpu::run(duration, rounds, high_rate),
+        What::Cpu { duration, rounds, high_rate, only } => cpu::run(duration, rounds, high_rate, only.as_deref()),
         What::Offcpu { duration, rounds } => offcpu::run(duration, rounds),
         What::Alloc { duration, rounds } => alloc::run(duration, rounds),
         What::Report { duration, rounds } => report::run(duration, rounds),
@@ -213,7 +218,9 @@ pub fn measure(suite: &Suite, duration: Duration, rounds: u32) -> Result<Measure
     let switches = before.rates(gw.worker());
     let mut ratios: Vec<Vec<f64>> = vec![vec![]; suite.tools.len()];
     let mut cpu_ratios: Vec<Vec<f64>> = vec![vec![]; suite.tools.len()];
-    let mut bpf: Vec<Vec<Option<f64>>> = vec![vec![]; suite.tools.len()];
+    // The kernel times each program run (two clock reads) only while the
+    // statistics are on: off for the measured rounds, on for a pass of its own.
+    bpf_stats(false);
     for round in 1..=rounds {
         for (i, tool) in suite.tools.iter().enumerate() {
             let with = bench.throughput(&gw, &load(duration), Some(tool))?;
@@ -231,9 +238,16 @@ pub fn measure(suite: &Suite, duration: Duration, rounds: u32) -> Result<Measure
             );
             ratios[i].push(ratio);
             cpu_ratios[i].push(cpu_ratio);
-            bpf[i].push(with.bpf_share);
         }
     }
+    let mut bpf: Vec<Vec<Option<f64>>> = vec![vec![]; suite.tools.len()];
+    if bpf_stats(true) {
+        for (i, tool) in suite.tools.iter().enumerate() {
+            eprintln!("bench: BPF run time of {}", tool.label());
+            bpf[i].push(bench.throughput(&gw, &load(duration), Some(tool))?.bpf_share);
+        }
+    }
+    bpf_stats(false);
 
     let own = bench.own_cost(&gw, &load(Duration::from_secs(30)), &suite.own_cost)?;
     Ok(Measured { baselines, ratios, baseline_cpu, cpu_ratios, bpf, own, switches })
@@ -244,11 +258,9 @@ pub fn measure(suite: &Suite, duration: Duration, rounds: u32) -> Result<Measure
 fn prepare() -> Result<(Bench, Running)> {
     unsafe { libc::signal(libc::SIGINT, on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t) };
     setup::run()?;
-    // The kernel times BPF programs only with this on (a few ns a run); the
-    // benches report those times beside the noisy ratios.
-    if let Err(e) = fs::write("/proc/sys/kernel/bpf_stats_enabled", "1") {
-        eprintln!("bench: cannot turn on BPF statistics ({e}): no BPF run times");
-    }
+    // The kernel times BPF programs only with this on; the benches report
+    // those times beside the noisy ratios (see `measure`).
+    bpf_stats(true);
     // Release: the overhead of a debug build of ljprobe's user space is not the product's.
     cmd::run(Command::new("cargo").args(["build", "--release", "--package", "ljprobe"]).current_dir(paths::root()))?;
     let bench = Bench { ljprobe: paths::target().join("release/ljprobe"), out: paths::target().join("bench") };
@@ -265,6 +277,15 @@ fn prepare() -> Result<(Bench, Running)> {
         ..Config::default()
     };
     Ok((bench, Running::start(config)?))
+}
+
+/// kernel.bpf_stats_enabled; false if it cannot be set.
+fn bpf_stats(on: bool) -> bool {
+    let set = fs::write("/proc/sys/kernel/bpf_stats_enabled", if on { "1" } else { "0" });
+    if let Err(e) = &set {
+        eprintln!("bench: cannot set kernel.bpf_stats_enabled ({e}): no BPF run times");
+    }
+    set.is_ok()
 }
 
 /// Context switch counters: the machine's (`ctxt` in /proc/stat) and a process's.
@@ -307,6 +328,7 @@ impl Bench {
     /// One wrk run, with `tool` covering it when given: requests/sec, and the
     /// worker's CPU time per request.
     fn throughput(&self, gw: &Running, load: &Load, tool: Option<&Tool>) -> Result<Sample> {
+        gw.config.truncate_access_log();
         let spawned = Instant::now();
         let programs_before = tool.map(|_| bpf_programs());
         let profiler = match tool {
@@ -514,9 +536,10 @@ pub fn print_cpu_ratios(suite: &Suite, m: &Measured, rounds: u32) -> Vec<f64> {
 }
 
 /// The BPF run-time table: per tool, the share of one CPU spent inside its
-/// programs in each round, and the median.
-pub fn print_bpf(suite: &Suite, m: &Measured, rounds: u32) {
-    let rounds_hdr: String = (1..=rounds).map(|r| format!("{:>9}", format!("round {r}"))).collect();
+/// programs, from a run of its own after the rounds (statistics on).
+pub fn print_bpf(suite: &Suite, m: &Measured, _rounds: u32) {
+    let rounds = m.bpf.iter().map(Vec::len).max().unwrap_or(0) as u32;
+    let rounds_hdr: String = (1..=rounds).map(|r| format!("{:>9}", format!("run {r}"))).collect();
     println!("\n{:<24}{rounds_hdr}{:>9}", "BPF run time, % of a CPU", "median");
     for (tool, r) in suite.tools.iter().zip(&m.bpf) {
         let known: Vec<f64> = r.iter().flatten().map(|x| x * 100.0).collect();
@@ -548,9 +571,10 @@ fn bpf_run_time(before: &std::collections::HashMap<u64, u64>) -> Option<Duration
 
 /// Goals as (what, measured, met), printed as a table.
 pub fn print_goals(goals: &[(String, String, bool)]) {
-    println!("\n{:<52}{:<18}result", "goal (on the medians)", "measured");
+    let w = goals.iter().map(|(_, m, _)| m.len() + 2).max().unwrap_or(0).max(18);
+    println!("\n{:<52}{:<w$}result", "goal (on the medians)", "measured");
     for (goal, measured, ok) in goals {
-        println!("{goal:<52}{measured:<18}{}", if *ok { "PASS" } else { "MISS" });
+        println!("{goal:<52}{measured:<w$}{}", if *ok { "PASS" } else { "MISS" });
     }
 }
 

@@ -24,6 +24,8 @@ pub enum Tool {
     LjprobeOffcpu(&'static str),
     /// `ljprobe epoll-loop` on the master.
     LjprobeEpollLoop,
+    /// `ljprobe epoll-loop --freq N` on the master: what its sampler costs.
+    LjprobeEpollLoopAt(u32),
     /// `perf record -e sched:sched_switch --call-graph dwarf` on the worker:
     /// what an off-CPU profile costs with perf.
     PerfSwitch,
@@ -61,6 +63,7 @@ impl Tool {
             Tool::PerfCpuNoStacks(hz) => format!("perf {hz} Hz no stacks"),
             Tool::LjprobeOffcpu(stack) => format!("ljprobe offcpu {stack}"),
             Tool::LjprobeEpollLoop => "ljprobe epoll-loop".into(),
+            Tool::LjprobeEpollLoopAt(hz) => format!("ljprobe epoll-loop {hz} Hz"),
             Tool::PerfSwitch => "perf sched_switch -g".into(),
             Tool::LjprobeAlloc { all: false } => "ljprobe alloc".into(),
             Tool::LjprobeAlloc { all: true } => "ljprobe alloc --all".into(),
@@ -125,6 +128,7 @@ impl Tool {
             Tool::PerfCpuNoStacks(hz) => perf_with("cpu-clock", Some(hz), false),
             Tool::LjprobeOffcpu(stack) => ljprobe(&["offcpu", "--stack", stack]),
             Tool::LjprobeEpollLoop => ljprobe(&["epoll-loop"]),
+            Tool::LjprobeEpollLoopAt(hz) => ljprobe(&["epoll-loop", "--freq", &hz.to_string()]),
             Tool::PerfSwitch => perf("sched:sched_switch", None),
             Tool::LjprobeAlloc { all } => ljprobe(if all { &["alloc", "--all"] } else { &["alloc"] }),
             Tool::LjprobeGc { exact } => ljprobe(if exact { &["gc", "--exact"] } else { &["gc"] }),
@@ -181,7 +185,7 @@ impl Tool {
             Tool::LjprobeCpu(_) | Tool::LjprobeCpuMixed(_) => Some((json()?["samples"].as_u64()?, "samples")),
             Tool::BpftraceProfile(_) => None,
             Tool::LjprobeOffcpu(_) => Some((json()?["blocks"].as_u64()?, "blocks")),
-            Tool::LjprobeEpollLoop => Some((json()?["iterations"].as_u64()?, "iterations")),
+            Tool::LjprobeEpollLoop | Tool::LjprobeEpollLoopAt(_) => Some((json()?["iterations"].as_u64()?, "iterations")),
             Tool::PerfCpu(_) | Tool::PerfCpuNoStacks(_) | Tool::PerfSwitch => Some((perf_samples(stderr)?, "samples")),
             Tool::LjprobeAlloc { .. } => Some((json()?["events"].as_u64()?, "allocator calls while attached")),
             Tool::LjprobeGc { .. } => Some((json()?["samples"].as_u64()?, "samples")),

@@ -26,6 +26,8 @@ pub struct Report {
     pub hist: Log2Histogram,
     pub loops: Loops,
     pub collected: Collected,
+    /// The sampler's rate (`--freq` or its default).
+    pub sample_hz: u64,
 }
 
 #[derive(Serialize)]
@@ -63,6 +65,7 @@ struct Summary<'a> {
     duration_secs: f64,
     stopped_by: collect::StopReason,
     threshold_us: u64,
+    sample_hz: u64,
     iterations: u64,
     long_iterations: u64,
     long_without_stack: u64,
@@ -173,6 +176,7 @@ pub fn write(args: &Args, r: &Report) -> Result<()> {
             duration_secs: c.elapsed_secs,
             stopped_by: c.stopped_by,
             threshold_us,
+            sample_hz: r.sample_hz,
             iterations: r.hist.total(),
             long_iterations: long,
             long_without_stack: r.loops.unexplained,

@@ -111,11 +111,11 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // One thread: every tool's work runs in this `block_on` (nothing is
+    // spawned), and a worker pool only added wake-ups of its own (the timer
+    // woke a worker, which woke this thread): 70 a second where the 100 ms
+    // tick needs 10, each one a cost to a busy target on a small VM.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::anyhow!("cannot start the async runtime: {e}")),
     };

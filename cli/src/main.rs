@@ -139,6 +139,11 @@ fn main() -> ExitCode {
             }
         }
     });
+    if level >= log::LevelFilter::Info {
+        // The kernel programs' own messages (aya-log) are read by tasks of
+        // this runtime, which run only while it waits: give them a last turn.
+        runtime.block_on(async { tokio::time::sleep(std::time::Duration::from_millis(20)).await });
+    }
     match result {
         Ok(code) => code,
         // 1 is the gate's "regressed": a CI job must tell it from "could not judge".

@@ -48,7 +48,7 @@ fn log_since(gw: &Running, from: u64) -> String {
 }
 
 fn log_path(gw: &Running) -> std::path::PathBuf {
-    gw.config.prefix.join("logs/access.log")
+    gw.config.access_log()
 }
 
 fn log_len(gw: &Running) -> u64 {

@@ -51,7 +51,7 @@ pub fn run(duration: Duration, rounds: u32) -> Result<()> {
             rps[1] >= rps[2] - 0.01,
         ));
         goals.push((format!("{r}: gc adds <= 1% CPU a request"), format!("+{:.1}%", more(3)), more(3) <= 1.0));
-        print_bpf(suite, m, rounds);
+        print_bpf(suite, m);
         m.own.print();
     }
     print_goals(&goals);

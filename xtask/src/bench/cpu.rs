@@ -35,7 +35,7 @@ pub fn run(duration: Duration, rounds: u32, high_rate_only: bool, only: Option<&
         ("ljprobe 99 Hz: no worse than perf 99 Hz".into(), format!("{:.1}% vs {:.1}%", loss(0), loss(2)), med[0] >= med[2]),
         ("ljprobe 999 Hz: no worse than perf 999 Hz".into(), format!("{:.1}% vs {:.1}%", loss(1), loss(3)), med[1] >= med[3]),
     ]);
-    print_bpf(&suite, &m, rounds);
+    print_bpf(&suite, &m);
     m.own.print();
     high_rate(duration, rounds, only)
 }
@@ -66,7 +66,13 @@ fn high_rate(duration: Duration, rounds: u32, only: Option<&str>) -> Result<()> 
     if tools.is_empty() {
         bail!("--only {:?} matches none of the profilers", only.unwrap_or_default());
     }
-    let own_cost = tools.iter().copied().find(|t| matches!(t, Tool::LjprobeCpu(_))).unwrap_or(tools[0]);
+    // ljprobe's own cost: of `cpu` where it runs, else of the first ljprobe tool.
+    let own_cost = tools
+        .iter()
+        .copied()
+        .find(|t| matches!(t, Tool::LjprobeCpu(_)))
+        .or_else(|| tools.iter().copied().find(|t| t.label().starts_with("ljprobe")))
+        .unwrap_or(tools[0]);
     let suite = Suite { route: "/health", connections: 20, tools, own_cost };
     let m = measure(&suite, duration, rounds)?;
     let secs = duration.as_secs();
@@ -78,7 +84,7 @@ fn high_rate(duration: Duration, rounds: u32, only: Option<&str>) -> Result<()> 
     println!("reproduce: {reproduce}");
     print_ratios(&suite, &m, rounds);
     let cpu = print_cpu_ratios(&suite, &m, rounds);
-    print_bpf(&suite, &m, rounds);
+    print_bpf(&suite, &m);
     // Each goal is judged where its profilers ran (see --only).
     let at = |t: Tool| suite.tools.iter().position(|x| x.label() == t.label()).map(|i| (cpu[i], quartiles(&m.cpu_ratios[i])));
     let pct = |r: f64| format!("{:+.1}%", (r - 1.0) * 100.0);

@@ -35,7 +35,7 @@ pub fn run(duration: Duration, rounds: u32) -> Result<()> {
         println!("\n--- {} with wrk -c{} ---", suite.route, suite.connections);
         let med = print_ratios(suite, m, rounds);
         print_cpu_ratios(suite, m, rounds);
-        print_bpf(suite, m, rounds);
+        print_bpf(suite, m);
         m.own.print();
         goals.push((format!("{}: jit throughput ratio >= 0.98", suite.route), format!("{:.3}", med[0]), med[0] >= 0.98));
     }

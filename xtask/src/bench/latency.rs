@@ -28,7 +28,7 @@ pub fn run(duration: Duration, rounds: u32) -> Result<()> {
         println!("\n--- {} with wrk -c{} ---", suite.route, suite.connections);
         let med = print_ratios(suite, m, rounds);
         print_cpu_ratios(suite, m, rounds);
-        print_bpf(suite, m, rounds);
+        print_bpf(suite, m);
         m.own.print();
         if suite.route == "/health" {
             for (i, what) in [(0, "every request"), (1, "--sample 5"), (2, "--sample 1")] {

@@ -258,9 +258,6 @@ pub fn measure(suite: &Suite, duration: Duration, rounds: u32) -> Result<Measure
 fn prepare() -> Result<(Bench, Running)> {
     unsafe { libc::signal(libc::SIGINT, on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t) };
     setup::run()?;
-    // The kernel times BPF programs only with this on; the benches report
-    // those times beside the noisy ratios (see `measure`).
-    bpf_stats(true);
     // Release: the overhead of a debug build of ljprobe's user space is not the product's.
     cmd::run(Command::new("cargo").args(["build", "--release", "--package", "ljprobe"]).current_dir(paths::root()))?;
     let bench = Bench { ljprobe: paths::target().join("release/ljprobe"), out: paths::target().join("bench") };
@@ -537,7 +534,7 @@ pub fn print_cpu_ratios(suite: &Suite, m: &Measured, rounds: u32) -> Vec<f64> {
 
 /// The BPF run-time table: per tool, the share of one CPU spent inside its
 /// programs, from a run of its own after the rounds (statistics on).
-pub fn print_bpf(suite: &Suite, m: &Measured, _rounds: u32) {
+pub fn print_bpf(suite: &Suite, m: &Measured) {
     let rounds = m.bpf.iter().map(Vec::len).max().unwrap_or(0) as u32;
     let rounds_hdr: String = (1..=rounds).map(|r| format!("{:>9}", format!("run {r}"))).collect();
     println!("\n{:<24}{rounds_hdr}{:>9}", "BPF run time, % of a CPU", "median");

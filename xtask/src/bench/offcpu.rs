@@ -41,7 +41,7 @@ pub fn run(duration: Duration, rounds: u32) -> Result<()> {
             // Within the noise of one sitting (see docs/bench.md) counts as no worse.
             med[0] >= med[3] - 0.01,
         ));
-        print_bpf(suite, m, rounds);
+        print_bpf(suite, m);
         m.own.print();
     }
     print_goals(&goals);

@@ -22,7 +22,7 @@ pub fn run(duration: Duration, rounds: u32) -> Result<()> {
         println!("\n--- {} with wrk -c{} ---", suite.route, suite.connections);
         print_ratios(suite, m, rounds);
         print_cpu_ratios(suite, m, rounds);
-        print_bpf(suite, m, rounds);
+        print_bpf(suite, m);
         m.own.print();
     }
     Ok(())

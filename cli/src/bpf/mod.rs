@@ -5,6 +5,7 @@ pub mod attach;
 pub mod objects;
 pub mod tracepoint;
 pub mod perf_link;
+pub mod uprobe_entry;
 
 use anyhow::{anyhow, Context, Result};
 use aya::{

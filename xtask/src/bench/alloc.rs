@@ -6,7 +6,7 @@
 //! - `/alloc/churn` (4 connections): a few hundred kilobytes of tables and
 //!   strings a request;
 //! - `/health` (20 connections): a trivial Lua route at tens of thousands of
-//!   requests a second, about a hundred allocations each: the case where a
+//!   requests a second, about a dozen allocations each: the case where a
 //!   probe on every allocation costs most.
 //!
 //! Both the gateway's throughput and the worker's CPU time per request, each

@@ -44,7 +44,14 @@ impl AllocProbe {
             allocators.push(Allocator::find(p, *g, aim.luajit.as_ref())?);
         }
         for (p, a) in aim.processes.iter().zip(&allocators) {
-            log::info!("pid {}: the VM allocates through {:#x} in {} (file offset {:#x})", p.pid, a.addr, a.file, a.site.offset);
+            log::info!(
+                "pid {}: the VM allocates through {:#x} in {} (probed at file offset {:#x}, {})",
+                p.pid,
+                a.addr,
+                a.file,
+                a.site.offset,
+                if a.entry.emulated { "one trap a call" } else { "single-stepped: two traps a call" }
+            );
         }
         let resize = allocators.iter().find_map(|a| a.resize);
         let native = stacks.native();
@@ -62,7 +69,7 @@ impl AllocProbe {
         let counts: PerCpuArray<MapData, u64> = PerCpuArray::try_from(ebpf.take_map("COUNTS").context("COUNTS map missing")?)?;
         let cycles: aya::maps::HashMap<MapData, u32, GcCycles> =
             aya::maps::HashMap::try_from(ebpf.take_map("CYCLES").context("CYCLES map missing")?)?;
-        let builder = StackBuilder::new(stacks.stack, stacks.kernel, stacks.per_worker, &aim)?;
+        let builder = StackBuilder::new(stacks.stack, stacks.kernel, stacks.per_worker, aim)?;
         let mut uprobe_fd = |name: &str, what: &str| -> Result<i32> {
             let prog: &mut UProbe = ebpf.program_mut(name).with_context(|| format!("{name} missing"))?.try_into()?;
             prog.load().map_err(|e| bpf::program_error(what, e))?;
@@ -86,7 +93,7 @@ impl AllocProbe {
 
     /// The sites the sampler probes.
     pub fn probed(&self) -> Vec<Probed> {
-        self.allocators.iter().map(|a| Probed { site: a.site.clone(), g: a.g, gc: a.gc }).collect()
+        self.allocators.iter().map(|a| Probed { site: a.site.clone(), g: a.g, gc: a.gc, emulated: a.entry.emulated }).collect()
     }
 }
 
@@ -95,7 +102,7 @@ impl AllocProbe {
 pub fn joined(sampler: &super::sampler::Sampler, tally: &mut super::tally::Tally, p: &crate::target::Process, g: Option<u64>, aim: &Aim) -> Result<()> {
     tally.builder.add_process(p)?;
     match Allocator::find(p, g, aim.luajit.as_ref()) {
-        Ok(a) => sampler.add(Probed { site: a.site, g: a.g, gc: a.gc }),
+        Ok(a) => sampler.add(Probed { site: a.site, g: a.g, gc: a.gc, emulated: a.entry.emulated }),
         Err(e) => eprintln!("ljprobe: not probing the allocator of new process {}: {e:#}", p.pid),
     }
     Ok(())

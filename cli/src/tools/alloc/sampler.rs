@@ -33,16 +33,25 @@ use crate::{
     lua::{allocated_so_far, Accounted, GcLayout, ProcMem},
 };
 
-/// How long a window counts: long against the time a uprobe takes to
-/// attach, short against the run, and short enough for several windows a
-/// second at a 1% duty (the split between stacks needs many).
-const WINDOW: Duration = Duration::from_millis(5);
-/// Cost of one probe hit on the target (trap, single-step, program), as
-/// measured here: a bpftrace uprobe counting calls of the debug build's
-/// `lj_alloc_f` slowed an allocation loop to 21 us per call, ljprobe --all to
-/// 20 us (docs/alloc.md). A machine with cheaper traps pays less than the
-/// budget, never more.
-const EVENT_COST_SECS: f64 = 20e-6;
+/// The shortest a window counts: long against the time a uprobe takes to
+/// attach.
+const WINDOW_MIN: Duration = Duration::from_millis(5);
+/// The longest: windows come at random about once a `WINDOW_PERIOD` and last
+/// the duty's share of it, between the two. Opening and closing the probe
+/// costs the target something whatever the window holds (the kernel
+/// interrupts the target's CPU to flush its TLB and to wait out a grace
+/// period: each interrupt took ~5 ms of an nginx worker's CPU on this
+/// project's VM, docs/bench.md#alloc-and-gc), so fewer, longer windows cost
+/// less than many short ones for the same duty.
+const WINDOW_MAX: Duration = Duration::from_millis(100);
+const WINDOW_PERIOD: Duration = Duration::from_secs(2);
+/// Cost of one probe hit on the target, as measured on this project's VM
+/// (`uprobe_entry`): an instruction the kernel emulates, one trap (0.7 us in
+/// an nginx worker) and the program (0.55 us); one it single-steps, two
+/// traps, 20 us and in an nginx worker 50 us and more. A machine with
+/// cheaper traps pays less than the budget, never more.
+const EMULATED_HIT_SECS: f64 = 1.5e-6;
+const STEPPED_HIT_SECS: f64 = 20e-6;
 const MIN_DUTY: f64 = 0.0005;
 /// The first window's duty, before any rate is known.
 const FIRST_DUTY: f64 = 0.02;
@@ -59,12 +68,15 @@ pub struct Probed {
     pub g: u64,
     /// Where its build keeps the collector's fields.
     pub gc: GcLayout,
+    /// The kernel emulates the probed instruction (`uprobe_entry`).
+    pub emulated: bool,
 }
 
 struct Live {
     site: Site,
     g: u64,
     gc: GcLayout,
+    emulated: bool,
     mem: ProcMem,
     /// The watchpoint on its collector's state (None: could not be set).
     watch: Option<Link>,
@@ -264,7 +276,7 @@ impl Run {
                 }
             };
             let mut live =
-                Live { site: p.site, g: p.g, gc: p.gc, mem, watch, first: None, last: None, window: Vec::new() };
+                Live { site: p.site, g: p.g, gc: p.gc, emulated: p.emulated, mem, watch, first: None, last: None, window: Vec::new() };
             live.first = self.account(&live);
             live.last = live.first;
             if self.on {
@@ -345,7 +357,7 @@ impl Run {
                             }
                         }
                         self.count_from_here();
-                        Phase::Counting(Some(Instant::now() + WINDOW))
+                        Phase::Counting(Some(Instant::now() + self.window()))
                     }
                     Err(_) => Phase::Opening,
                 },
@@ -418,21 +430,32 @@ impl Run {
 
     /// Sets the next duty from what this window cost; true to keep the probe
     /// on (the target allocates so little that the budget covers it all).
-    /// The cost is the hits at `EVENT_COST_SECS` each, but at most the share
-    /// of the window the targets were on a CPU: a trap costs more in a
-    /// process with many mappings (50 us and more in an nginx worker here),
-    /// and a target that ran flat out may have spent it all in traps.
+    /// The cost is the hits at their measured price. Where the kernel
+    /// single-steps the probed instruction it is at least the share of the
+    /// window the targets were on a CPU: a stepped trap costs more in a
+    /// process with many mappings, and a target that ran flat out may have
+    /// spent it all in traps.
     fn adapt(&mut self) -> bool {
         let Some(budget) = self.budget else { return true };
         let secs = self.on_since.elapsed().as_secs_f64().max(1e-4);
         let hits = self.hits().saturating_sub(self.hits_at_on) as f64;
         let n = self.targets.len().max(1) as f64;
         let busy = (self.cpu_now() - self.cpu_at_on) / secs / n;
-        let by_hits = hits / secs / n * EVENT_COST_SECS;
-        let load = if hits > 0.0 { by_hits.max(busy).min(1.0) } else { 0.0 };
+        let emulated = self.targets.iter().all(|t| t.emulated);
+        let by_hits = hits / secs / n * if emulated { EMULATED_HIT_SECS } else { STEPPED_HIT_SECS };
+        let load = match hits > 0.0 {
+            false => 0.0,
+            true if emulated => by_hits.min(1.0),
+            true => by_hits.max(busy).min(1.0),
+        };
         self.duty = if load > 0.0 { (budget / load).clamp(MIN_DUTY, 1.0) } else { 1.0 };
         log::debug!("alloc window: {secs:.4}s, {hits} hits, busy {busy:.2}, load {load:.3}, next duty {:.4}", self.duty);
         self.duty >= 1.0
+    }
+
+    /// How long the next window counts (see `WINDOW_MAX`).
+    fn window(&self) -> Duration {
+        WINDOW_PERIOD.mul_f64(self.duty).clamp(WINDOW_MIN, WINDOW_MAX)
     }
 
     /// CPU time of every target so far, in seconds (schedstat: exact).
@@ -443,7 +466,7 @@ impl Run {
     /// Time to the next window: what keeps the probe on `duty` of the time,
     /// drawn at random so that windows fall on no rhythm of the target's.
     fn gap(&mut self) -> Duration {
-        let mean = WINDOW.as_secs_f64() * (1.0 - self.duty) / self.duty;
+        let mean = self.window().as_secs_f64() * (1.0 - self.duty) / self.duty;
         Duration::from_secs_f64(mean * (0.5 + self.rng.f64()))
     }
 

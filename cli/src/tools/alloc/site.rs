@@ -3,13 +3,13 @@
 //! name, so stripped builds and foreign allocators are covered; and the code
 //! of `lj_tab_resize`, when symbols name it, to tell table growth apart.
 
-use std::path::PathBuf;
+use std::{os::unix::fs::FileExt, path::PathBuf};
 
 use anyhow::{bail, Context, Result};
 use object::{Object, ObjectSymbol};
 
 use crate::{
-    bpf::perf_link::Site,
+    bpf::{perf_link::Site, uprobe_entry},
     lua::{GcLayout, ProcMem},
     target::{known_builds, process::Process, LuaJit},
 };
@@ -20,6 +20,9 @@ pub struct Allocator {
     pub g: u64,
     /// Runtime address of the allocator function.
     pub addr: u64,
+    /// Where on its entry the probe sits (`uprobe_entry`): how far in, and
+    /// whether a hit costs one trap or two.
+    pub entry: uprobe_entry::Entry,
     /// The file it lives in, as the target maps it.
     pub file: String,
     /// Where the VM's build keeps its collector's fields.
@@ -50,11 +53,17 @@ impl Allocator {
         let Some(file) = m.file() else {
             bail!("the Lua VM of process {} allocates through {addr:#x}, in {}, which is not a file a uprobe can be placed in", p.pid, m.path.as_deref().unwrap_or("an anonymous mapping"))
         };
-        let offset = addr - m.start + m.offset;
+        let file_offset = addr - m.start + m.offset;
         let host_path: PathBuf = p.host_path(file);
+        // From the file, not the process: a probe already placed there (another
+        // run's window) shows in the process as a breakpoint byte.
+        let mut code = [0u8; 16];
+        let read = std::fs::File::open(&host_path).and_then(|f| f.read_exact_at(&mut code, file_offset));
+        let entry = uprobe_entry::cheap_entry(if read.is_ok() { &code } else { &[] });
+        let offset = file_offset + entry.skip;
         let site = Site::new(p.pid, &host_path, offset)?;
         let resize = luajit.and_then(|lj| resize_range(p, lj, &maps));
-        Ok(Allocator { site, g, gc, addr, file: file.to_string(), resize })
+        Ok(Allocator { site, g, gc, addr, entry, file: file.to_string(), resize })
     }
 }
 

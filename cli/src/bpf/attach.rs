@@ -90,6 +90,14 @@ fn per_task(prog: &mut PerfEvent, program: &str, hz: u64, pid: u32) -> Result<()
 /// Loads a uprobe program once and attaches it to each `function` of `object` in
 /// process `pid`; returns how many attached (a function may be absent in a build).
 pub fn uprobes(ebpf: &mut Ebpf, program: &str, object: &Path, functions: &[&str], pid: u32) -> Result<usize> {
+    let places: Vec<(&str, Option<u64>)> = functions.iter().map(|&f| (f, None)).collect();
+    uprobes_at(ebpf, program, object, &places, pid)
+}
+
+/// `uprobes` on places given as (function, file offset): at the offset when
+/// there is one (a function's cheapest probe point, `uprobe_entry`), else at
+/// the function aya finds by name.
+fn uprobes_at(ebpf: &mut Ebpf, program: &str, object: &Path, places: &[(&str, Option<u64>)], pid: u32) -> Result<usize> {
     let prog: &mut UProbe = ebpf
         .program_mut(program)
         .with_context(|| format!("program {program} missing from its object"))?
@@ -98,8 +106,12 @@ pub fn uprobes(ebpf: &mut Ebpf, program: &str, object: &Path, functions: &[&str]
         prog.load().map_err(|e| program_error(&format!("loading {program}"), e))?;
     }
     let mut attached = 0;
-    for f in functions {
-        match prog.attach(Some(f), 0, object, Some(pid as i32)) {
+    for &(f, offset) in places {
+        let at = match offset {
+            Some(off) => prog.attach(None, off, object, Some(pid as i32)),
+            None => prog.attach(Some(f), 0, object, Some(pid as i32)),
+        };
+        match at {
             Ok(_) => attached += 1,
             Err(e) => log::debug!("uprobe {f} in {} (pid {pid}): {e}", object.display()),
         }
@@ -108,21 +120,28 @@ pub fn uprobes(ebpf: &mut Ebpf, program: &str, object: &Path, functions: &[&str]
 }
 
 /// Uprobes attached per target process, for a process that joins later.
-type Followed = (String, std::path::PathBuf, Vec<String>);
+type Followed = (String, std::path::PathBuf, Vec<(String, Option<u64>)>);
 static PER_PROCESS: Mutex<Vec<Followed>> = Mutex::new(Vec::new());
 
-/// `uprobes` on each target, and on each process that joins the run
-/// (`joined`). Fails if a function attaches to none of them: the tool's
+/// `uprobes_at` on each target, and on each process that joins the run
+/// (`joined`). Fails if a place attaches to none of them: the tool's
 /// picture would silently miss what it stands for.
-pub fn uprobes_followed(ebpf: &mut Ebpf, program: &str, object: &Path, functions: &[&str], pids: &[u32]) -> Result<()> {
-    for f in functions {
-        let attached: usize = pids.iter().map(|&pid| uprobes(ebpf, program, object, &[f], pid)).sum::<Result<usize>>()?;
+pub fn uprobes_followed(
+    ebpf: &mut Ebpf,
+    program: &str,
+    object: &Path,
+    places: &[(&str, Option<u64>)],
+    pids: &[u32],
+) -> Result<()> {
+    for &place in places {
+        let attached: usize =
+            pids.iter().map(|&pid| uprobes_at(ebpf, program, object, &[place], pid)).sum::<Result<usize>>()?;
         if attached == 0 {
-            anyhow::bail!("cannot put a uprobe on {f} in {} (run with -vv for the kernel's reason)", object.display());
+            anyhow::bail!("cannot put a uprobe on {} in {} (run with -vv for the kernel's reason)", place.0, object.display());
         }
     }
-    let functions = functions.iter().map(|f| f.to_string()).collect();
-    PER_PROCESS.lock().unwrap_or_else(|e| e.into_inner()).push((program.to_string(), object.to_path_buf(), functions));
+    let places = places.iter().map(|&(f, off)| (f.to_string(), off)).collect();
+    PER_PROCESS.lock().unwrap_or_else(|e| e.into_inner()).push((program.to_string(), object.to_path_buf(), places));
     Ok(())
 }
 
@@ -130,13 +149,13 @@ pub fn uprobes_followed(ebpf: &mut Ebpf, program: &str, object: &Path, functions
 /// target during the run.
 pub fn uprobes_joined(ebpf: &mut Ebpf, pid: u32) -> Result<()> {
     let followed = PER_PROCESS.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    for (program, object, functions) in followed {
+    for (program, object, places) in followed {
         // Several tools may run in one process (`report`): only this one's program.
         if ebpf.program(&program).is_none() {
             continue;
         }
-        let functions: Vec<&str> = functions.iter().map(String::as_str).collect();
-        uprobes(ebpf, &program, &object, &functions, pid)?;
+        let places: Vec<(&str, Option<u64>)> = places.iter().map(|(f, off)| (f.as_str(), *off)).collect();
+        uprobes_at(ebpf, &program, &object, &places, pid)?;
     }
     Ok(())
 }

@@ -60,6 +60,14 @@ pub fn exported_offset(file: &object::File, name: &str) -> Option<u64> {
     file_offset(file, sym.address())
 }
 
+/// `exported_offset`, moved on to the function's cheapest probe point
+/// (`bpf::uprobe_entry`); `data` is the file `file` was parsed from.
+pub fn exported_probe_offset(data: &[u8], file: &object::File, name: &str) -> Option<u64> {
+    let off = exported_offset(file, name)?;
+    let code = data.get(off as usize..).unwrap_or(&[]);
+    Some(off + crate::bpf::uprobe_entry::cheap_entry(&code[..code.len().min(16)]).skip)
+}
+
 /// How far from its link-time addresses the object at `path` is loaded in a
 /// process whose mappings are `maps`: where its first loadable segment is
 /// mapped, less that segment's page-aligned address (0 for a non-PIE
@@ -161,6 +169,20 @@ mod tests {
         let stock = b"LuaJIT 2.1.0-beta3 -- Copyright (C) 2005-2022 Mike Pall.\0";
         assert_eq!(find_banner(stock).as_deref(), Some("LuaJIT 2.1.0-beta3"));
         assert_eq!(find_banner(b"nothing here"), None);
+    }
+
+    #[test]
+    fn a_probe_offset_steps_over_a_leading_test_only() {
+        // The debug build `cargo xtask setup` makes: luaL_unref starts with
+        // `test edx, edx; js`, lua_pushnil does not start with a flags-only one.
+        let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/luajit-debug/lib/libluajit-5.1.so.2");
+        let data = std::fs::read(&lib).expect("the debug LuaJIT (cargo xtask setup)");
+        let file = object::File::parse(&*data).unwrap();
+        let at = |f: &str| (exported_offset(&file, f).unwrap(), exported_probe_offset(&data, &file, f).unwrap());
+        let (entry, probe) = at("luaL_unref");
+        assert_eq!(probe, entry + 2, "test edx, edx is two bytes");
+        let (entry, probe) = at("lua_pushnil");
+        assert_eq!(probe, entry);
     }
 
     #[test]

@@ -231,7 +231,7 @@ fn request_probe(ebpf: &mut aya::Ebpf, aim: &Aim, notes: &mut Vec<String>) -> Re
     }
     // Through /proc: the program as the processes run it, even if replaced on disk.
     let data = elf::read_file(Path::new(&format!("/proc/{}/exe", root.pid)))?;
-    let offset = object::File::parse(&*data).ok().and_then(|file| elf::exported_offset(&file, FREE));
+    let offset = object::File::parse(&*data).ok().and_then(|file| elf::exported_probe_offset(&data, &file, FREE));
     let Some(offset) = offset else {
         notes.push(format!("exits per request are not counted: {} does not export {FREE}", root.exe));
         return Ok(None);

@@ -141,8 +141,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     }
     let windows = match args.sample {
         None => {
-            for (program, object, function, _) in &probes {
-                attach::uprobes_followed(&mut ebpf, program, object, &[function], &aim.pids)?;
+            for (program, object, function, offset) in &probes {
+                attach::uprobes_followed(&mut ebpf, program, object, &[(function, Some(*offset))], &aim.pids)?;
             }
             None
         }

@@ -56,7 +56,7 @@ pub struct Nginx {
     pub version: String,
     pub layout: NginxLayout,
     /// The probed functions: their object (nginx, or lua-nginx-module's if
-    /// loaded) and file offset (for probes opened and closed by hand, `--sample`).
+    /// loaded) and the file offset of their cheapest probe point (`uprobe_entry`).
     pub offsets: Vec<(PathBuf, &'static str, u64)>,
     /// Where `ngx_stat_requests` (stub_status's count of every request the
     /// server took, in shared memory) is in the process, if it has one.
@@ -104,13 +104,13 @@ impl Nginx {
         layout.core_ctx_index = core_ctx_index(p, bias + core.address())?;
         let mut offsets: Vec<(PathBuf, &'static str, u64)> = [RUNS, CREATE, FREE, ACCESS, CONTENT, UPSTREAM]
             .iter()
-            .filter_map(|f| Some((exe.clone(), *f, elf::exported_offset(&file, f)?)))
+            .filter_map(|f| Some((exe.clone(), *f, elf::exported_probe_offset(&data, &file, f)?)))
             .collect();
         // lua-nginx-module's object, if loaded (a module `.so` or built in).
         if let Some(lua) = &lua_module(p) {
             let data = elf::read_file(&p.host_path(&lua.to_string_lossy()))?;
             let so = object::File::parse(&*data)?;
-            if let Some(off) = elf::exported_offset(&so, LUA_RUNS) {
+            if let Some(off) = elf::exported_probe_offset(&data, &so, LUA_RUNS) {
                 offsets.push((lua.clone(), LUA_RUNS, off));
             }
         }

@@ -40,7 +40,7 @@ const WINDOW_MIN: Duration = Duration::from_millis(5);
 /// the duty's share of it, between the two. Opening and closing the probe
 /// costs the target something whatever the window holds (the kernel
 /// interrupts the target's CPU to flush its TLB and to wait out a grace
-/// period: each interrupt took ~5 ms of an nginx worker's CPU on this
+/// period: each interrupt took ~4 ms of an nginx worker's CPU on this
 /// project's VM, docs/bench.md#alloc-and-gc), so fewer, longer windows cost
 /// less than many short ones for the same duty.
 const WINDOW_MAX: Duration = Duration::from_millis(100);

@@ -156,11 +156,13 @@ fn all_mode_counts_what_the_script_counts_on_the_stripped_stock_build() {
 fn sampled_within_10_percent(build: luajit::Luajit) {
     require_root();
     // The script's rounds run about thirty seconds here, which the windows
-    // barely slow: about fifty windows at 1%, for the smaller of the two
-    // functions (a fifth of the bytes) to come within 10%. With half as many
-    // (26 windows) its count missed by 11.2% in one CI run of seven, and with
-    // a quarter by 10.3% once in a dozen: the error shrinks with the square
-    // root of the windows. On a faster machine fewer windows, on a slower one more.
+    // barely slow. With 5 ms windows (before the probe moved to the
+    // allocator's `je`) this took about fifty of them for the smaller of the
+    // two functions (a fifth of the bytes) to come within 10%: with 26 its
+    // count missed by 11.2% once in seven CI runs. Now about a dozen windows
+    // of ~20 ms count 200,000 calls (14,000 before); in the runs since, the
+    // two functions came within 2.4% and 4.9%. On a faster machine fewer
+    // windows, on a slower one more.
     let (truth, s) = run(&build, &format!("alloc-sampled-{}", build.name), 40000, true, &[]);
     assert_eq!(s["sampling"]["mode"], "windows");
     assert_eq!(s["sampling"]["estimated_by"], "vm-accounting", "{}", s["sampling"]);

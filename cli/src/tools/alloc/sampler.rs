@@ -324,7 +324,7 @@ impl Run {
         if self.on {
             self.on_since = self.started;
         }
-        // SAFETY: prctl on this thread only: windows of 5 ms end on time.
+        // SAFETY: prctl on this thread only: windows as short as 5 ms end on time.
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0u64, 0u64, 0u64) };
         let mut phase = if self.on { Phase::Counting(None) } else { Phase::Gap(Instant::now()) };
         let mut accounted = Instant::now();

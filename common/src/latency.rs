@@ -188,4 +188,5 @@ mod pod {
     // SAFETY: plain `repr(C)` integers with explicit padding; every bit pattern is valid.
     unsafe impl aya::Pod for super::LatencyConfig {}
     unsafe impl aya::Pod for super::LatReq {}
+    unsafe impl aya::Pod for super::LatThread {}
 }

@@ -120,6 +120,9 @@ fn thread(tid: u32) -> Option<*mut LatThread> {
     if let Some(t) = THREADS.get_ptr_mut(&tid) {
         return Some(t);
     }
+    // A blocked stack left from before the thread's state was cleared
+    // (`latency --sample` clears it between windows) is not this thread's now.
+    let _ = PENDING.remove(&tid);
     let _ = THREADS.insert(&tid, &LatThread::default(), 0);
     THREADS.get_ptr_mut(&tid)
 }

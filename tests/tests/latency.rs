@@ -221,6 +221,7 @@ fn sampled_counts_are_scaled_to_what_nginx_took() {
                 get(&gw, "/health");
             }
             get(&gw, "/slow/access?ms=2");
+            get(&gw, "/hot/jit");
         }
     });
     let sampling = &s["sampling"];
@@ -235,6 +236,12 @@ fn sampled_counts_are_scaled_to_what_nginx_took() {
     }
     let access = group(&s, "/slow/access");
     assert!(part_ms(access, "access", |k| k == "waiting (yielded)") >= 1.5, "a sampled request is followed whole:\n{out}");
+    // The scheduler's and the event loop's tracepoints and the timer samples
+    // open only with the windows: a followed request's time is still split.
+    let hot = group(&s, "/hot/jit");
+    let cpu = part_ms(hot, "content", on_cpu);
+    assert!(cpu >= 0.7 * hot["mean_ms"].as_f64().unwrap(), "/hot/jit runs on the CPU in its content phase when sampled:\n{out}");
+    assert!(part_ms(hot, "content", |k| k == "on-CPU in Lua") >= 0.8 * cpu, "the windows' timer samples find its Lua:\n{out}");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Perf events with a loaded program attached, owned and dropped at will:
 //! a uprobe opened and closed many times a second for sampling in windows
 //! (aya attaches through `&mut Ebpf` and keeps links for the program's life,
-//! while a sampler thread needs a cheap, owned on/off switch), and a hardware
+//! while a sampler thread needs a cheap, owned on/off switch), the tracepoints
+//! and timer samples that go with them (`latency --sample`), and a hardware
 //! watchpoint on one byte of a process's memory, which aya does not offer.
 //! Dropping a `Link` closes its event.
 
@@ -42,6 +43,12 @@ struct PerfEventAttr {
 }
 
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
+const PERF_TYPE_SOFTWARE: u32 = 1;
+const PERF_TYPE_TRACEPOINT: u32 = 2;
+const PERF_COUNT_SW_CPU_CLOCK: u64 = 0;
+/// `perf_event_attr` flag bits: threads started later are sampled too; `sample_period` is a frequency.
+const ATTR_INHERIT: u64 = 1 << 1;
+const ATTR_FREQ: u64 = 1 << 10;
 const PERF_TYPE_BREAKPOINT: u32 = 5;
 const HW_BREAKPOINT_W: u32 = 2;
 const HW_BREAKPOINT_LEN_1: u64 = 1;
@@ -93,7 +100,37 @@ impl Link {
             config2: site.offset,
             ..Default::default()
         };
-        open(&attr, site.pid, prog_fd).map_err(|e| anyhow!("cannot open a uprobe in process {}: {e}", site.pid))
+        open(&attr, site.pid as i32, -1, prog_fd)
+            .map_err(|e| anyhow!("cannot open a uprobe in process {}: {e}", site.pid))
+    }
+
+    /// The tracepoint numbered `id` (tracefs `events/CATEGORY/NAME/id`), for
+    /// every process, running the tracepoint program `prog_fd`.
+    pub fn tracepoint(id: u64, prog_fd: RawFd) -> Result<Link> {
+        let attr = PerfEventAttr {
+            type_: PERF_TYPE_TRACEPOINT,
+            size: std::mem::size_of::<PerfEventAttr>() as u32,
+            config: id,
+            sample_period: 1,
+            wakeup_events: 1,
+            ..Default::default()
+        };
+        // Any one CPU: the kernel runs a tracepoint's programs wherever it fires.
+        open(&attr, -1, 0, prog_fd).map_err(|e| anyhow!("cannot open tracepoint {id}: {e}"))
+    }
+
+    /// Timer samples of thread `tid` (and the threads it starts) `hz` times a
+    /// second of its CPU time, running the perf-event program `prog_fd`.
+    pub fn cpu_clock(tid: u32, hz: u64, prog_fd: RawFd) -> Result<Link> {
+        let attr = PerfEventAttr {
+            type_: PERF_TYPE_SOFTWARE,
+            size: std::mem::size_of::<PerfEventAttr>() as u32,
+            config: PERF_COUNT_SW_CPU_CLOCK,
+            sample_period: hz,
+            flags: ATTR_INHERIT | ATTR_FREQ,
+            ..Default::default()
+        };
+        open(&attr, tid as i32, -1, prog_fd).map_err(|e| anyhow!("cannot open a cpu-clock event on thread {tid}: {e}"))
     }
 
     /// A uretprobe on the function at `site`: the program runs as it returns.
@@ -106,7 +143,8 @@ impl Link {
             config2: site.offset,
             ..Default::default()
         };
-        open(&attr, site.pid, prog_fd).map_err(|e| anyhow!("cannot open a uretprobe in process {}: {e}", site.pid))
+        open(&attr, site.pid as i32, -1, prog_fd)
+            .map_err(|e| anyhow!("cannot open a uretprobe in process {}: {e}", site.pid))
     }
 
     /// A hardware watchpoint on the byte at `addr` in thread `tid`, running
@@ -121,7 +159,7 @@ impl Link {
             config2: HW_BREAKPOINT_LEN_1,
             ..Default::default()
         };
-        open(&attr, tid, prog_fd).map_err(|e| anyhow!("cannot watch address {addr:#x} of thread {tid} with a hardware breakpoint: {e}"))
+        open(&attr, tid as i32, -1, prog_fd).map_err(|e| anyhow!("cannot watch address {addr:#x} of thread {tid} with a hardware breakpoint: {e}"))
     }
 
     /// Turns the event off or on again without closing it: for a watchpoint
@@ -137,12 +175,10 @@ impl Link {
     }
 }
 
-fn open(attr: &PerfEventAttr, pid: u32, prog_fd: RawFd) -> std::io::Result<Link> {
+fn open(attr: &PerfEventAttr, pid: i32, cpu: i32, prog_fd: RawFd) -> std::io::Result<Link> {
         let t0 = std::time::Instant::now();
-        // SAFETY: a valid attr that outlives the call; pid, any CPU, no group.
-        let fd = unsafe {
-            libc::syscall(libc::SYS_perf_event_open, attr as *const PerfEventAttr, pid as i32, -1, -1, PERF_FLAG_FD_CLOEXEC)
-        };
+        // SAFETY: a valid attr that outlives the call; no group.
+        let fd = unsafe { libc::syscall(libc::SYS_perf_event_open, attr as *const PerfEventAttr, pid, cpu, -1, PERF_FLAG_FD_CLOEXEC) };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }

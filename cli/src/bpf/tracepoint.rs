@@ -37,12 +37,25 @@ pub fn exists(category: &str, name: &str) -> bool {
     })
 }
 
-/// Byte offsets of the named fields of `category:name`, in the order asked.
-pub fn field_offsets<const N: usize>(category: &str, name: &str, fields: [&str; N]) -> Result<[u32; N]> {
+/// tracefs `events/CATEGORY/NAME/FILE`, and where it was read.
+fn event_file(category: &str, name: &str, file: &str) -> Result<(String, std::path::PathBuf)> {
     let root = crate::system::with_tracefs(crate::system::tracefs_root)
         .ok_or_else(|| anyhow!("tracefs is not mounted, so {category}:{name} cannot be read; {MOUNT_TRACEFS}"))?;
-    let path = root.join("events").join(category).join(name).join("format");
-    let text = crate::system::with_tracefs(|| fs::read_to_string(&path)).with_context(|| format!("cannot read {}", path.display()))?;
+    let path = root.join("events").join(category).join(name).join(file);
+    let text = crate::system::with_tracefs(|| fs::read_to_string(&path))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok((text, path))
+}
+
+/// The number perf knows tracepoint `category:name` by.
+pub fn id(category: &str, name: &str) -> Result<u64> {
+    let (text, path) = event_file(category, name, "id")?;
+    text.trim().parse().with_context(|| format!("{} holds no number", path.display()))
+}
+
+/// Byte offsets of the named fields of `category:name`, in the order asked.
+pub fn field_offsets<const N: usize>(category: &str, name: &str, fields: [&str; N]) -> Result<[u32; N]> {
+    let (text, path) = event_file(category, name, "format")?;
     let mut out = [0u32; N];
     for (slot, field) in out.iter_mut().zip(fields) {
         *slot = offset_of(&text, field)

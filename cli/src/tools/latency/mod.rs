@@ -18,7 +18,7 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use aya::{
     maps::{Array, PerCpuArray, RingBuf},
-    programs::UProbe,
+    programs::{PerfEvent, TracePoint, UProbe},
 };
 use ljprobe_common::latency::LatencyConfig;
 
@@ -26,11 +26,15 @@ pub use self::requests::GroupBy;
 use self::{
     nginx::Nginx,
     requests::Requests,
-    windows::{Probe, Windows},
+    windows::{Companions, Probe, Windows},
 };
 use super::run_args::RunArgs;
 use crate::{
-    bpf::{self, attach, objects, perf_link::uprobe_pmu, tracepoint},
+    bpf::{
+        self, attach, objects,
+        perf_link::{uprobe_pmu, Link},
+        tracepoint,
+    },
     clock, collect,
     stacks::{StackBuilder, StackKind},
     target::{aim::Aim, Process},
@@ -80,10 +84,31 @@ const PROGRAMS: [(&str, &str); 7] = [
     (nginx::CREATE, "lat_create"),
 ];
 
-/// `--sample`: the uprobes open in windows (`windows.rs`) instead of for the
-/// whole run (and `LatencyConfig::sampled` has the kernel follow only the
-/// requests that began in one).
-fn sampled(ebpf: &mut aya::Ebpf, probes: &[(&str, &std::path::Path, &str, u64)], pids: &[u32], percent: u32) -> Result<Windows> {
+/// The tracepoints that see a worker go back to its event loop, come out of
+/// it, and switch off and on the CPU: (program, category, name).
+fn tracepoints() -> Vec<(&'static str, &'static str, String)> {
+    let mut v = Vec::new();
+    for call in ["epoll_wait", "epoll_pwait", "epoll_pwait2"] {
+        if tracepoint::exists("syscalls", &format!("sys_enter_{call}")) {
+            v.push(("lat_wait_enter", "syscalls", format!("sys_enter_{call}")));
+            v.push(("lat_wait_exit", "syscalls", format!("sys_exit_{call}")));
+        }
+    }
+    v.push(("lat_switch", "sched", "sched_switch".to_string()));
+    v
+}
+
+/// `--sample`: the uprobes, the tracepoints and the timer samples open in
+/// windows (`windows.rs`) instead of for the whole run (and
+/// `LatencyConfig::sampled` has the kernel follow only the requests that
+/// began in one).
+fn sampled(
+    ebpf: &mut aya::Ebpf,
+    probes: &[(&str, &std::path::Path, &str, u64)],
+    pids: &[u32],
+    percent: u32,
+    freq: u64,
+) -> Result<Windows> {
     let mut windowed = Vec::new();
     for (program, object, function, offset) in probes {
         let prog: &mut UProbe = ebpf.program_mut(program).with_context(|| format!("program {program} missing"))?.try_into()?;
@@ -91,8 +116,35 @@ fn sampled(ebpf: &mut aya::Ebpf, probes: &[(&str, &std::path::Path, &str, u64)],
         let prog_fd = prog.fd()?.as_fd().as_raw_fd();
         windowed.push(Probe { object: object.to_path_buf(), offset: *offset, prog_fd, starts: *function == nginx::CREATE });
     }
-    let reqs = aya::maps::HashMap::try_from(ebpf.take_map("REQS").context("REQS map missing")?)?;
-    Ok(Windows::start(uprobe_pmu()?, windowed, pids, f64::from(percent) / 100.0, reqs)?)
+    let mut tps = Vec::new();
+    for (program, category, name) in tracepoints() {
+        let prog: &mut TracePoint =
+            ebpf.program_mut(program).with_context(|| format!("program {program} missing"))?.try_into()?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|e| bpf::program_error(&format!("loading {program}"), e))?;
+        }
+        let (id, fd) = (tracepoint::id(category, &name)?, prog.fd()?.as_fd().as_raw_fd());
+        // Opened once now so that a kernel that refuses it says so at the
+        // start; the windows then open it quietly.
+        drop(Link::tracepoint(id, fd).with_context(|| format!("cannot attach to the {category}:{name} tracepoint"))?);
+        tps.push((id, fd));
+    }
+    let sampler = if freq > 0 {
+        let prog: &mut PerfEvent = ebpf.program_mut("lat_sample").context("program lat_sample missing")?.try_into()?;
+        prog.load().map_err(|e| bpf::program_error("loading lat_sample", e))?;
+        Some((freq, prog.fd()?.as_fd().as_raw_fd()))
+    } else {
+        None
+    };
+    let mut map = |name: &str| ebpf.take_map(name).with_context(|| format!("{name} map missing"));
+    let companions = Companions {
+        tracepoints: tps,
+        sampler,
+        threads: aya::maps::HashMap::try_from(map("THREADS")?)?,
+        created: aya::maps::HashMap::try_from(map("CREATED")?)?,
+    };
+    let reqs = aya::maps::HashMap::try_from(map("REQS")?)?;
+    Ok(Windows::start(uprobe_pmu()?, windowed, companions, pids, f64::from(percent) / 100.0, reqs)?)
 }
 
 /// Blocks shorter than this send no stack: they cannot hold much of a request.
@@ -121,15 +173,13 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let lost_map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map missing")?)?;
     let builder = StackBuilder::new(StackKind::Lua, false, false, &aim)?;
 
-    for call in ["epoll_wait", "epoll_pwait", "epoll_pwait2"] {
-        if tracepoint::exists("syscalls", &format!("sys_enter_{call}")) {
-            tracepoint::attach(&mut ebpf, "lat_wait_enter", "syscalls", &format!("sys_enter_{call}"))?;
-            tracepoint::attach(&mut ebpf, "lat_wait_exit", "syscalls", &format!("sys_exit_{call}"))?;
+    if args.sample.is_none() {
+        for (program, category, name) in tracepoints() {
+            tracepoint::attach(&mut ebpf, program, category, &name)?;
         }
-    }
-    tracepoint::attach(&mut ebpf, "lat_switch", "sched", "sched_switch")?;
-    if args.freq > 0 {
-        attach::cpu_clock(&mut ebpf, "lat_sample", args.freq, Some(&aim.pids))?;
+        if args.freq > 0 {
+            attach::cpu_clock(&mut ebpf, "lat_sample", args.freq, Some(&aim.pids))?;
+        }
     }
     // In this order: everything but the start of requests first, so that a
     // request counts only if its whole life is seen.
@@ -146,7 +196,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             }
             None
         }
-        Some(percent) => Some(sampled(&mut ebpf, &probes, &aim.pids, percent)?),
+        Some(percent) => Some(sampled(&mut ebpf, &probes, &aim.pids, percent, args.freq)?),
     };
     let taken_before = nginx.requests_taken(&process);
     let attached_ns = clock::monotonic_ns();

@@ -6,7 +6,11 @@
 //! that follow a request open with it and stay open until every request that
 //! began in the window has ended, then close until the next window. Which
 //! requests are followed depends only on when they began, not on how long they
-//! took, so the percentiles are those of all requests.
+//! took, so the percentiles are those of all requests. The tracepoints and
+//! timer samples that split a request's time open and close with the probes
+//! that follow it: each of their events costs whatever process it fires in
+//! (every context switch and every system call on the machine pays the
+//! dispatch), and between windows they have no request to charge.
 
 use std::{
     os::fd::RawFd,
@@ -21,7 +25,7 @@ use std::{
 };
 
 use aya::maps::{HashMap as BpfMap, MapData};
-use ljprobe_common::latency::LatReq;
+use ljprobe_common::latency::{LatReq, LatThread};
 
 use crate::bpf::perf_link::{Link, Site};
 
@@ -49,6 +53,48 @@ pub struct Probe {
     pub starts: bool,
 }
 
+/// What opens and closes with the probes that follow requests.
+pub struct Companions {
+    /// (tracepoint id, program) of the event loop's and the scheduler's tracepoints.
+    pub tracepoints: Vec<(u64, RawFd)>,
+    /// (Hz, program): timer samples of each target thread (None: `--freq 0`).
+    pub sampler: Option<(u64, RawFd)>,
+    /// The kernel's state of each worker thread and of each connection's
+    /// newest request: cleared before a window, it would be ten seconds old.
+    pub threads: BpfMap<MapData, u32, LatThread>,
+    pub created: BpfMap<MapData, u64, u64>,
+}
+
+impl Companions {
+    fn open(&mut self, pids: &[u32]) -> Vec<Link> {
+        clear(&mut self.threads);
+        clear(&mut self.created);
+        let mut links = Vec::new();
+        for &(id, prog) in &self.tracepoints {
+            match Link::tracepoint(id, prog) {
+                Ok(l) => links.push(l),
+                Err(e) => log::debug!("{e:#}"),
+            }
+        }
+        if let Some((hz, prog)) = self.sampler {
+            for tid in pids.iter().flat_map(|&pid| ljprobe_host::proc::threads(pid)) {
+                match Link::cpu_clock(tid, hz, prog) {
+                    Ok(l) => links.push(l),
+                    Err(e) => log::debug!("{e:#}"),
+                }
+            }
+        }
+        links
+    }
+}
+
+fn clear<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(map: &mut BpfMap<MapData, K, V>) {
+    let keys: Vec<_> = map.keys().filter_map(Result::ok).collect();
+    for k in &keys {
+        let _ = map.remove(k);
+    }
+}
+
 #[derive(Default, Clone, Copy, Debug)]
 pub struct Stats {
     pub windows: u64,
@@ -67,13 +113,20 @@ pub struct Windows {
 impl Windows {
     /// Starts the windows on processes `pids`; `reqs` is the kernel's map of
     /// followed requests in flight.
-    pub fn start(pmu: u32, probes: Vec<Probe>, pids: &[u32], share: f64, reqs: BpfMap<MapData, u64, LatReq>) -> std::io::Result<Windows> {
+    pub fn start(
+        pmu: u32,
+        probes: Vec<Probe>,
+        companions: Companions,
+        pids: &[u32],
+        share: f64,
+        reqs: BpfMap<MapData, u64, LatReq>,
+    ) -> std::io::Result<Windows> {
         let stop = Arc::new(AtomicBool::new(false));
         let (joined, inbox) = channel();
         let (s, pids) = (stop.clone(), pids.to_vec());
         let thread = std::thread::Builder::new()
             .name("latency-windows".into())
-            .spawn(move || serve(pmu, &probes, pids, share, reqs, &s, &inbox))?;
+            .spawn(move || serve(pmu, &probes, companions, pids, share, reqs, &s, &inbox))?;
         Ok(Windows { stop, joined, thread })
     }
 
@@ -111,9 +164,19 @@ fn close(links: Vec<Link>, closing: &mut Vec<JoinHandle<()>>) {
     closing.extend(links.into_iter().map(|l| std::thread::spawn(move || drop(l))));
 }
 
-fn serve(pmu: u32, probes: &[Probe], mut pids: Vec<u32>, share: f64, mut reqs: BpfMap<MapData, u64, LatReq>, stop: &AtomicBool, inbox: &Receiver<u32>) -> Stats {
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    pmu: u32,
+    probes: &[Probe],
+    mut companions: Companions,
+    mut pids: Vec<u32>,
+    share: f64,
+    mut reqs: BpfMap<MapData, u64, LatReq>,
+    stop: &AtomicBool,
+    inbox: &Receiver<u32>,
+) -> Stats {
     let mut stats = Stats::default();
-    let mut closing = Vec::new();
+    let mut closing: Vec<JoinHandle<()>> = Vec::new();
     let window = PERIOD.mul_f64(share);
     // One wake-up per nap: a thread waking every millisecond on a busy
     // machine took the worker's CPU often enough to halve its throughput.
@@ -126,7 +189,13 @@ fn serve(pmu: u32, probes: &[Probe], mut pids: Vec<u32>, share: f64, mut reqs: B
     while !stop.load(Ordering::Relaxed) {
         let began = Instant::now();
         pids.extend(inbox.try_iter());
-        let follow = open(pmu, probes, &pids, false);
+        // The last window's probes are gone first: a program attached twice
+        // to a tracepoint would see each event twice.
+        for c in closing.drain(..) {
+            let _ = c.join();
+        }
+        let mut follow = companions.open(&pids);
+        follow.extend(open(pmu, probes, &pids, false));
         let start = open(pmu, probes, &pids, true);
         let opened = Instant::now();
         nap(opened + window);

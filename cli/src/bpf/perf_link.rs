@@ -159,7 +159,10 @@ impl Link {
             config2: HW_BREAKPOINT_LEN_1,
             ..Default::default()
         };
-        open(&attr, tid as i32, -1, prog_fd).map_err(|e| anyhow!("cannot watch address {addr:#x} of thread {tid} with a hardware breakpoint: {e}"))
+        let link = open(&attr, tid as i32, -1, prog_fd)
+            .map_err(|e| anyhow!("cannot watch address {addr:#x} of thread {tid} with a hardware breakpoint: {e}"))?;
+        note_watchpoint_on_a_vm();
+        Ok(link)
     }
 
     /// Turns the event off or on again without closing it: for a watchpoint
@@ -173,6 +176,22 @@ impl Link {
         }
         Ok(())
     }
+}
+
+/// Once a run, on a virtual machine: what a watchpoint did to a target in
+/// this project's CI, so that whoever points ljprobe at a process that must
+/// not die knows before it is too late (docs/gc.md#cost).
+fn note_watchpoint_on_a_vm() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let vm = cpuinfo.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "hypervisor"));
+        if vm {
+            eprintln!(
+                "ljprobe: note: this sets a hardware watchpoint in the target, and on a virtual machine one has killed a target with SIGTRAP in testing (docs/gc.md#cost)"
+            );
+        }
+    });
 }
 
 fn open(attr: &PerfEventAttr, pid: i32, cpu: i32, prog_fd: RawFd) -> std::io::Result<Link> {

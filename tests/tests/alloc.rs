@@ -53,8 +53,7 @@ end
 -- handler's work interleaves: any 5 ms window sees both. Each call allocates
 -- once more than its loop does (make_strings, for one, interns the round's
 -- number; the heap's growth and `--all` agree on it), which the counts below
--- leave out:
--- 200 tables and 100 strings a call keep that to 0.5% and 1%.
+-- leave out: 200 tables and 100 strings a call keep that to 0.5% and 1%.
 local K = steady and 20 or 1
 local tb, sb, per_t, per_s = 0, 0, 0, 0
 -- Steady rounds are measured once the JIT has compiled them (round 201):
@@ -165,7 +164,7 @@ fn all_mode_counts_what_the_script_counts_on_the_stripped_stock_build() {
 fn sampled_within_10_percent(build: luajit::Luajit) {
     require_root();
     // The script's rounds run about a minute here, which the windows barely
-    // slow: two or three dozen windows of ~20 ms count ~450,000 calls. Four
+    // slow: two or three dozen windows of ~20 ms count ~450,000 calls. Five
     // runs on each build, one of them beside a compiler, gave every bytes and
     // count figure within 4.1% (most within 1.6%), once the ratio came from
     // the VM's own accounting on both sides (`sampler::vm_scale`): adding

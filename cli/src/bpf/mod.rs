@@ -52,6 +52,25 @@ pub fn program_error(what: &str, e: aya::programs::ProgramError) -> anyhow::Erro
     anyhow!("{what} failed: {e}")
 }
 
+/// Program `name` loaded (once, `what` naming it in the error), for links
+/// opened by hand (`perf_link`): its descriptor, owned by `ebpf`. For the
+/// kinds this project opens so, which load without arguments.
+pub fn loaded_fd(ebpf: &mut Ebpf, name: &str, what: &str) -> Result<std::os::fd::RawFd> {
+    use aya::programs::Program;
+    use std::os::fd::{AsFd, AsRawFd};
+    let prog = ebpf.program_mut(name).with_context(|| format!("program {name} missing from its object"))?;
+    if prog.fd().is_err() {
+        let loaded = match prog {
+            Program::UProbe(p) => p.load(),
+            Program::TracePoint(p) => p.load(),
+            Program::PerfEvent(p) => p.load(),
+            _ => anyhow::bail!("program {name} is not a uprobe, tracepoint or perf-event program"),
+        };
+        loaded.map_err(|e| program_error(what, e))?;
+    }
+    Ok(prog.fd()?.as_fd().as_raw_fd())
+}
+
 /// Every tool's program reads the same two maps: which processes to look at
 /// (`TARGETS`) and where LuaJIT keeps what it reads (`LAYOUT`).
 pub fn aim(ebpf: &mut Ebpf, pids: &[u32], layout: VmLayout) -> Result<()> {

@@ -1,12 +1,10 @@
 //! The allocator probe loaded and aimed at every target's allocator: what
 //! `ljprobe alloc` and `ljprobe leak` (with `addresses`) both start from.
 
-use std::os::fd::{AsFd, AsRawFd};
 
 use anyhow::{Context, Result};
 use aya::{
     maps::{Array, MapData, PerCpuArray},
-    programs::{PerfEvent, UProbe},
     Ebpf,
 };
 use ljprobe_common::{AllocConfig, GcCycles};
@@ -70,16 +68,13 @@ impl AllocProbe {
         let cycles: aya::maps::HashMap<MapData, u32, GcCycles> =
             aya::maps::HashMap::try_from(ebpf.take_map("CYCLES").context("CYCLES map missing")?)?;
         let builder = StackBuilder::new(stacks.stack, stacks.kernel, stacks.per_worker, aim)?;
-        let mut uprobe_fd = |name: &str, what: &str| -> Result<i32> {
-            let prog: &mut UProbe = ebpf.program_mut(name).with_context(|| format!("{name} missing"))?.try_into()?;
-            prog.load().map_err(|e| bpf::program_error(what, e))?;
-            Ok(prog.fd()?.as_fd().as_raw_fd())
+        let uprobe = bpf::loaded_fd(&mut ebpf, "alloc_call", "loading the alloc program")?;
+        let uretprobe = if addresses {
+            Some(bpf::loaded_fd(&mut ebpf, "alloc_return", "loading the allocator's return probe")?)
+        } else {
+            None
         };
-        let uprobe = uprobe_fd("alloc_call", "loading the alloc program")?;
-        let uretprobe = if addresses { Some(uprobe_fd("alloc_return", "loading the allocator's return probe")?) } else { None };
-        let prog: &mut PerfEvent = ebpf.program_mut("alloc_gc_atomic").context("alloc_gc_atomic missing")?.try_into()?;
-        prog.load().map_err(|e| bpf::program_error("loading the collector watch", e))?;
-        let watch = prog.fd()?.as_fd().as_raw_fd();
+        let watch = bpf::loaded_fd(&mut ebpf, "alloc_gc_atomic", "loading the collector watch")?;
         Ok(AllocProbe {
             ebpf,
             allocators,

@@ -9,14 +9,13 @@ mod poll;
 mod report;
 
 use std::{
-    os::fd::{AsFd, AsRawFd},
     path::PathBuf,
     process::ExitCode,
     time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
-use aya::{maps::PerCpuArray, programs::PerfEvent};
+use aya::maps::PerCpuArray;
 
 use self::poll::{Poller, Vm};
 use super::run_args::RunArgs;
@@ -67,9 +66,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let mut ebpf = bpf::load(objects::GC, "gc")?;
     let found = bpf::aim_seeded(&mut ebpf, &aim)?;
     let watch = if args.exact {
-        let prog: &mut PerfEvent = ebpf.program_mut("gc_atomic").context("gc_atomic missing")?.try_into()?;
-        prog.load().map_err(|e| bpf::program_error("loading the collector watch", e))?;
-        Some(prog.fd()?.as_fd().as_raw_fd())
+        Some(bpf::loaded_fd(&mut ebpf, "gc_atomic", "loading the collector watch")?)
     } else {
         None
     };

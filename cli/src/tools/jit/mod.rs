@@ -10,17 +10,13 @@ mod watch;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
-use aya::{
-    maps::{Array, PerCpuArray},
-    programs::{PerfEvent, UProbe},
-};
+use aya::maps::{Array, PerCpuArray};
 use ljprobe_common::jit::{JIT_REQ_SLOTS, JIT_STATE_SLOTS};
 use ljprobe_flamegraph::histogram::Log2Histogram;
 
@@ -217,9 +213,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
 }
 
 fn watch_program(ebpf: &mut aya::Ebpf, name: &str) -> Result<std::os::fd::RawFd> {
-    let prog: &mut PerfEvent = ebpf.program_mut(name).with_context(|| format!("{name} missing"))?.try_into()?;
-    prog.load().map_err(|e| bpf::program_error(&format!("loading {name}"), e))?;
-    Ok(prog.fd()?.as_fd().as_raw_fd())
+    bpf::loaded_fd(ebpf, name, &format!("loading {name}"))
 }
 
 /// In nginx, the uprobe that closes each request's count of exits (put in
@@ -236,9 +230,7 @@ fn request_probe(ebpf: &mut aya::Ebpf, aim: &Aim, notes: &mut Vec<String>) -> Re
         notes.push(format!("exits per request are not counted: {} does not export {FREE}", root.exe));
         return Ok(None);
     };
-    let prog: &mut UProbe = ebpf.program_mut("jit_request").context("jit_request missing")?.try_into()?;
-    prog.load().map_err(|e| bpf::program_error("loading jit_request", e))?;
-    let prog = prog.fd()?.as_fd().as_raw_fd();
+    let prog = bpf::loaded_fd(ebpf, "jit_request", "loading jit_request")?;
     Ok(Some(RequestProbe { pmu: uprobe_pmu()?, prog, path: root.host_path(&root.exe), offset }))
 }
 

@@ -14,12 +14,8 @@ mod windows;
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
-use std::os::fd::{AsFd, AsRawFd};
 
-use aya::{
-    maps::{Array, PerCpuArray, RingBuf},
-    programs::{PerfEvent, TracePoint, UProbe},
-};
+use aya::maps::{Array, PerCpuArray, RingBuf};
 use ljprobe_common::latency::LatencyConfig;
 
 pub use self::requests::GroupBy;
@@ -111,31 +107,18 @@ fn sampled(
 ) -> Result<Windows> {
     let mut windowed = Vec::new();
     for (program, object, function, offset) in probes {
-        let prog: &mut UProbe = ebpf.program_mut(program).with_context(|| format!("program {program} missing"))?.try_into()?;
-        prog.load().map_err(|e| bpf::program_error(&format!("loading {program}"), e))?;
-        let prog_fd = prog.fd()?.as_fd().as_raw_fd();
+        let prog_fd = bpf::loaded_fd(ebpf, program, &format!("loading {program}"))?;
         windowed.push(Probe { object: object.to_path_buf(), offset: *offset, prog_fd, starts: *function == nginx::CREATE });
     }
     let mut tps = Vec::new();
     for (program, category, name) in tracepoints() {
-        let prog: &mut TracePoint =
-            ebpf.program_mut(program).with_context(|| format!("program {program} missing"))?.try_into()?;
-        if prog.fd().is_err() {
-            prog.load().map_err(|e| bpf::program_error(&format!("loading {program}"), e))?;
-        }
-        let (id, fd) = (tracepoint::id(category, &name)?, prog.fd()?.as_fd().as_raw_fd());
+        let (id, fd) = (tracepoint::id(category, &name)?, bpf::loaded_fd(ebpf, program, &format!("loading {program}"))?);
         // Opened once now so that a kernel that refuses it says so at the
         // start; the windows then open it quietly.
         drop(Link::tracepoint(id, fd).with_context(|| format!("cannot attach to the {category}:{name} tracepoint"))?);
         tps.push((id, fd));
     }
-    let sampler = if freq > 0 {
-        let prog: &mut PerfEvent = ebpf.program_mut("lat_sample").context("program lat_sample missing")?.try_into()?;
-        prog.load().map_err(|e| bpf::program_error("loading lat_sample", e))?;
-        Some((freq, prog.fd()?.as_fd().as_raw_fd()))
-    } else {
-        None
-    };
+    let sampler = if freq > 0 { Some((freq, bpf::loaded_fd(ebpf, "lat_sample", "loading lat_sample")?)) } else { None };
     let mut map = |name: &str| ebpf.take_map(name).with_context(|| format!("{name} map missing"));
     let companions = Companions {
         tracepoints: tps,

@@ -88,11 +88,13 @@ impl Companions {
     }
 }
 
-fn clear<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(map: &mut BpfMap<MapData, K, V>) {
+/// Empties a kernel map; how many entries it held.
+fn clear<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(map: &mut BpfMap<MapData, K, V>) -> u64 {
     let keys: Vec<_> = map.keys().filter_map(Result::ok).collect();
     for k in &keys {
         let _ = map.remove(k);
     }
+    keys.len() as u64
 }
 
 #[derive(Default, Clone, Copy, Debug)]
@@ -207,18 +209,15 @@ fn serve(
         while reqs.keys().next().is_some() && lingering.elapsed() < LINGER && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(POLL);
         }
-        let left: Vec<u64> = reqs.keys().filter_map(Result::ok).collect();
-        for r in &left {
-            let _ = reqs.remove(r);
-        }
-        stats.abandoned += left.len() as u64;
+        let left = clear(&mut reqs);
+        stats.abandoned += left;
         close(follow, &mut closing);
         log::debug!(
             "window: opened in {:?}, open {:?}, lingered {:?}, {} left",
             opened - began,
             window,
             lingering.elapsed(),
-            left.len()
+            left
         );
         nap(began + PERIOD);
     }

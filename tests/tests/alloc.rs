@@ -192,6 +192,24 @@ fn sampled_mode_gets_each_functions_bytes_and_count_within_10_percent_on_the_str
 }
 
 #[test]
+fn without_a_watchpoint_the_shares_hold_and_the_totals_say_how_they_were_scaled() {
+    // `--no-watchpoint` (a watchpoint can kill a target on a VM): no program
+    // runs at the collector's atomic phase, so no cycle is counted, and the
+    // windows are scaled by time; which function allocates what share stays.
+    require_root();
+    let build = luajit::debug_build();
+    let (truth, s) = run(&build, "alloc-no-watchpoint", 20000, true, &["--no-watchpoint"]);
+    let sampling = &s["sampling"];
+    assert_eq!(sampling["estimated_by"], "time", "{sampling}");
+    assert!(sampling["accounting_missing"].as_str().unwrap().contains("--no-watchpoint"), "{sampling}");
+    assert_eq!(sampling["cycles"], 0, "a watchpoint program counted cycles: {sampling}");
+    let (tables, strings) = (top(&s, "top_by_bytes", "make_tables"), top(&s, "top_by_bytes", "make_strings"));
+    let ours = 100.0 * tables / (tables + strings);
+    let theirs = 100.0 * truth.table_bytes / (truth.table_bytes + truth.string_bytes);
+    assert!((ours - theirs).abs() <= 5.0, "make_tables: {ours:.1}% of the two functions' bytes, the script {theirs:.1}%: {sampling}");
+}
+
+#[test]
 fn a_process_without_luajit_is_refused_in_one_sentence() {
     require_root();
     let sleeper = Background(std::process::Command::new("sleep").arg("30").spawn().unwrap());

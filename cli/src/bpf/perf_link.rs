@@ -188,7 +188,7 @@ fn note_watchpoint_on_a_vm() {
         let vm = cpuinfo.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "hypervisor"));
         if vm {
             eprintln!(
-                "ljprobe: note: this sets a hardware watchpoint in the target, and on a virtual machine one has killed a target with SIGTRAP in testing (docs/gc.md#cost)"
+                "ljprobe: note: this sets a hardware watchpoint in the target, and on a virtual machine one has killed a target with SIGTRAP in testing (docs/gc.md#cost; alloc --no-watchpoint sets none)"
             );
         }
     });

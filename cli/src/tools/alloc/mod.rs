@@ -52,6 +52,12 @@ pub struct Args {
     /// small targets.
     #[arg(long)]
     all: bool,
+    /// Set no hardware watchpoint on the collector's state: totals are then
+    /// scaled by time instead of by the VM's own accounting (low for a target
+    /// that allocates flat out). On a VM a watchpoint has killed a target
+    /// with SIGTRAP (docs/gc.md#cost).
+    #[arg(long)]
+    no_watchpoint: bool,
     #[command(flatten)]
     outputs: Outputs,
 }
@@ -73,7 +79,10 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     aim.needs_gc64("alloc")?;
     let probe = AllocProbe::load(&aim, &args.stacks, false)?;
     let probed = probe.probed();
-    let AllocProbe { mut ebpf, allocators: _, resize, maps, programs, builder, native } = probe;
+    let AllocProbe { mut ebpf, allocators: _, resize, maps, mut programs, builder, native } = probe;
+    if args.no_watchpoint {
+        programs.watch = None;
+    }
     let budget = (!args.all).then_some(args.overhead);
     let sampler = Sampler::start(probed, programs, maps, budget)?;
     let mut ring: RingBuf<MapData> = RingBuf::try_from(ebpf.take_map("RECORDS").context("RECORDS map missing")?)?;

@@ -74,7 +74,7 @@ impl AllocProbe {
         } else {
             None
         };
-        let watch = bpf::loaded_fd(&mut ebpf, "alloc_gc_atomic", "loading the collector watch")?;
+        let watch = Some(bpf::loaded_fd(&mut ebpf, "alloc_gc_atomic", "loading the collector watch")?);
         Ok(AllocProbe {
             ebpf,
             allocators,

@@ -6,7 +6,7 @@ use aya::maps::{MapData, PerCpuArray};
 use ljprobe_common::{AllocTotals, ALLOC_FREED_BYTES, ALLOC_FREES, ALLOC_HIST_BUCKETS};
 use serde_json::json;
 
-use super::{sampler::Sampling, tally::Tally, Args, Weight};
+use super::{sampler::{Sampling, NOT_WATCHED}, tally::Tally, Args, Weight};
 use crate::{
     bpf::per_cpu_total,
     collect::Collected,
@@ -76,7 +76,8 @@ pub fn write(r: Run) -> anyhow::Result<()> {
         ),
     });
     if s.estimated_by == "time" && s.mode != "all" {
-        notes.push("the VM's own accounting could not be read, so totals are scaled by time: low for a target that allocates flat out (shares hold; --all counts exactly)".into());
+        let why = if s.accounting_missing.as_deref() == Some(NOT_WATCHED) { "was not read" } else { "could not be read" };
+        notes.push(format!("the VM's own accounting {why}, so totals are scaled by time: low for a target that allocates flat out (shares hold; --all counts exactly)"));
     }
     if !r.resize_known {
         notes.push("this LuaJIT has no symbols naming lj_tab_resize: table growth shows as [block grown] (array parts) or new blocks (hash parts)".into());

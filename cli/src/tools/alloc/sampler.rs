@@ -142,12 +142,16 @@ pub struct Maps {
 }
 
 /// The loaded programs: the allocator's uprobe (and, for `ljprobe leak`, its
-/// uretprobe) and the watchpoint's.
+/// uretprobe) and the watchpoint's (None: no watchpoint is set, and the VM's
+/// accounting is not read).
 pub struct Programs {
     pub uprobe: RawFd,
     pub uretprobe: Option<RawFd>,
-    pub watch: RawFd,
+    pub watch: Option<RawFd>,
 }
+
+/// Why the accounting is missing when no watchpoint was asked for.
+pub const NOT_WATCHED: &str = "no watchpoint was set (--no-watchpoint)";
 
 impl Programs {
     fn probes(&self) -> Progs {
@@ -273,10 +277,14 @@ impl Run {
         for p in new {
             let Ok(mem) = ProcMem::open(p.site.pid) else { continue };
             let state = p.g + p.gc.currentwhite;
-            let watch = match Link::write_watch(p.site.pid, state, self.programs.watch) {
-                Ok(w) => Some(w),
-                Err(e) => {
+            let watch = match self.programs.watch.map(|fd| Link::write_watch(p.site.pid, state, fd)) {
+                Some(Ok(w)) => Some(w),
+                Some(Err(e)) => {
                     self.out.accounting_missing.get_or_insert_with(|| format!("{e:#}"));
+                    None
+                }
+                None => {
+                    self.out.accounting_missing.get_or_insert_with(|| NOT_WATCHED.into());
                     None
                 }
             };

@@ -1,5 +1,6 @@
 //! `cargo xtask bench alloc`: `ljprobe alloc` (sampled, and `--all`) and
-//! `ljprobe gc` (readings only, and `--exact` with its watchpoint) against a
+//! `ljprobe gc` (readings only, and `--exact` with its watchpoint), and
+//! `ljprobe alloc --no-watchpoint` (whose floor is not the armed watchpoint's), against a
 //! bpftrace uprobe that only counts calls of the same allocator function, on
 //! two routes:
 //!
@@ -25,6 +26,7 @@ fn tools() -> Vec<Tool> {
         Tool::BpftraceAllocCount,
         Tool::LjprobeGc { exact: false },
         Tool::LjprobeGc { exact: true },
+        Tool::LjprobeAllocNoWatchpoint,
     ]
 }
 
@@ -51,6 +53,7 @@ pub fn run(duration: Duration, rounds: u32) -> Result<()> {
             rps[1] >= rps[2] - 0.01,
         ));
         goals.push((format!("{r}: gc adds <= 1% CPU a request"), format!("+{:.1}%", more(3)), more(3) <= 1.0));
+        goals.push((format!("{r}: alloc --no-watchpoint adds <= 3%"), format!("+{:.1}%", more(5)), more(5) <= 3.0));
         print_bpf(suite, m);
         m.own.print();
     }

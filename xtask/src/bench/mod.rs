@@ -509,13 +509,19 @@ pub fn print_ratios(suite: &Suite, m: &Measured, rounds: u32) -> Vec<f64> {
     );
     // Ratio = profiled req/s / mean of the two adjacent baselines; loss = 1 - ratio.
     let rounds_hdr: String = (1..=rounds).map(|r| format!("{:>9}", format!("round {r}"))).collect();
-    println!("\n{:<24}{rounds_hdr}{:>9}", "ratio", "median");
+    let w = label_width(suite);
+    println!("\n{:<w$}{rounds_hdr}{:>9}", "ratio", "median");
     let medians: Vec<f64> = m.ratios.iter().map(|r| median(r)).collect();
     for ((tool, r), med) in suite.tools.iter().zip(&m.ratios).zip(&medians) {
         let cells: String = r.iter().map(|x| format!("{x:>9.3}")).collect();
-        println!("{:<24}{cells}{med:>9.3}   (loss {:.1}%)", tool.label(), (1.0 - med) * 100.0);
+        println!("{:<w$}{cells}{med:>9.3}   (loss {:.1}%)", tool.label(), (1.0 - med) * 100.0);
     }
     medians
+}
+
+/// The tables' first column: as wide as the longest label, 24 at least.
+fn label_width(suite: &Suite) -> usize {
+    suite.tools.iter().map(|t| t.label().len() + 1).max().unwrap_or(0).max(24)
 }
 
 /// The CPU-per-request table: one row per tool, its ratio to the adjacent
@@ -523,11 +529,12 @@ pub fn print_ratios(suite: &Suite, m: &Measured, rounds: u32) -> Vec<f64> {
 pub fn print_cpu_ratios(suite: &Suite, m: &Measured, rounds: u32) -> Vec<f64> {
     println!("baseline: median {:.1} us of the worker's CPU a request", median(&m.baseline_cpu));
     let rounds_hdr: String = (1..=rounds).map(|r| format!("{:>9}", format!("round {r}"))).collect();
-    println!("\n{:<24}{rounds_hdr}{:>9}", "CPU a request, ratio", "median");
+    let w = label_width(suite);
+    println!("\n{:<w$}{rounds_hdr}{:>9}", "CPU a request, ratio", "median");
     let medians: Vec<f64> = m.cpu_ratios.iter().map(|r| median(r)).collect();
     for ((tool, r), med) in suite.tools.iter().zip(&m.cpu_ratios).zip(&medians) {
         let cells: String = r.iter().map(|x| format!("{x:>9.3}")).collect();
-        println!("{:<24}{cells}{med:>9.3}   (+{:.1}%)", tool.label(), (med - 1.0) * 100.0);
+        println!("{:<w$}{cells}{med:>9.3}   (+{:.1}%)", tool.label(), (med - 1.0) * 100.0);
     }
     medians
 }
@@ -537,15 +544,16 @@ pub fn print_cpu_ratios(suite: &Suite, m: &Measured, rounds: u32) -> Vec<f64> {
 pub fn print_bpf(suite: &Suite, m: &Measured) {
     let rounds = m.bpf.iter().map(Vec::len).max().unwrap_or(0) as u32;
     let rounds_hdr: String = (1..=rounds).map(|r| format!("{:>9}", format!("run {r}"))).collect();
-    println!("\n{:<24}{rounds_hdr}{:>9}", "BPF run time, % of a CPU", "median");
+    let w = label_width(suite);
+    println!("\n{:<w$}{rounds_hdr}{:>9}", "BPF run time, % of a CPU", "median");
     for (tool, r) in suite.tools.iter().zip(&m.bpf) {
         let known: Vec<f64> = r.iter().flatten().map(|x| x * 100.0).collect();
         if known.is_empty() {
-            println!("{:<24}{:>w$}", tool.label(), "-", w = 9 * (rounds as usize + 1));
+            println!("{:<w$}{:>cols$}", tool.label(), "-", cols = 9 * (rounds as usize + 1));
             continue;
         }
         let cells: String = r.iter().map(|x| x.map_or(format!("{:>9}", "-"), |x| format!("{:>9.3}", x * 100.0))).collect();
-        println!("{:<24}{cells}{:>9.3}", tool.label(), median(&known));
+        println!("{:<w$}{cells}{:>9.3}", tool.label(), median(&known));
     }
 }
 

@@ -151,7 +151,7 @@ pub struct Programs {
 }
 
 /// Why the accounting is missing when no watchpoint was asked for.
-pub const NOT_WATCHED: &str = "no watchpoint was set (--no-watchpoint)";
+pub const NOT_WATCHED: &str = "no watchpoint was asked for (alloc --no-watchpoint; leak never uses one)";
 
 impl Programs {
     fn probes(&self) -> Progs {

@@ -70,3 +70,24 @@ fn report_refuses_a_process_without_lua_in_one_sentence() {
     let _ = sleeper.wait();
     assert_one_sentence(&o, "no LuaJIT mapped");
 }
+
+#[test]
+fn no_watchpoint_reaches_alloc() {
+    // `report --no-watchpoint` hands the flag to alloc, whose JSON then says
+    // why the VM's accounting is missing (a watchpoint set would have read it).
+    let dir = out_dir().join("report-no-watchpoint");
+    let _ = fs::remove_dir_all(&dir);
+    let script = out_dir().join("report-no-watchpoint.lua");
+    fs::write(&script, "local t = os.clock() + 6\nlocal x\nwhile os.clock() < t do x = { 1, 2, 3 } end\n").unwrap();
+    let mut lj = std::process::Command::new("/usr/bin/luajit").arg(&script).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let pid = lj.id().to_string();
+    let o = ljprobe(&["report", "--pid", &pid, "--duration", "2s", "--tools", "alloc", "--no-watchpoint", "--out", dir.to_str().unwrap()]);
+    let _ = lj.kill();
+    let _ = lj.wait();
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let alloc: serde_json::Value = serde_json::from_str(&fs::read_to_string(dir.join("alloc.json")).unwrap()).unwrap();
+    let missing = alloc["sampling"]["accounting_missing"].as_str().unwrap_or_default();
+    assert!(missing.contains("--no-watchpoint"), "{}", alloc["sampling"]);
+    assert_eq!(alloc["sampling"]["estimated_by"], "time", "{}", alloc["sampling"]);
+}

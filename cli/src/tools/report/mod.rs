@@ -35,6 +35,10 @@ pub struct Args {
     /// The tools to run [default: all of them].
     #[arg(long, value_enum, value_delimiter = ',')]
     tools: Vec<Tool>,
+    /// Give alloc `--no-watchpoint`: then no tool of the report sets a
+    /// hardware watchpoint (on a VM one has killed a target, docs/gc.md#cost).
+    #[arg(long)]
+    no_watchpoint: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -106,6 +110,9 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         v.extend(["--svg".into(), file(tool, "svg"), "--json".into(), file(tool, "json")]);
         if tool.writes_folded() {
             v.extend(["--folded".into(), file(tool, "folded")]);
+        }
+        if tool == Tool::Alloc && args.no_watchpoint {
+            v.push("--no-watchpoint".into());
         }
         v
     };

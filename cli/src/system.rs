@@ -264,6 +264,10 @@ pub struct Kernel {
     pub ringbuf: Option<Result<(), String>>,
     /// /proc/kallsyms shows addresses: kernel frames (`--kernel`) can be named.
     pub kallsyms: bool,
+    /// A hardware write watchpoint opens (`gc --exact`, `jit`, alloc's totals).
+    pub watchpoint: Result<(), String>,
+    /// The CPU flags say `hypervisor`.
+    pub vm: bool,
 }
 
 impl Kernel {
@@ -291,6 +295,8 @@ impl Kernel {
             perf: perf_cpu_clock().map_err(|e| e.to_string()),
             ringbuf: privileged.then(ring_buffer),
             kallsyms: kallsyms_addresses(),
+            watchpoint: crate::bpf::perf_link::watchpoint_opens().map_err(|e| e.to_string()),
+            vm: crate::bpf::perf_link::on_a_vm(),
         }
     }
 
@@ -366,6 +372,22 @@ impl Kernel {
                     "/proc/kallsyms shows addresses (for --kernel)".into()
                 } else {
                     "/proc/kallsyms hides addresses: --kernel needs root, or CAP_SYSLOG (docs/install.md)".into()
+                },
+                fix: None,
+            },
+            // Only gc --exact, jit and alloc's totals use one, and on a VM the
+            // reader should know what one has done (docs/gc.md#cost).
+            Check {
+                name: "watchpoints",
+                ok: true,
+                detail: match (&self.watchpoint, self.vm) {
+                    (Ok(()), false) => "a hardware write watchpoint opens (gc --exact, jit, alloc's totals)".into(),
+                    (Ok(()), true) => "a hardware write watchpoint opens, but this is a virtual machine, where one has \
+                        killed a target with SIGTRAP (docs/gc.md#cost): alloc and report take --no-watchpoint"
+                        .into(),
+                    (Err(e), _) => format!(
+                        "no hardware watchpoint ({e}): gc --exact and jit cannot run; alloc scales its totals by time"
+                    ),
                 },
                 fix: None,
             },

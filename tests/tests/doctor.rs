@@ -186,4 +186,11 @@ fn without_a_pid_checks_the_kernel_and_loads_a_program() {
         let line = text.lines().find(|l| l.contains(check)).unwrap_or_else(|| panic!("no {check} line:\n{text}"));
         assert!(line.trim_start().starts_with("ok"), "{line}");
     }
+    // Whether the watchpoint line warns of a virtual machine follows the CPU
+    // flags, read here on their own.
+    let watch = text.lines().find(|l| l.contains("watchpoints")).unwrap_or_else(|| panic!("no watchpoints line:\n{text}"));
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap();
+    let vm = cpuinfo.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "hypervisor"));
+    assert_eq!(watch.contains("virtual machine"), vm, "hypervisor flag {vm}: {watch}");
+    assert!(watch.contains("write watchpoint opens"), "{watch}");
 }

@@ -47,6 +47,7 @@ const PERF_TYPE_SOFTWARE: u32 = 1;
 const PERF_TYPE_TRACEPOINT: u32 = 2;
 const PERF_COUNT_SW_CPU_CLOCK: u64 = 0;
 /// `perf_event_attr` flag bits: threads started later are sampled too; `sample_period` is a frequency.
+const ATTR_DISABLED: u64 = 1;
 const ATTR_INHERIT: u64 = 1 << 1;
 const ATTR_FREQ: u64 = 1 << 10;
 const PERF_TYPE_BREAKPOINT: u32 = 5;
@@ -150,16 +151,7 @@ impl Link {
     /// A hardware watchpoint on the byte at `addr` in thread `tid`, running
     /// the perf-event program `prog_fd` after every write to it.
     pub fn write_watch(tid: u32, addr: u64, prog_fd: RawFd) -> Result<Link> {
-        let attr = PerfEventAttr {
-            type_: PERF_TYPE_BREAKPOINT,
-            size: std::mem::size_of::<PerfEventAttr>() as u32,
-            sample_period: 1,
-            bp_type: HW_BREAKPOINT_W,
-            config1: addr,
-            config2: HW_BREAKPOINT_LEN_1,
-            ..Default::default()
-        };
-        let link = open(&attr, tid as i32, -1, prog_fd)
+        let link = open(&write_watch_attr(addr), tid as i32, -1, prog_fd)
             .map_err(|e| anyhow!("cannot watch address {addr:#x} of thread {tid} with a hardware breakpoint: {e}"))?;
         note_watchpoint_on_a_vm();
         Ok(link)
@@ -178,15 +170,48 @@ impl Link {
     }
 }
 
+fn write_watch_attr(addr: u64) -> PerfEventAttr {
+    PerfEventAttr {
+        type_: PERF_TYPE_BREAKPOINT,
+        size: std::mem::size_of::<PerfEventAttr>() as u32,
+        sample_period: 1,
+        bp_type: HW_BREAKPOINT_W,
+        config1: addr,
+        config2: HW_BREAKPOINT_LEN_1,
+        ..Default::default()
+    }
+}
+
+/// Whether the kernel gives this process a write watchpoint (a debug
+/// register) on a byte of its own, as the tools ask for one in a target:
+/// `doctor`'s check. Opened disabled and closed at once; nothing writes the byte.
+pub fn watchpoint_opens() -> std::io::Result<()> {
+    static BYTE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+    let mut attr = write_watch_attr(BYTE.as_ptr() as u64);
+    attr.flags |= ATTR_DISABLED;
+    // SAFETY: a valid attr that outlives the call; no group.
+    let fd = unsafe { libc::syscall(libc::SYS_perf_event_open, &attr as *const PerfEventAttr, 0, -1, -1, PERF_FLAG_FD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; dropping closes it.
+    drop(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+    Ok(())
+}
+
+/// The CPU flags say `hypervisor`: a virtual machine.
+pub fn on_a_vm() -> bool {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    cpuinfo.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "hypervisor"))
+}
+
 /// Once a run, on a virtual machine: what a watchpoint did to a target in
 /// this project's CI, so that whoever points ljprobe at a process that must
 /// not die knows before it is too late (docs/gc.md#cost).
 fn note_watchpoint_on_a_vm() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let vm = cpuinfo.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "hypervisor"));
-        if vm {
+        if on_a_vm() {
             eprintln!(
                 "ljprobe: note: this sets a hardware watchpoint in the target, and on a virtual machine one has killed a target with SIGTRAP in testing (docs/gc.md#cost; alloc --no-watchpoint sets none)"
             );

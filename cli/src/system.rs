@@ -385,6 +385,7 @@ impl Kernel {
                     (Ok(()), true) => "a hardware write watchpoint opens, but this is a virtual machine, where one has \
                         killed a target with SIGTRAP (docs/gc.md#cost): alloc and report take --no-watchpoint"
                         .into(),
+                    (Err(_), _) if !self.privileged => "not checked: a watchpoint in another process needs privileges".into(),
                     (Err(e), _) => format!(
                         "no hardware watchpoint ({e}): gc --exact and jit cannot run; alloc scales its totals by time"
                     ),

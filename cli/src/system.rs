@@ -558,7 +558,23 @@ mod tests {
             perf: Ok(()),
             ringbuf: Some(Ok(())),
             kallsyms: true,
+            watchpoint: Ok(()),
+            vm: false,
         }
+    }
+
+    fn watchpoint_line(k: &Kernel) -> String {
+        k.checks().into_iter().find(|c| c.name == "watchpoints").map(|c| c.detail).unwrap()
+    }
+
+    #[test]
+    fn the_watchpoint_line_says_what_a_vm_has_done_and_what_privileges_hide() {
+        assert!(!watchpoint_line(&all_there()).contains("virtual machine"));
+        assert!(watchpoint_line(&Kernel { vm: true, ..all_there() }).contains("--no-watchpoint"));
+        let refused = Kernel { watchpoint: Err("No such device".into()), ..all_there() };
+        assert!(watchpoint_line(&refused).contains("gc --exact and jit cannot run"));
+        let unprivileged = Kernel { privileged: false, ..refused };
+        assert!(watchpoint_line(&unprivileged).starts_with("not checked"));
     }
 
     #[test]

@@ -387,7 +387,8 @@ impl Kernel {
                         .into(),
                     (Err(_), _) if !self.privileged => "not checked: a watchpoint in another process needs privileges".into(),
                     (Err(e), _) => format!(
-                        "no hardware watchpoint ({e}): gc --exact and jit cannot run; alloc scales its totals by time"
+                        "no hardware watchpoint ({e}): gc --exact falls back to readings, jit sees no aborts or exits, \
+                         alloc scales its totals by time"
                     ),
                 },
                 fix: None,
@@ -572,7 +573,7 @@ mod tests {
         assert!(!watchpoint_line(&all_there()).contains("virtual machine"));
         assert!(watchpoint_line(&Kernel { vm: true, ..all_there() }).contains("--no-watchpoint"));
         let refused = Kernel { watchpoint: Err("No such device".into()), ..all_there() };
-        assert!(watchpoint_line(&refused).contains("gc --exact and jit cannot run"));
+        assert!(watchpoint_line(&refused).contains("jit sees no aborts or exits"));
         let unprivileged = Kernel { privileged: false, ..refused };
         assert!(watchpoint_line(&unprivileged).starts_with("not checked"));
     }

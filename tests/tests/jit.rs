@@ -226,10 +226,17 @@ fn gateway_hot_nyi_aborts_at_its_closure_and_is_blacklisted_while_hot_jit_runs_c
     let row = row.unwrap_or_else(|| panic!("hot_jit_work not among the functions\n{}", stdout(&out)));
     assert!(row["compiled_share"].as_f64().unwrap() >= 0.9, "hot_jit_work not compiled: {row}");
     let work = line_of(&jit, "function M.hot_jit_work");
+    // A root trace begun outside the loop (at the caller's hot call) meets it
+    // and gives way, "inner loop in root trace", and the loop then gets a
+    // trace of its own: LuaJIT's way in, which one CI run saw once. Any other
+    // abort in hot_jit_work would be a path out of the JIT.
+    let way_in = ["inner loop in root trace", "leaving loop in root trace"];
     let in_hot_loop = s["aborts"].as_array().unwrap().iter().any(|a| {
-        [&a["start"], &a["at"]].iter().any(|w| !w.is_null() && base(w["file"].as_str().unwrap()) == "hot_jit.lua" && w["func_line"] == work)
+        !way_in.contains(&a["luajit"].as_str().unwrap_or_default())
+            && [&a["start"], &a["at"]].iter().any(|w| !w.is_null() && base(w["file"].as_str().unwrap()) == "hot_jit.lua" && w["func_line"] == work)
     });
     assert!(!in_hot_loop, "an abort in hot_jit_work\n{}", stdout(&out));
+    assert!(!blacklisted.iter().any(|b| b.starts_with("hot_jit.lua:")), "hot_jit.lua blacklisted: {blacklisted:?}");
     // Fresh traces exit until their side traces are built; every request
     // that ended after the first one is counted, none of them twice.
     assert!(s["exits_total"].as_u64().unwrap() > 0, "no trace exit in a fresh gateway\n{}", stdout(&out));

@@ -292,7 +292,7 @@ impl Kernel {
             sched_switch: events("sched/sched_switch"),
             epoll: events("syscalls/sys_enter_epoll_wait"),
             tracefs,
-            perf: perf_cpu_clock().map_err(|e| e.to_string()),
+            perf: crate::bpf::perf_link::cpu_clock_opens().map_err(|e| e.to_string()),
             ringbuf: privileged.then(ring_buffer),
             kallsyms: kallsyms_addresses(),
             watchpoint: crate::bpf::perf_link::watchpoint_opens().map_err(|e| e.to_string()),
@@ -504,43 +504,6 @@ fn yes_no(b: bool) -> &'static str {
     } else {
         "no"
     }
-}
-
-/// Opens and closes a software cpu-clock counter on ourselves: the event every
-/// sampling tool uses (this kind of VM has no hardware PMU).
-fn perf_cpu_clock() -> Result<(), std::io::Error> {
-    const PERF_TYPE_SOFTWARE: u32 = 1;
-    const PERF_COUNT_SW_CPU_CLOCK: u64 = 0;
-    const PERF_ATTR_SIZE_VER0: u32 = 64;
-    const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
-    // perf_event_attr's first 64 bytes (VER0): type, size, config, ..., flags.
-    #[repr(C)]
-    struct AttrV0 {
-        type_: u32,
-        size: u32,
-        config: u64,
-        rest: [u64; 3],
-        flags: u64,
-        tail: [u64; 2],
-    }
-    let attr = AttrV0 {
-        type_: PERF_TYPE_SOFTWARE,
-        size: PERF_ATTR_SIZE_VER0,
-        config: PERF_COUNT_SW_CPU_CLOCK,
-        rest: [0; 3],
-        flags: 1, // disabled: we only need to know it opens
-        tail: [0; 2],
-    };
-    // SAFETY: attr is a valid VER0 perf_event_attr; pid 0 = us, cpu -1 = any, no group.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_perf_event_open, &attr as *const AttrV0, 0, -1, -1, PERF_FLAG_FD_CLOEXEC)
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd was just returned to us and is closed once.
-    unsafe { libc::close(fd as i32) };
-    Ok(())
 }
 
 #[cfg(test)]

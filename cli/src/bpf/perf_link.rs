@@ -184,12 +184,28 @@ fn write_watch_attr(addr: u64) -> PerfEventAttr {
 
 /// Whether the kernel gives this process a write watchpoint (a debug
 /// register) on a byte of its own, as the tools ask for one in a target:
-/// `doctor`'s check. Opened disabled and closed at once; nothing writes the byte.
+/// `doctor`'s check. Nothing writes the byte.
 pub fn watchpoint_opens() -> std::io::Result<()> {
     static BYTE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-    let mut attr = write_watch_attr(BYTE.as_ptr() as u64);
+    opens_here(write_watch_attr(BYTE.as_ptr() as u64))
+}
+
+/// Whether a software cpu-clock counter opens on this process: the event
+/// every sampling tool uses (this kind of VM has no hardware PMU); `doctor`'s check.
+pub fn cpu_clock_opens() -> std::io::Result<()> {
+    opens_here(PerfEventAttr {
+        type_: PERF_TYPE_SOFTWARE,
+        size: std::mem::size_of::<PerfEventAttr>() as u32,
+        config: PERF_COUNT_SW_CPU_CLOCK,
+        ..Default::default()
+    })
+}
+
+/// Opens `attr` on the calling thread, disabled, and closes it at once: only
+/// whether the kernel allows it matters.
+fn opens_here(mut attr: PerfEventAttr) -> std::io::Result<()> {
     attr.flags |= ATTR_DISABLED;
-    // SAFETY: a valid attr that outlives the call; no group.
+    // SAFETY: a valid attr that outlives the call; pid 0 = us, cpu -1 = any, no group.
     let fd = unsafe { libc::syscall(libc::SYS_perf_event_open, &attr as *const PerfEventAttr, 0, -1, -1, PERF_FLAG_FD_CLOEXEC) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());

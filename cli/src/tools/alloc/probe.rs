@@ -1,7 +1,6 @@
 //! The allocator probe loaded and aimed at every target's allocator: what
 //! `ljprobe alloc` and `ljprobe leak` (with `addresses`) both start from.
 
-
 use anyhow::{Context, Result};
 use aya::{
     maps::{Array, MapData, PerCpuArray},

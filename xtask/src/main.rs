@@ -99,6 +99,12 @@ enum Task {
     Layouts,
     /// Measure what profiling costs the gateway (docs/bench.md).
     Bench {
+        /// Pin the gateway's worker to the first CPU, and wrk and the profilers
+        /// to the others (as `worker_cpu_affinity` does in production): the
+        /// scheduler can then no longer move the load generator onto the
+        /// worker's CPU, which changes its CPU a request by more than a probe.
+        #[arg(long, global = true)]
+        pin: bool,
         #[command(subcommand)]
         what: bench::What,
     },
@@ -144,7 +150,7 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", load.run()?);
             Ok(())
         }
-        Task::Bench { what } => bench::run(what),
+        Task::Bench { pin, what } => bench::run(what, pin),
         Task::Layouts => layouts::run(),
         Task::PerfGate { slower, update_baseline, duration } => {
             setup::run()?;

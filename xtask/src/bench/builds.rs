@@ -94,9 +94,10 @@ pub fn run(duration: Duration, rounds: u32) -> Result<()> {
     })();
     let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
     result?;
+    let bench = super::bench_command();
     println!(
         "\nljprobe cpu --freq {FREQ} on each LuaJIT build, {:.0} s runs, {rounds} rounds (medians, range)\n\
-         reproduce: cargo xtask bench builds --duration {}s --rounds {rounds}\n",
+         reproduce: {bench} builds --duration {}s --rounds {rounds}\n",
         duration.as_secs_f64(),
         duration.as_secs()
     );

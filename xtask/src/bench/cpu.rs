@@ -26,7 +26,8 @@ pub fn run(duration: Duration, rounds: u32, high_rate_only: bool, only: Option<&
         "cpu overhead: {}, wrk -t1 -c{}, {secs} s per run, {rounds} rounds; nginx 1 worker, debug LuaJIT",
         suite.route, suite.connections
     );
-    println!("reproduce: cargo xtask bench cpu --duration {secs}s --rounds {rounds}");
+    let bench = super::bench_command();
+    println!("reproduce: {bench} cpu --duration {secs}s --rounds {rounds}");
     let med = print_ratios(&suite, &m, rounds);
     let loss = |i: usize| (1.0 - med[i]) * 100.0;
     print_goals(&[
@@ -77,7 +78,8 @@ fn high_rate(duration: Duration, rounds: u32, only: Option<&str>) -> Result<()> 
     let m = measure(&suite, duration, rounds)?;
     let secs = duration.as_secs();
     println!("\nhigh rate: {}, wrk -t1 -c{}, {secs} s per run, {rounds} rounds", suite.route, suite.connections);
-    let mut reproduce = format!("cargo xtask bench cpu --high-rate --duration {secs}s --rounds {rounds}");
+    let bench = super::bench_command();
+    let mut reproduce = format!("{bench} cpu --high-rate --duration {secs}s --rounds {rounds}");
     if let Some(o) = only {
         reproduce += &format!(" --only '{o}'");
     }

@@ -92,7 +92,8 @@ pub fn run(duration: Duration, rounds: u32) -> Result<()> {
 
     let secs = duration.as_secs();
     println!("heap snapshot cost: standalone luajit2 (stripped), {SNAPSHOTS} snapshots per heap; then /health with a snapshot a second");
-    println!("reproduce: cargo xtask bench heap --duration {secs}s --rounds {rounds}");
+    let bench = super::bench_command();
+    println!("reproduce: {bench} heap --duration {secs}s --rounds {rounds}");
     println!("\n| heap (gc.total) | objects | copied | pause (median) | pause per 100 MB | copy | walk | ljprobe wall | ljprobe CPU | ljprobe peak RSS | consistent |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut goals = Vec::new();

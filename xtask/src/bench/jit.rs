@@ -29,7 +29,8 @@ pub fn run(duration: Duration, rounds: u32) -> Result<()> {
     let exits = exit_cost(rounds)?;
     let secs = duration.as_secs();
     println!("jit overhead: {secs} s per wrk -t1 run, {rounds} rounds per route; nginx 1 worker, debug LuaJIT");
-    println!("reproduce: cargo xtask bench jit --duration {secs}s --rounds {rounds}");
+    let bench = super::bench_command();
+    println!("reproduce: {bench} jit --duration {secs}s --rounds {rounds}");
     let mut goals = Vec::new();
     for (suite, m) in [(&busy, &busy_m), (&cheap, &cheap_m)] {
         println!("\n--- {} with wrk -c{} ---", suite.route, suite.connections);

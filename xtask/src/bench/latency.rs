@@ -22,7 +22,8 @@ pub fn run(duration: Duration, rounds: u32) -> Result<()> {
     let busy_m = measure(&busy, duration, rounds)?;
     let secs = duration.as_secs();
     println!("latency overhead: {secs} s per wrk -t1 run, {rounds} rounds per route; nginx 1 worker, debug LuaJIT");
-    println!("reproduce: cargo xtask bench latency --duration {secs}s --rounds {rounds}");
+    let bench = super::bench_command();
+    println!("reproduce: {bench} latency --duration {secs}s --rounds {rounds}");
     let mut goals = Vec::new();
     for (suite, m) in [(&cheap, &cheap_m), (&busy, &busy_m)] {
         println!("\n--- {} with wrk -c{} ---", suite.route, suite.connections);

@@ -132,7 +132,8 @@ pub enum What {
     },
 }
 
-pub fn run(what: What) -> Result<()> {
+pub fn run(what: What, pin: bool) -> Result<()> {
+    PIN.store(pin, Ordering::SeqCst);
     match what {
         What::Cpu { duration, rounds, high_rate, only } => cpu::run(duration, rounds, high_rate, only.as_deref()),
         What::Offcpu { duration, rounds } => offcpu::run(duration, rounds),
@@ -184,6 +185,18 @@ pub struct Measured {
 /// the loop then returns an error, and the Drop guards stop the gateway (nginx is a
 /// daemon: the terminal's signal never reaches it).
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// `--pin`: see `pin_worker`.
+static PIN: AtomicBool = AtomicBool::new(false);
+
+/// How to run the bench again, as the reproduce lines print it.
+pub fn bench_command() -> &'static str {
+    if PIN.load(Ordering::SeqCst) {
+        "cargo xtask bench --pin"
+    } else {
+        "cargo xtask bench"
+    }
+}
 
 extern "C" fn on_sigint(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
@@ -273,7 +286,34 @@ fn prepare() -> Result<(Bench, Running)> {
         luajit: LuaJitBuild::Debug,
         ..Config::default()
     };
-    Ok((bench, Running::start(config)?))
+    let gw = Running::start(config)?;
+    if PIN.load(Ordering::SeqCst) {
+        pin_worker(gw.worker())?;
+    }
+    Ok((bench, gw))
+}
+
+/// The worker alone on CPU 0; this process, and so wrk and every profiler it
+/// starts from now on, on the others.
+fn pin_worker(worker: u32) -> Result<()> {
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        bail!("--pin needs at least two CPUs: the worker takes one, wrk and the profilers the rest");
+    }
+    let set = |pid: i32, cpus: &mut dyn Iterator<Item = usize>| -> Result<()> {
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for c in cpus {
+            unsafe { libc::CPU_SET(c, &mut set) };
+        }
+        if unsafe { libc::sched_setaffinity(pid, std::mem::size_of_val(&set), &set) } != 0 {
+            bail!("cannot pin process {pid}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    set(worker as i32, &mut std::iter::once(0))?;
+    set(0, &mut (1..cpus))?;
+    eprintln!("bench: worker {worker} pinned to CPU 0; wrk and the profilers to CPUs 1-{}", cpus - 1);
+    Ok(())
 }
 
 /// kernel.bpf_stats_enabled; false if it cannot be set.

@@ -25,7 +25,8 @@ pub fn run(duration: Duration, rounds: u32) -> Result<()> {
     let blocking_m = measure(&blocking, duration, rounds)?;
     let secs = duration.as_secs();
     println!("offcpu overhead: {secs} s per wrk -t1 run, {rounds} rounds per route; nginx 1 worker, debug LuaJIT");
-    println!("reproduce: cargo xtask bench offcpu --duration {secs}s --rounds {rounds}");
+    let bench = super::bench_command();
+    println!("reproduce: {bench} offcpu --duration {secs}s --rounds {rounds}");
     let mut goals = Vec::new();
     for (suite, m) in [(&busy, &busy_m), (&blocking, &blocking_m)] {
         println!("\n--- {} with wrk -c{} ---", suite.route, suite.connections);

@@ -17,7 +17,8 @@ pub fn run(duration: Duration, rounds: u32) -> Result<()> {
     let cheap_m = measure(&cheap, duration, rounds)?;
     let secs = duration.as_secs();
     println!("report overhead: {secs} s per wrk -t1 run, {rounds} rounds per route; nginx 1 worker, debug LuaJIT");
-    println!("reproduce: cargo xtask bench report --duration {secs}s --rounds {rounds}");
+    let bench = super::bench_command();
+    println!("reproduce: {bench} report --duration {secs}s --rounds {rounds}");
     for (suite, m) in [(&busy, &busy_m), (&cheap, &cheap_m)] {
         println!("\n--- {} with wrk -c{} ---", suite.route, suite.connections);
         print_ratios(suite, m, rounds);

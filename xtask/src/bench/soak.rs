@@ -327,7 +327,8 @@ fn table(
     let cpus = thread::available_parallelism().map_or(0, |n| n.get());
     let _ = writeln!(o, "\nsoak: ljprobe cpu --stack mixed and ljprobe offcpu together on one nginx worker (debug LuaJIT), {secs} s each");
     let _ = writeln!(o, "machine: {cpus} CPUs (nproc), kernel {}", uname.trim());
-    let _ = writeln!(o, "reproduce: cargo xtask bench soak --duration {} --every {:.0}s", human(duration), every.as_secs_f64());
+    let bench = super::bench_command();
+    let _ = writeln!(o, "reproduce: {bench} soak --duration {} --every {:.0}s", human(duration), every.as_secs_f64());
     let load: Vec<String> = LOADS
         .iter()
         .zip(rates)

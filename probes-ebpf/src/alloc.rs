@@ -156,6 +156,17 @@ pub fn alloc_gc_atomic(_ctx: PerfEventContext) -> u32 {
     0
 }
 
+/// The same from a uprobe on the atomic phase's store of the flipped white
+/// (found in LuaJIT's code by `cli/src/lua/gc_flip.rs`): no debug register.
+#[uprobe]
+pub fn alloc_gc_flip(_ctx: ProbeContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(layout) = LAYOUT.get(0) {
+        gc_cycles::on_atomic(layout, tgid, &VMS, &CYCLES);
+    }
+    0
+}
+
 #[inline(always)]
 fn count_lua(pid_tgid: u64, regs: &pt_regs, config: &AllocConfig, kind: u32, bytes: u64) -> Option<u64> {
     let layout = LAYOUT.get(0)?;

@@ -8,9 +8,9 @@
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
-    macros::{map, perf_event},
+    macros::{map, perf_event, uprobe},
     maps::{Array, HashMap, PerCpuArray},
-    programs::PerfEventContext,
+    programs::{PerfEventContext, ProbeContext},
 };
 use ljprobe_common::{GcCycles, VmLayout, VMSTATE_FIRST_VMST, VMSTATE_NO_VM, VMSTATE_OUTSIDE_LUA, VMSTATE_SLOTS, VMSTATE_TRACE};
 use ljprobe_probes::{counters, gc_cycles, regs::user_regs, vm};
@@ -36,6 +36,17 @@ static CYCLES: HashMap<u32, GcCycles> = HashMap::with_max_entries(256, 0);
 /// `gc.currentwhite`): every cycle counted, and what was allocated between them.
 #[perf_event]
 pub fn gc_atomic(_ctx: PerfEventContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(layout) = LAYOUT.get(0) {
+        gc_cycles::on_atomic(layout, tgid, &VMS, &CYCLES);
+    }
+    0
+}
+
+/// The same from a uprobe on the atomic phase's store of the flipped white
+/// (found in LuaJIT's code by `cli/src/lua/gc_flip.rs`): no debug register.
+#[uprobe]
+pub fn gc_flip(_ctx: ProbeContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if let Some(layout) = LAYOUT.get(0) {
         gc_cycles::on_atomic(layout, tgid, &VMS, &CYCLES);

@@ -1,12 +1,15 @@
-//! The collector's own accounting, read once a cycle: a hardware watchpoint
-//! (a perf breakpoint event on the target's thread) on `gc.currentwhite`,
-//! which only the atomic phase writes, runs a tool's program right after it.
+//! The collector's own accounting, read once a cycle: a uprobe on the atomic
+//! phase's store of the flipped white (`cli/src/lua/gc_flip.rs`), or where that
+//! store is not found a hardware watchpoint (a perf breakpoint event on the
+//! target's thread) on `gc.currentwhite`, which only the atomic phase writes,
+//! runs a tool's program just before or right after it (the same fields then).
 //! Then `gc.total` is the heap at the atomic phase and `gc.estimate` still the
 //! live heap the last cycle left: the atomic phase sets the new estimate a few
 //! stores later (GCC orders them so in Debian's and the debug build; see
 //! docs/gc.md). Their difference is what was allocated since the previous
 //! atomic phase (less frees outside the collector), exactly, however fast
-//! cycles come. One trap a cycle: about 20 us on this machine's VM.
+//! cycles come. One trap a cycle: about 20 us on this machine's VM (the uprobe
+//! single-steps the store: two traps).
 
 use aya_ebpf::maps::HashMap;
 use ljprobe_common::{GcCycles, VmLayout};

@@ -319,6 +319,9 @@ fn exact_cycles_and_allocation(build: Luajit) {
     assert!((cycles - f[0]).abs() <= 0.05 * f[0] + 2.0, "ljprobe saw {cycles} cycles, the script's finalizer ran {}", f[0]);
     assert!((allocated - f[1]).abs() <= 0.05 * f[1], "ljprobe: {allocated} bytes allocated, the script {}", f[1]);
     assert_eq!(s["exact"], true);
+    // Both builds' atomic phase is found for a uprobe: no debug register armed.
+    let hooks: Vec<&Value> = s["processes"].as_array().unwrap().iter().map(|p| &p["cycles_hook"]).collect();
+    assert!(!hooks.is_empty() && hooks.iter().all(|h| *h == "uprobe"), "cycles hooked by {hooks:?}");
 }
 
 /// `--exact` counts what the script counts.

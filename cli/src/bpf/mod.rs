@@ -6,6 +6,7 @@ pub mod objects;
 pub mod tracepoint;
 pub mod perf_link;
 pub mod uprobe_entry;
+pub mod gc_cycles;
 
 use anyhow::{anyhow, Context, Result};
 use aya::{

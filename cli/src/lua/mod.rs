@@ -15,6 +15,7 @@ mod cache;
 mod copy;
 mod frame;
 mod funcname;
+pub mod gc_flip;
 mod gc_state;
 mod gcstr;
 pub mod heap;

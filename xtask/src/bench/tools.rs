@@ -31,9 +31,7 @@ pub enum Tool {
     PerfSwitch,
     /// `ljprobe alloc` on the master: sampled in windows, or `--all`.
     LjprobeAlloc { all: bool },
-    /// `ljprobe alloc --no-watchpoint`: sampled, totals scaled by time.
-    LjprobeAllocNoWatchpoint,
-    /// `ljprobe gc` on the master (`--exact`: with the watchpoint).
+    /// `ljprobe gc` on the master (`--exact`: with its uprobe on the atomic phase).
     LjprobeGc { exact: bool },
     /// A bpftrace uprobe on the worker's `lj_alloc_f` that only counts calls:
     /// the least any per-allocation probe costs.
@@ -69,7 +67,6 @@ impl Tool {
             Tool::PerfSwitch => "perf sched_switch -g".into(),
             Tool::LjprobeAlloc { all: false } => "ljprobe alloc".into(),
             Tool::LjprobeAlloc { all: true } => "ljprobe alloc --all".into(),
-            Tool::LjprobeAllocNoWatchpoint => "ljprobe alloc --no-watchpoint".into(),
             Tool::LjprobeGc { exact: false } => "ljprobe gc".into(),
             Tool::LjprobeGc { exact: true } => "ljprobe gc --exact".into(),
             Tool::BpftraceAllocCount => "bpftrace count allocf".into(),
@@ -134,7 +131,6 @@ impl Tool {
             Tool::LjprobeEpollLoopAt(hz) => ljprobe(&["epoll-loop", "--freq", &hz.to_string()]),
             Tool::PerfSwitch => perf("sched:sched_switch", None),
             Tool::LjprobeAlloc { all } => ljprobe(if all { &["alloc", "--all"] } else { &["alloc"] }),
-            Tool::LjprobeAllocNoWatchpoint => ljprobe(&["alloc", "--no-watchpoint"]),
             Tool::LjprobeGc { exact } => ljprobe(if exact { &["gc", "--exact"] } else { &["gc"] }),
             Tool::LjprobeReport => {
                 let mut c = Command::new(&bench.ljprobe);
@@ -191,7 +187,7 @@ impl Tool {
             Tool::LjprobeOffcpu(_) => Some((json()?["blocks"].as_u64()?, "blocks")),
             Tool::LjprobeEpollLoop | Tool::LjprobeEpollLoopAt(_) => Some((json()?["iterations"].as_u64()?, "iterations")),
             Tool::PerfCpu(_) | Tool::PerfCpuNoStacks(_) | Tool::PerfSwitch => Some((perf_samples(stderr)?, "samples")),
-            Tool::LjprobeAlloc { .. } | Tool::LjprobeAllocNoWatchpoint => {
+            Tool::LjprobeAlloc { .. } => {
                 Some((json()?["events"].as_u64()?, "allocator calls while attached"))
             }
             Tool::LjprobeGc { .. } => Some((json()?["samples"].as_u64()?, "samples")),

@@ -52,10 +52,11 @@ pub struct Args {
     /// small targets.
     #[arg(long)]
     all: bool,
-    /// Set no hardware watchpoint on the collector's state: totals are then
-    /// scaled by time instead of by the VM's own accounting (low for a target
-    /// that allocates flat out). On a VM a watchpoint has killed a target
-    /// with SIGTRAP (docs/gc.md#cost).
+    /// Never fall back to a hardware watchpoint on the collector's state where
+    /// the atomic phase's code is not found for a uprobe (docs/alloc.md):
+    /// totals are then scaled by time instead of by the VM's own accounting
+    /// (low for a target that allocates flat out). On a VM a watchpoint has
+    /// killed a target with SIGTRAP (docs/gc.md#cost).
     #[arg(long)]
     no_watchpoint: bool,
     #[command(flatten)]
@@ -81,7 +82,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let probed = probe.probed();
     let AllocProbe { mut ebpf, allocators: _, resize, maps, mut programs, builder, native } = probe;
     if args.no_watchpoint {
-        programs.watch = None;
+        programs.cycles = programs.cycles.map(|c| crate::bpf::gc_cycles::CyclePrograms { watch: None, ..c });
     }
     let budget = (!args.all).then_some(args.overhead);
     let sampler = Sampler::start(probed, programs, maps, budget)?;

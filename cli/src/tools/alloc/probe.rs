@@ -13,7 +13,7 @@ use super::{
     site::Allocator,
 };
 use crate::{
-    bpf::{self, objects},
+    bpf::{self, gc_cycles::CyclePrograms, objects},
     stacks::StackBuilder,
     target::aim::Aim,
     tools::run_args::StackArgs,
@@ -73,13 +73,14 @@ impl AllocProbe {
         } else {
             None
         };
+        let flip = bpf::loaded_fd(&mut ebpf, "alloc_gc_flip", "loading the collector's uprobe")?;
         let watch = Some(bpf::loaded_fd(&mut ebpf, "alloc_gc_atomic", "loading the collector watch")?);
         Ok(AllocProbe {
             ebpf,
             allocators,
             resize,
             maps: Maps { config, counts, cycles, base },
-            programs: Programs { uprobe, uretprobe, watch },
+            programs: Programs { uprobe, uretprobe, cycles: Some(CyclePrograms { flip, watch }) },
             builder,
             native,
         })
@@ -87,7 +88,7 @@ impl AllocProbe {
 
     /// The sites the sampler probes.
     pub fn probed(&self) -> Vec<Probed> {
-        self.allocators.iter().map(|a| Probed { site: a.site.clone(), g: a.g, gc: a.gc, emulated: a.entry.emulated }).collect()
+        self.allocators.iter().map(Allocator::probed).collect()
     }
 }
 
@@ -96,7 +97,7 @@ impl AllocProbe {
 pub fn joined(sampler: &super::sampler::Sampler, tally: &mut super::tally::Tally, p: &crate::target::Process, g: Option<u64>, aim: &Aim) -> Result<()> {
     tally.builder.add_process(p)?;
     match Allocator::find(p, g, aim.luajit.as_ref()) {
-        Ok(a) => sampler.add(Probed { site: a.site, g: a.g, gc: a.gc, emulated: a.entry.emulated }),
+        Ok(a) => sampler.add(a.probed()),
         Err(e) => eprintln!("ljprobe: not probing the allocator of new process {}: {e:#}", p.pid),
     }
     Ok(())

@@ -4,8 +4,8 @@
 //! mode keeps it attached only in short windows at random times, sized so the
 //! traps cost about `--overhead` percent of the target's time. The windows
 //! give the split: which stacks allocate how much. The total comes from the
-//! VM's own accounting (`lua::allocated_so_far`, kept exact by a hardware
-//! watchpoint on the collector's state), which the probe cannot distort: a
+//! VM's own accounting (`lua::allocated_so_far`, kept exact by a program at
+//! each atomic phase of the collector, `bpf::gc_cycles`), which the probe cannot distort: a
 //! target that allocates flat out runs many times slower inside a window, so
 //! scaling the windows by time would undercount it. What one counted event
 //! stands for is the run's accounting over the accounting inside the windows.
@@ -28,7 +28,10 @@ use serde::Serialize;
 
 use super::attacher::{Attacher, Progs};
 use crate::{
-    bpf::perf_link::{uprobe_pmu, Link, Site},
+    bpf::{
+        gc_cycles::{self, CyclePrograms, Hook, Hooked},
+        perf_link::{uprobe_pmu, Link, Site},
+    },
     lua::{allocated_so_far, Accounted, GcLayout, ProcMem},
 };
 
@@ -64,6 +67,8 @@ const NAP: Duration = Duration::from_millis(100);
 /// A process the sampler probes.
 pub struct Probed {
     pub site: Site,
+    /// The file holding its VM's code, as seen from here (`bpf::gc_cycles`).
+    pub luajit: Option<std::path::PathBuf>,
     pub g: u64,
     /// Where its build keeps the collector's fields.
     pub gc: GcLayout,
@@ -77,8 +82,8 @@ struct Live {
     gc: GcLayout,
     emulated: bool,
     mem: ProcMem,
-    /// The watchpoint on its collector's state (None: could not be set).
-    watch: Option<Link>,
+    /// What runs the kernel's accounting at its atomic phase (None: nothing could).
+    watch: Option<Hooked>,
     /// Its accounting when it joined, and when last read.
     first: Option<Accounted>,
     last: Option<Accounted>,
@@ -126,6 +131,13 @@ pub struct Sampling {
     pub all_hits: u64,
     /// Allocator calls the probe saw when it was held to be detached (should be 0).
     pub stray_hits: u64,
+    /// How the collector's atomic phase was hooked for the accounting: a
+    /// "uprobe" on its flip of the white or a "watchpoint" (any target).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cycles_hook: Option<Hook>,
+    /// Whether a watchpoint could stand in where no uprobe place was found
+    /// (false with `--no-watchpoint`).
+    pub watchpoint_allowed: bool,
     /// Why the VM's accounting could not be used, if it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accounting_missing: Option<String>,
@@ -147,11 +159,11 @@ pub struct Maps {
 pub struct Programs {
     pub uprobe: RawFd,
     pub uretprobe: Option<RawFd>,
-    pub watch: Option<RawFd>,
+    pub cycles: Option<CyclePrograms>,
 }
 
-/// Why the accounting is missing when no watchpoint was asked for.
-pub const NOT_WATCHED: &str = "no watchpoint was asked for (alloc --no-watchpoint; leak never uses one)";
+/// Why the accounting is missing when it was not asked for.
+pub const NOT_WATCHED: &str = "the collector's accounting was not asked for (leak does not use it)";
 
 impl Programs {
     fn probes(&self) -> Progs {
@@ -247,6 +259,7 @@ impl Run {
         let out = Sampling {
             mode: if budget.is_some() { "windows" } else { "all" },
             overhead_budget_pct: budget,
+            watchpoint_allowed: programs.cycles.is_some_and(|c| c.watch.is_some()),
             ..Default::default()
         };
         Run {
@@ -277,8 +290,15 @@ impl Run {
         for p in new {
             let Ok(mem) = ProcMem::open(p.site.pid) else { continue };
             let state = p.g + p.gc.currentwhite;
-            let watch = match self.programs.watch.map(|fd| Link::write_watch(p.site.pid, state, fd)) {
-                Some(Ok(w)) => Some(w),
+            let hooked = self.programs.cycles.map(|c| gc_cycles::hook(p.site.pid, p.luajit.as_deref(), p.gc.currentwhite, state, c));
+            let watch = match hooked {
+                Some(Ok(w)) => {
+                    // A watchpoint anywhere is what the reader must know of.
+                    if self.out.cycles_hook != Some(Hook::Watchpoint) {
+                        self.out.cycles_hook = Some(w.hook);
+                    }
+                    Some(w)
+                }
                 Some(Err(e)) => {
                     self.out.accounting_missing.get_or_insert_with(|| format!("{e:#}"));
                     None

@@ -8,6 +8,7 @@ use std::{os::unix::fs::FileExt, path::PathBuf};
 use anyhow::{bail, Context, Result};
 use object::{Object, ObjectSymbol};
 
+use super::sampler::Probed;
 use crate::{
     bpf::{perf_link::Site, uprobe_entry},
     lua::{GcLayout, ProcMem},
@@ -29,6 +30,8 @@ pub struct Allocator {
     pub gc: GcLayout,
     /// `lj_tab_resize`'s code at run time, [start, end), when named.
     pub resize: Option<(u64, u64)>,
+    /// The file holding the VM's code, as seen from here.
+    pub luajit: Option<PathBuf>,
 }
 
 impl Allocator {
@@ -63,7 +66,13 @@ impl Allocator {
         let offset = file_offset + entry.skip;
         let site = Site::new(p.pid, &host_path, offset)?;
         let resize = luajit.and_then(|lj| resize_range(p, lj, &maps));
-        Ok(Allocator { site, g, gc, addr, entry, file: file.to_string(), resize })
+        let luajit = luajit.map(|lj| lj.host_path.clone());
+        Ok(Allocator { site, g, gc, addr, entry, file: file.to_string(), resize, luajit })
+    }
+
+    /// What the sampler probes in this process.
+    pub fn probed(&self) -> Probed {
+        Probed { site: self.site.clone(), luajit: self.luajit.clone(), g: self.g, gc: self.gc, emulated: self.entry.emulated }
     }
 }
 

@@ -20,7 +20,11 @@ use aya::maps::PerCpuArray;
 use self::poll::{Poller, Vm};
 use super::run_args::RunArgs;
 use crate::{
-    bpf::{self, attach, objects},
+    bpf::{
+        self, attach,
+        gc_cycles::{CycleHook, CyclePrograms},
+        objects,
+    },
     collect,
     target::aim::Aim,
 };
@@ -36,7 +40,8 @@ pub struct Args {
     #[arg(long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     freq: u64,
     /// Count every collector cycle and every byte allocated exactly, with a
-    /// hardware watchpoint that traps once a cycle (tens of microseconds
+    /// uprobe on the atomic phase's code (or, where that is not found, a
+    /// hardware watchpoint) that traps once a cycle (tens of microseconds
     /// each; hundreds of cycles a second under heavy allocation). Without it
     /// both come from the readings and are lower bounds when cycles are
     /// shorter than the time between two readings.
@@ -66,14 +71,17 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let mut ebpf = bpf::load(objects::GC, "gc")?;
     let found = bpf::aim_seeded(&mut ebpf, &aim)?;
     let watch = if args.exact {
-        Some(bpf::loaded_fd(&mut ebpf, "gc_atomic", "loading the collector watch")?)
+        let flip = bpf::loaded_fd(&mut ebpf, "gc_flip", "loading the collector's uprobe")?;
+        let watch = Some(bpf::loaded_fd(&mut ebpf, "gc_atomic", "loading the collector watch")?);
+        let luajit = aim.luajit.as_ref().map(|lj| lj.host_path.clone());
+        Some(CycleHook { progs: CyclePrograms { flip, watch }, luajit })
     } else {
         None
     };
     let mut vms = Vec::new();
     let mut notes = Vec::new();
     for (pid, g) in found {
-        match g.and_then(|g| Vm::open(pid, g, aim.build.gc, watch, &mut notes)) {
+        match g.and_then(|g| Vm::open(pid, g, aim.build.gc, watch.as_ref(), &mut notes)) {
             Some(vm) => vms.push(vm),
             None => notes.push(format!("process {pid}: its Lua VM was not found in its memory; its heap is not in the figures")),
         }

@@ -16,7 +16,7 @@ use super::heap::{Heap, HeapPoint, HeapTotals};
 use crate::{
     bpf,
     collect::Source,
-    bpf::perf_link::Link,
+    bpf::gc_cycles::{CycleHook, Hook, Hooked},
     lua::{allocated_so_far, GcLayout, ProcMem},
     target::Process,
 };
@@ -33,10 +33,10 @@ pub struct Vm {
     series: Vec<HeapPoint>,
     /// False once the process exited or exec'd.
     live: bool,
-    /// The watchpoint on its collector's state, which makes cycles and
-    /// allocation exact (`lua::allocated_so_far`); without it they come from
-    /// the readings.
-    watch: Option<Link>,
+    /// What runs the kernel's accounting at its atomic phase (`--exact`),
+    /// which makes cycles and allocation exact (`lua::allocated_so_far`);
+    /// without it they come from the readings.
+    watch: Option<Hooked>,
     /// Its accounting (allocated, cycles) when it joined and at the last interval's end.
     first: Option<(f64, u64)>,
     last: Option<(f64, u64)>,
@@ -44,12 +44,12 @@ pub struct Vm {
 
 impl Vm {
     /// None unless the collector's fields can be read at `g` and look sane.
-    /// `watch` (with `--exact`) runs the kernel's `gc_atomic` at each atomic
-    /// phase; when it cannot be set the reason goes to `notes`.
-    pub fn open(pid: u32, g: u64, layout: GcLayout, watch: Option<std::os::fd::RawFd>, notes: &mut Vec<String>) -> Option<Vm> {
+    /// `exact` (with `--exact`) runs the kernel's `gc_atomic` or `gc_flip` at
+    /// each atomic phase; when neither can be set the reason goes to `notes`.
+    pub fn open(pid: u32, g: u64, layout: GcLayout, exact: Option<&CycleHook>, notes: &mut Vec<String>) -> Option<Vm> {
         let mem = ProcMem::open(pid).ok()?;
         layout.read(&mem, g)?;
-        let watch = watch.and_then(|fd| match Link::write_watch(pid, g + layout.currentwhite, fd) {
+        let watch = exact.and_then(|h| match h.hook(pid, g, layout.currentwhite) {
             Ok(l) => Some(l),
             Err(e) => {
                 notes.push(format!("process {pid}: {e:#}; cycles and allocation come from readings every {:?} instead and can miss short cycles", super::POLL));
@@ -107,6 +107,9 @@ pub struct Point {
 pub struct VmResult {
     pub pid: u32,
     pub global_state: String,
+    /// With `--exact`, how its atomic phase was hooked: "uprobe" or "watchpoint".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cycles_hook: Option<Hook>,
     #[serde(flatten)]
     pub totals: HeapTotals,
     pub series: Vec<HeapPoint>,
@@ -127,8 +130,8 @@ pub struct Poller {
     layout: GcLayout,
     states: PerCpuArray<MapData, u64>,
     cycles: HashMap<MapData, u32, GcCycles>,
-    /// The program new workers' watchpoints run (`--exact`).
-    watch: Option<std::os::fd::RawFd>,
+    /// How new workers' atomic phases are hooked (`--exact`).
+    watch: Option<CycleHook>,
     counted: [u64; SLOTS],
     interval: f64,
     started: Instant,
@@ -148,7 +151,7 @@ impl Poller {
         layout: GcLayout,
         states: PerCpuArray<MapData, u64>,
         cycles: HashMap<MapData, u32, GcCycles>,
-        watch: Option<std::os::fd::RawFd>,
+        watch: Option<CycleHook>,
         interval: Duration,
     ) -> Poller {
         for vm in &mut vms {
@@ -251,7 +254,13 @@ impl Poller {
             vms: self
                 .vms
                 .into_iter()
-                .map(|v| VmResult { pid: v.pid, global_state: format!("{:#x}", v.g), totals: v.heap.totals, series: v.series })
+                .map(|v| VmResult {
+                    pid: v.pid,
+                    global_state: format!("{:#x}", v.g),
+                    cycles_hook: v.watch.as_ref().map(|w| w.hook),
+                    totals: v.heap.totals,
+                    series: v.series,
+                })
                 .collect(),
             series: self.series,
             notes: self.notes,
@@ -282,7 +291,7 @@ impl Source for Poller {
     }
 
     fn joined(&mut self, p: &Process, g: Option<u64>) -> Result<()> {
-        match g.and_then(|g| Vm::open(p.pid, g, self.layout, self.watch, &mut self.notes)) {
+        match g.and_then(|g| Vm::open(p.pid, g, self.layout, self.watch.as_ref(), &mut self.notes)) {
             Some(mut vm) => {
                 vm.first = vm.account(&self.layout, &self.cycles);
                 vm.last = vm.first;

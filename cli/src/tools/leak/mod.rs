@@ -104,9 +104,9 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     // Every call from here to the end snapshot: an address freed and given
     // out again is seen given out again, so the block there at the end is
     // charged to the stack that made it, never to an earlier owner.
-    // The collector's accounting is alloc's business: no watchpoint here (one
-    // can kill a target on a VM, docs/gc.md#cost).
-    let programs = Programs { watch: None, ..programs };
+    // The collector's accounting is alloc's business: nothing hooks the
+    // atomic phase here.
+    let programs = Programs { cycles: None, ..programs };
     let sampler = Sampler::start(probed, programs, maps, None)?;
     let mut ring: RingBuf<MapData> = RingBuf::try_from(ebpf.take_map("RECORDS").context("RECORDS map missing")?)?;
     let mut source = LeakSource { ring: &mut ring, tally: Tally::new(builder, native), events: Vec::new(), dropped: 0, sampler: &sampler, aim: &aim };

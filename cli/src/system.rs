@@ -375,20 +375,24 @@ impl Kernel {
                 },
                 fix: None,
             },
-            // Only gc --exact, jit and alloc's totals use one, and on a VM the
-            // reader should know what one has done (docs/gc.md#cost).
+            // jit uses two; gc --exact and alloc's totals only where LuaJIT's
+            // atomic phase is not found for a uprobe. On a VM the reader should
+            // know what one has done (docs/gc.md#cost).
             Check {
                 name: "watchpoints",
                 ok: true,
                 detail: match (&self.watchpoint, self.vm) {
-                    (Ok(()), false) => "a hardware write watchpoint opens (gc --exact, jit, alloc's totals)".into(),
+                    (Ok(()), false) => "a hardware write watchpoint opens (jit; gc --exact and alloc's totals where \
+                        no uprobe place is found)"
+                        .into(),
                     (Ok(()), true) => "a hardware write watchpoint opens, but this is a virtual machine, where one has \
-                        killed a target with SIGTRAP (docs/gc.md#cost): alloc and report take --no-watchpoint"
+                        killed a target with SIGTRAP (docs/gc.md#cost): jit sets two; alloc and report take \
+                        --no-watchpoint against the fallback"
                         .into(),
                     (Err(_), _) if !self.privileged => "not checked: a watchpoint in another process needs privileges".into(),
                     (Err(e), _) => format!(
-                        "no hardware watchpoint ({e}): gc --exact falls back to readings, jit sees no aborts or exits, \
-                         alloc scales its totals by time"
+                        "no hardware watchpoint ({e}): jit sees no aborts or exits; gc --exact and alloc need none \
+                         where LuaJIT's atomic phase is found for a uprobe (every build tested)"
                     ),
                 },
                 fix: None,

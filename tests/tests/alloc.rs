@@ -117,7 +117,10 @@ fn run(build: &luajit::Luajit, name: &str, rounds: u32, steady: bool, extra: &[&
     let mut text = String::new();
     std::io::Read::read_to_string(target.0.stdout.as_mut().unwrap(), &mut text).unwrap();
     let f: Vec<f64> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
-    assert_eq!(f.len(), 4, "the script's own count: {text:?}");
+    if f.len() != 4 {
+        let status = target.0.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+        panic!("the script's own count: {text:?}; it ended with {status}; ljprobe said: {}", stderr(&out));
+    }
     let summary: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(summary["stopped_by"], "target-exited", "ljprobe saw the script to its end");
     (Truth { tables: f[0], table_bytes: f[1], strings: f[2], string_bytes: f[3] }, summary)

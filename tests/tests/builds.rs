@@ -375,3 +375,27 @@ end
     let crunch = weight(&stacks, |s| s.contains(&format!("crunch {}:2", script.display())));
     assert!(crunch * 10 >= total * 5, "{crunch} of {total} samples in crunch:\n{stacks:#?}");
 }
+
+/// The collector's atomic phase is hooked by a uprobe on its flip of the
+/// white (`lua::gc_flip`), so that `alloc` and `gc --exact` arm no debug
+/// register: the store is found exactly once in every build's code, at the
+/// offset of `gc.currentwhite` its layout gives. No root needed.
+#[test]
+fn the_atomic_phases_flip_is_found_once_in_every_build() {
+    use ljprobe::{lua::gc_flip, target::known_builds};
+    let debug = xtask::paths::luajit_debug();
+    let mut files: Vec<(PathBuf, &str)> = vec![
+        (debug.join("lib/libluajit-5.1.so.2"), "openresty-2.1-gc64-x86_64"),
+        (debug.join("bin/luajit"), "openresty-2.1-gc64-x86_64"),
+        ("/usr/lib/x86_64-linux-gnu/libluajit-5.1.so.2".into(), "openresty-2.1-gc64-x86_64"),
+        ("/usr/bin/luajit".into(), "openresty-2.1-gc64-x86_64"),
+    ];
+    for (name, layout, _) in BUILDS {
+        files.push((luajit_builds::find(name).unwrap().lib(), layout));
+    }
+    for (file, layout) in files {
+        let currentwhite = known_builds::named(layout).unwrap().gc.currentwhite;
+        let found = gc_flip::find_in_file(&file, currentwhite);
+        assert!(found.is_ok(), "{}: {found:?}", file.display());
+    }
+}

@@ -189,6 +189,21 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// `--pin`: see `pin_worker`.
 static PIN: AtomicBool = AtomicBool::new(false);
 
+/// CPUs online: not `available_parallelism`, which `--pin` narrows for this process.
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf reads a system value.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(0)
+}
+
+/// For the machine line: where the worker ran.
+pub fn pinned_note() -> &'static str {
+    if PIN.load(Ordering::SeqCst) {
+        "; worker pinned alone on CPU 0, wrk and the profilers on the others"
+    } else {
+        ""
+    }
+}
+
 /// How to run the bench again, as the reproduce lines print it.
 pub fn bench_command() -> &'static str {
     if PIN.load(Ordering::SeqCst) {
@@ -296,7 +311,7 @@ fn prepare() -> Result<(Bench, Running)> {
 /// The worker alone on CPU 0; this process, and so wrk and every profiler it
 /// starts from now on, on the others.
 fn pin_worker(worker: u32) -> Result<()> {
-    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = online_cpus();
     if cpus < 2 {
         bail!("--pin needs at least two CPUs: the worker takes one, wrk and the profilers the rest");
     }
@@ -537,9 +552,8 @@ fn median(v: &[f64]) -> f64 {
 /// The ratio table: one row per tool, one column per round, and the median.
 pub fn print_ratios(suite: &Suite, m: &Measured, rounds: u32) -> Vec<f64> {
     let (lo, hi) = m.baselines.iter().fold((f64::MAX, f64::MIN), |(l, h), &b| (l.min(b), h.max(b)));
-    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
     let uname = cmd::output(Command::new("uname").arg("-r")).unwrap_or_default();
-    println!("machine: {cpus} CPUs (nproc), kernel {}", uname.trim());
+    println!("machine: {} CPUs online, kernel {}{}", online_cpus(), uname.trim(), pinned_note());
     println!(
         "baseline: median {:.0} req/s over {} runs (min {lo:.0}, max {hi:.0}); context switches {:.0}/s on the machine, {:.0}/s of the worker",
         median(&m.baselines),

@@ -324,9 +324,8 @@ fn table(
     let secs = duration.as_secs().max(1);
     let mut o = String::new();
     let uname = xtask::cmd::output(Command::new("uname").arg("-r")).unwrap_or_default();
-    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
     let _ = writeln!(o, "\nsoak: ljprobe cpu --stack mixed and ljprobe offcpu together on one nginx worker (debug LuaJIT), {secs} s each");
-    let _ = writeln!(o, "machine: {cpus} CPUs (nproc), kernel {}", uname.trim());
+    let _ = writeln!(o, "machine: {} CPUs online, kernel {}{}", super::online_cpus(), uname.trim(), super::pinned_note());
     let bench = super::bench_command();
     let _ = writeln!(o, "reproduce: {bench} soak --duration {} --every {:.0}s", human(duration), every.as_secs_f64());
     let load: Vec<String> = LOADS

@@ -220,12 +220,7 @@ fn assert_no_blocking(s: &Value) {
 
 /// Pins `pid` (0: the calling thread) to one CPU.
 fn pin(pid: u32, cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is an empty set; the calls only read it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(libc::sched_setaffinity(pid as i32, std::mem::size_of_val(&set), &set), 0, "pinning {pid}");
-    }
+    xtask::affinity::pin(pid, [cpu]).unwrap_or_else(|e| panic!("pinning {pid}: {e}"));
 }
 
 /// A thread spinning on one CPU until dropped: a neighbour that takes that

@@ -1,6 +1,7 @@
 //! Project automation behind `cargo xtask`. A library too, so the end-to-end tests
 //! start the gateway and drive load with the very code the README's commands use.
 
+pub mod affinity;
 pub mod cmd;
 pub mod dist;
 pub mod gateway;

@@ -38,10 +38,10 @@ pub struct Hooked {
     _link: Link,
 }
 
-/// Hooks process `pid`'s atomic phase; `luajit` is the file holding its VM's
-/// code as seen from here, `currentwhite` the field's address in the process.
-/// The error says why neither way could be taken.
-pub fn hook(pid: u32, luajit: Option<&Path>, currentwhite_ofs: u64, currentwhite: u64, progs: CyclePrograms) -> Result<Hooked> {
+/// Hooks the atomic phase of the VM at `g` in process `pid`; `luajit` is the
+/// file holding its code as seen from here, `currentwhite_ofs` the field's
+/// offset in `global_State`. The error says why neither way could be taken.
+pub fn hook(pid: u32, luajit: Option<&Path>, g: u64, currentwhite_ofs: u64, progs: CyclePrograms) -> Result<Hooked> {
     let flip = match luajit {
         Some(path) => flip_offset(path, currentwhite_ofs).and_then(|ofs| {
             let site = Site::new(pid, path, ofs).map_err(|e| format!("{e:#}"))?;
@@ -61,7 +61,7 @@ pub fn hook(pid: u32, luajit: Option<&Path>, currentwhite_ofs: u64, currentwhite
     let Some(watch) = progs.watch else {
         return Err(anyhow!("{why}, and no watchpoint was allowed (--no-watchpoint)"));
     };
-    Link::write_watch(pid, currentwhite, watch)
+    Link::write_watch(pid, g + currentwhite_ofs, watch)
         .map(|link| Hooked { hook: Hook::Watchpoint, _link: link })
         .map_err(|e| anyhow!("{why}; {e:#}"))
 }
@@ -77,7 +77,7 @@ pub struct CycleHook {
 impl CycleHook {
     /// `hook` for the VM at `g` in process `pid`.
     pub fn hook(&self, pid: u32, g: u64, currentwhite_ofs: u64) -> Result<Hooked> {
-        hook(pid, self.luajit.as_deref(), currentwhite_ofs, g + currentwhite_ofs, self.progs)
+        hook(pid, self.luajit.as_deref(), g, currentwhite_ofs, self.progs)
     }
 }
 

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use ljprobe_host::proc;
 use xtask::{
-    cmd,
+    affinity, cmd,
     gateway::{self, Config, LuaJitBuild, Running},
     load::{requests_per_sec, Load},
     paths, setup,
@@ -315,18 +315,8 @@ fn pin_worker(worker: u32) -> Result<()> {
     if cpus < 2 {
         bail!("--pin needs at least two CPUs: the worker takes one, wrk and the profilers the rest");
     }
-    let set = |pid: i32, cpus: &mut dyn Iterator<Item = usize>| -> Result<()> {
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        for c in cpus {
-            unsafe { libc::CPU_SET(c, &mut set) };
-        }
-        if unsafe { libc::sched_setaffinity(pid, std::mem::size_of_val(&set), &set) } != 0 {
-            bail!("cannot pin process {pid}: {}", std::io::Error::last_os_error());
-        }
-        Ok(())
-    };
-    set(worker as i32, &mut std::iter::once(0))?;
-    set(0, &mut (1..cpus))?;
+    affinity::pin(worker, [0]).with_context(|| format!("cannot pin the worker {worker}"))?;
+    affinity::pin(0, 1..cpus).context("cannot pin the bench to the other CPUs")?;
     eprintln!("bench: worker {worker} pinned to CPU 0; wrk and the profilers to CPUs 1-{}", cpus - 1);
     Ok(())
 }

@@ -187,9 +187,7 @@ impl Tool {
             Tool::LjprobeOffcpu(_) => Some((json()?["blocks"].as_u64()?, "blocks")),
             Tool::LjprobeEpollLoop | Tool::LjprobeEpollLoopAt(_) => Some((json()?["iterations"].as_u64()?, "iterations")),
             Tool::PerfCpu(_) | Tool::PerfCpuNoStacks(_) | Tool::PerfSwitch => Some((perf_samples(stderr)?, "samples")),
-            Tool::LjprobeAlloc { .. } => {
-                Some((json()?["events"].as_u64()?, "allocator calls while attached"))
-            }
+            Tool::LjprobeAlloc { .. } => Some((json()?["events"].as_u64()?, "allocator calls while attached")),
             Tool::LjprobeGc { .. } => Some((json()?["samples"].as_u64()?, "samples")),
             Tool::BpftraceAllocCount | Tool::BpftraceRequestCount => None,
             Tool::LjprobeLeak => Some((json()?["addresses"].as_u64()?, "addresses")),

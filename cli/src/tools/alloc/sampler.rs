@@ -289,8 +289,7 @@ impl Run {
         let new: Vec<Probed> = inbox.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
         for p in new {
             let Ok(mem) = ProcMem::open(p.site.pid) else { continue };
-            let state = p.g + p.gc.currentwhite;
-            let hooked = self.programs.cycles.map(|c| gc_cycles::hook(p.site.pid, p.luajit.as_deref(), p.gc.currentwhite, state, c));
+            let hooked = self.programs.cycles.map(|c| gc_cycles::hook(p.site.pid, p.luajit.as_deref(), p.g, p.gc.currentwhite, c));
             let watch = match hooked {
                 Some(Ok(w)) => {
                     // A watchpoint anywhere is what the reader must know of.
